@@ -1,0 +1,35 @@
+# The two commands: `make run` starts everything, `make test` passes the suite.
+# Both create the virtualenv and install what they need on first use.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench lint install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+## Start the embedded broker and database, apply migrations, start every service. Ctrl-C stops all.
+run: $(STAMP)
+	$(BIN)/python -m shared.devstack run
+
+## The whole suite against a real broker and a real PostgreSQL (embedded unless
+## KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL point elsewhere).
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Throughput and latency against this machine's ceilings; writes bench/results/*.json.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .data

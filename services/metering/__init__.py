@@ -1,0 +1,1 @@
+"""Credit metering: wallets, the append-only credit ledger, usage debits, grants and renewals."""

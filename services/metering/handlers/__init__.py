@@ -1,0 +1,1 @@
+"""Thin adapters: FastStream subscribers (`kafka`) and HTTP routes (`http`)."""

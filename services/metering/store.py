@@ -1,0 +1,203 @@
+"""SQL for the metering schema. Functions take a connection; the caller owns the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import NamedTuple
+from uuid import UUID
+
+import asyncpg
+
+from shared.events import AgentMessageProcessedV1, CreditGrantRequestedV1
+
+from .domain.credits import Entry, Wallet
+
+_WALLET_COLUMNS = (
+    "organisation_id, balance, allotment, used, revision, period_key, period_start, renews_at"
+)
+
+
+def _wallet(row: asyncpg.Record) -> Wallet:
+    return Wallet(
+        organisation_id=row["organisation_id"],
+        balance=row["balance"],
+        allotment=row["allotment"],
+        used=row["used"],
+        revision=row["revision"],
+        period_key=row["period_key"],
+        period_start=row["period_start"],
+        renews_at=row["renews_at"],
+    )
+
+
+async def create_wallets(conn: asyncpg.Connection, organisations: Sequence[str], now: datetime) -> None:
+    """Wallets that do not exist yet start empty: balance 0, allotment 0."""
+    await conn.execute(
+        """INSERT INTO wallets (organisation_id, created_at, updated_at)
+           SELECT o, $2, $2 FROM unnest($1::text[]) AS o ORDER BY o
+           ON CONFLICT (organisation_id) DO NOTHING""",
+        sorted(organisations),
+        now,
+    )
+
+
+class Debited(NamedTuple):
+    wallet: Wallet
+    debited: int
+    entries: int
+
+
+_DEBIT = f"""
+WITH batch AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::timestamptz[])
+        AS b(entry_id, organisation_id, credits, member_id, agent_id, conversation_id,
+             message_id, occurred_at)
+),
+inserted AS (
+    INSERT INTO ledger (entry_id, organisation_id, kind, amount, source_event_id, member_id,
+                        agent_id, conversation_id, message_id, occurred_at, recorded_at)
+    SELECT entry_id, organisation_id, 'debit', -credits, entry_id, member_id, agent_id,
+           conversation_id, message_id, occurred_at, $9
+    FROM batch
+    ON CONFLICT (entry_id) DO NOTHING
+    RETURNING organisation_id, -amount AS credits
+),
+per_organisation AS (
+    SELECT organisation_id, sum(credits)::bigint AS debited, count(*)::int AS entries
+    FROM inserted GROUP BY organisation_id
+)
+UPDATE wallets w
+SET balance = w.balance - p.debited, used = w.used + p.debited,
+    revision = w.revision + 1, updated_at = $9
+FROM per_organisation p
+WHERE w.organisation_id = p.organisation_id
+RETURNING {", ".join("w." + c.strip() for c in _WALLET_COLUMNS.split(","))}, p.debited, p.entries
+"""
+
+
+async def debit(
+    conn: asyncpg.Connection, events: Sequence[AgentMessageProcessedV1], now: datetime
+) -> list[Debited]:
+    """Append one debit per event not yet in the ledger and debit each wallet once by their sum.
+    Events already in the ledger (redeliveries) change nothing. Every wallet must exist."""
+    columns: tuple[list, ...] = ([], [], [], [], [], [], [], [])
+    for e in events:
+        d = e.data
+        columns[0].append(e.event_id)
+        columns[1].append(e.organisation_id)
+        columns[2].append(d.credits)
+        columns[3].append(d.member_id)
+        columns[4].append(d.agent_id)
+        columns[5].append(d.conversation_id)
+        columns[6].append(d.message_id)
+        columns[7].append(e.occurred_at)
+    rows = await conn.fetch(_DEBIT, *columns, now)
+    return [Debited(_wallet(r), r["debited"], r["entries"]) for r in rows]
+
+
+async def debits_by_entry(conn: asyncpg.Connection, entry_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str, int]]:
+    """(organisation, kind, amount) of the ledger entries with these ids."""
+    rows = await conn.fetch(
+        "SELECT entry_id, organisation_id, kind, amount FROM ledger WHERE entry_id = ANY($1::uuid[])",
+        list(entry_ids),
+    )
+    return {r["entry_id"]: (r["organisation_id"], r["kind"], r["amount"]) for r in rows}
+
+
+async def lock_wallet(conn: asyncpg.Connection, organisation_id: str) -> Wallet:
+    row = await conn.fetchrow(
+        f"SELECT {_WALLET_COLUMNS} FROM wallets WHERE organisation_id = $1 FOR UPDATE",
+        organisation_id,
+    )
+    return _wallet(row)
+
+
+async def save_wallet(conn: asyncpg.Connection, wallet: Wallet, now: datetime) -> Wallet:
+    row = await conn.fetchrow(
+        f"""UPDATE wallets
+            SET balance = $2, allotment = $3, used = $4, period_key = $5, period_start = $6,
+                renews_at = $7, revision = revision + 1, updated_at = $8
+            WHERE organisation_id = $1
+            RETURNING {_WALLET_COLUMNS}""",
+        wallet.organisation_id,
+        wallet.balance,
+        wallet.allotment,
+        wallet.used,
+        wallet.period_key,
+        wallet.period_start,
+        wallet.renews_at,
+        now,
+    )
+    return _wallet(row)
+
+
+async def record_grant(conn: asyncpg.Connection, command: CreditGrantRequestedV1, now: datetime) -> bool:
+    """Remember the grant; False if this (organisation, period key) was applied before."""
+    g = command.data
+    inserted = await conn.fetchval(
+        """INSERT INTO grants (organisation_id, period_key, event_id, reason, amount, period_start,
+                               period_end, plan, note, applied_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+           ON CONFLICT (organisation_id, period_key) DO NOTHING
+           RETURNING true""",
+        command.organisation_id,
+        g.period_key,
+        command.event_id,
+        g.reason.value,
+        g.amount,
+        g.period_start,
+        g.period_end,
+        g.plan,
+        g.note,
+        now,
+    )
+    return bool(inserted)
+
+
+async def append_entries(
+    conn: asyncpg.Connection,
+    organisation_id: str,
+    entries: Sequence[tuple[UUID, Entry]],
+    *,
+    source_event_id: UUID,
+    period_key: str | None,
+    occurred_at: datetime,
+    now: datetime,
+) -> None:
+    await conn.executemany(
+        """INSERT INTO ledger (entry_id, organisation_id, kind, amount, source_event_id, reason,
+                               period_key, occurred_at, recorded_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+        [
+            (entry_id, organisation_id, e.kind.value, e.amount, source_event_id, e.reason,
+             period_key, occurred_at, now)
+            for entry_id, e in entries
+        ],
+    )
+
+
+async def get_wallet(conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str) -> tuple[Wallet, datetime] | None:
+    row = await conn.fetchrow(
+        f"SELECT {_WALLET_COLUMNS}, updated_at FROM wallets WHERE organisation_id = $1",
+        organisation_id,
+    )
+    return None if row is None else (_wallet(row), row["updated_at"])
+
+
+async def ledger_page(
+    conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str, *, limit: int, before: int | None
+) -> list[asyncpg.Record]:
+    """Entries newest first; `before` is the `seq` of the last entry of the previous page."""
+    return await conn.fetch(
+        """SELECT seq, entry_id, kind, amount, reason, period_key, source_event_id, member_id,
+                  agent_id, conversation_id, message_id, occurred_at, recorded_at
+           FROM ledger
+           WHERE organisation_id = $1 AND ($2::bigint IS NULL OR seq < $2)
+           ORDER BY seq DESC
+           LIMIT $3""",
+        organisation_id,
+        before,
+        limit,
+    )

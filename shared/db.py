@@ -1,0 +1,104 @@
+"""PostgreSQL access: one asyncpg pool per service, bound to the service's own schema, and
+numbered plain-SQL migrations.
+
+A service owns one schema and never reads another's. Migrations are files named
+`NNN_description.sql` in a folder; each runs once, in its own transaction, with `search_path`
+set to the service's schema, so the SQL names no schema. Several components may migrate the same
+schema (the shared outbox, then the service), each with its own version numbers. An advisory
+lock makes concurrent starts of the same service safe.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from shared.logging import get_logger
+from shared.settings import validate_schema_name
+
+log = get_logger("shared.db")
+
+_MIGRATION_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True)
+class Migrations:
+    component: str
+    directory: Path
+
+    def files(self) -> list[tuple[int, Path]]:
+        found = []
+        for path in sorted(self.directory.iterdir()):
+            match = _MIGRATION_FILE.match(path.name)
+            if match:
+                found.append((int(match.group(1)), path))
+        versions = [v for v, _ in found]
+        if len(set(versions)) != len(versions):
+            raise ValueError(f"duplicate migration numbers in {self.directory}")
+        return found
+
+
+async def create_pool(
+    dsn: str, schema: str, *, application_name: str, min_size: int = 2, max_size: int = 10
+) -> asyncpg.Pool:
+    validate_schema_name(schema)
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings={
+            "search_path": schema,
+            "application_name": application_name,
+            "timezone": "UTC",
+        },
+    )
+
+
+async def apply_migrations(dsn: str, schema: str, sources: Sequence[Migrations]) -> list[str]:
+    """Bring `schema` up to date. Returns what was applied, as `component/file` names."""
+    validate_schema_name(schema)
+    applied: list[str] = []
+    conn = await asyncpg.connect(dsn, server_settings={"timezone": "UTC"})
+    try:
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(f'SET search_path TO "{schema}"')
+        await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", f"migrate:{schema}")
+        try:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       component  text        NOT NULL,
+                       version    integer     NOT NULL,
+                       name       text        NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now(),
+                       PRIMARY KEY (component, version))"""
+            )
+            for source in sources:
+                done = {
+                    row["version"]
+                    for row in await conn.fetch(
+                        "SELECT version FROM schema_migrations WHERE component = $1",
+                        source.component,
+                    )
+                }
+                for version, path in source.files():
+                    if version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(path.read_text())
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (component, version, name) VALUES ($1, $2, $3)",
+                            source.component,
+                            version,
+                            path.name,
+                        )
+                    applied.append(f"{source.component}/{path.name}")
+                    log.info("migration applied", schema=schema, component=source.component, file=path.name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", f"migrate:{schema}")
+    finally:
+        await conn.close()
+    return applied

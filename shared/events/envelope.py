@@ -1,0 +1,93 @@
+"""The envelope every event carries, and the rules every event type follows.
+
+An event is a frozen pydantic model: `event_id`, `type`, `organisation_id`, `occurred_at`,
+`producer`, and a typed `data` body. The `type` names the schema and its version
+(`agent_message.processed.v1`); a published schema is never changed in place, a changed one is a
+new class with a new version. Unknown fields are refused, so a change cannot slip in silently.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Self
+from uuid import UUID, uuid4
+
+import orjson
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, StringConstraints
+
+ORGANISATION_ID_PATTERN = r"^org_[A-Za-z0-9_-]{1,64}$"
+
+OrganisationId = Annotated[str, StringConstraints(pattern=ORGANISATION_ID_PATTERN)]
+"""`org_` and 1–64 letters, digits, `_` or `-`. It is also the Kafka key of every topic."""
+
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+"""A timezone-aware instant, normalised to UTC. Naive datetimes are refused."""
+
+
+class Body(BaseModel):
+    """Base of every event's `data`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Event(BaseModel):
+    """Base of every event. Subclasses fix `type` with a `Literal` and `data` with a `Body`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: UUID
+    type: str
+    organisation_id: OrganisationId
+    occurred_at: UtcDatetime
+    producer: Identifier
+    data: Body
+
+    type_name: ClassVar[str]
+    """The versioned type of a concrete event class, taken from its `type` literal."""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        default = cls.model_fields["type"].default
+        if isinstance(default, str):
+            cls.type_name = default
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        organisation_id: str,
+        data: Body,
+        producer: str,
+        occurred_at: datetime,
+        event_id: UUID | None = None,
+    ) -> Self:
+        return cls(
+            event_id=event_id or uuid4(),
+            type=cls.type_name,
+            organisation_id=organisation_id,
+            occurred_at=occurred_at,
+            producer=producer,
+            data=data,
+        )
+
+    @property
+    def key(self) -> bytes:
+        """The Kafka key: the organisation, so one organisation's events stay in order."""
+        return self.organisation_id.encode()
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+
+def type_base(type_name: str) -> str:
+    """`agent_message.processed.v1` -> `agent_message.processed`."""
+    head, _, version = type_name.rpartition(".")
+    return head if version.startswith("v") and version[1:].isdigit() else type_name

@@ -1,0 +1,30 @@
+"""Usage events: one per agent message processed, published by the agent runtime (R6)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from .envelope import Body, Event, Identifier
+
+MAX_CREDITS_PER_MESSAGE = 1_000_000
+"""Above this, a usage event is refused as absurd (one message; far beyond any real agent run)."""
+
+Credits = Annotated[int, Field(strict=True, gt=0, le=MAX_CREDITS_PER_MESSAGE)]
+
+
+class AgentMessageProcessed(Body):
+    member_id: Identifier
+    agent_id: Identifier
+    conversation_id: Identifier
+    message_id: Identifier
+    credits: Credits
+    """Credits the agent consumed processing this message; a positive integer."""
+
+
+class AgentMessageProcessedV1(Event):
+    """An agent processed one member message and consumed `data.credits` credits."""
+
+    type: Literal["agent_message.processed.v1"] = "agent_message.processed.v1"
+    data: AgentMessageProcessed

@@ -1,0 +1,107 @@
+"""pytest plugin: a real broker and a real PostgreSQL for the whole session, and per test a
+fresh schema and a unique topic prefix (so tests never see each other's data).
+
+Which servers:
+- KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL set: those;
+- else, with TESTCONTAINERS=1 and a Docker engine: Apache Kafka and PostgreSQL containers;
+- else: the embedded stack (Tansu and PostgreSQL 18 from wheels), started once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from shared.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
+
+TEST_DATABASE = "billing_test"
+
+
+@dataclass(frozen=True)
+class Infrastructure:
+    kafka_bootstrap: str
+    database_url: str
+
+
+@dataclass(frozen=True)
+class Isolation:
+    schema: str
+    topic_prefix: str
+
+    def env(self, infrastructure: Infrastructure) -> dict[str, str]:
+        """Environment for a service under test: same servers, its own schema and topics."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": infrastructure.kafka_bootstrap,
+            "DATABASE_URL": infrastructure.database_url,
+            "TOPIC_PREFIX": self.topic_prefix,
+            "KAFKA_SESSION_TIMEOUT_MS": "2000",
+            "METERING_DB_SCHEMA": self.schema,
+        }
+
+
+def _testcontainers(stack: ExitStack) -> Infrastructure:
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.postgres import PostgresContainer
+
+    kafka = stack.enter_context(KafkaContainer("confluentinc/cp-kafka:7.6.1"))
+    postgres = stack.enter_context(PostgresContainer("postgres:18", driver=None))
+    return Infrastructure(kafka.get_bootstrap_server(), postgres.get_connection_url())
+
+
+def _embedded(stack: ExitStack, kafka_url: str | None, database_url: str | None) -> Infrastructure:
+    workdir = Path(tempfile.mkdtemp(prefix="billing-tests-"))
+    stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+    if kafka_url is None:
+        kafka = EmbeddedKafka(port=free_port(), log_file=workdir / "tansu.log")
+        kafka_url = kafka.start()
+        stack.callback(kafka.stop)
+    if database_url is None:
+        postgres = EmbeddedPostgres(workdir / "postgres", port=free_port())
+        postgres.start()
+        stack.callback(postgres.stop)
+        database_url = postgres.create_database(TEST_DATABASE)
+    return Infrastructure(kafka_url, database_url)
+
+
+@pytest.fixture(scope="session")
+def infrastructure() -> Iterator[Infrastructure]:
+    with ExitStack() as stack:
+        kafka_url = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        database_url = os.environ.get("DATABASE_URL")
+        if kafka_url is None and database_url is None and os.environ.get("TESTCONTAINERS") == "1":
+            yield _testcontainers(stack)
+        else:
+            yield _embedded(stack, kafka_url, database_url)
+
+
+@pytest.fixture
+async def isolation(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
+    suffix = uuid.uuid4().hex[:10]
+    isolation = Isolation(schema=f"t_{suffix}", topic_prefix=f"t{suffix}.")
+    yield isolation
+    conn = await asyncpg.connect(infrastructure.database_url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{isolation.schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def db(infrastructure: Infrastructure, isolation: Isolation) -> AsyncIterator[asyncpg.Connection]:
+    """A connection whose search path is the test's schema."""
+    conn = await asyncpg.connect(
+        infrastructure.database_url, server_settings={"search_path": isolation.schema}
+    )
+    try:
+        yield conn
+    finally:
+        await conn.close()

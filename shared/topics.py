@@ -1,0 +1,122 @@
+"""The one registry of topics: name, key, schemas, dead-letter topic, partitions, who writes
+and who reads. Topics are created from it at start; consumers decode with it.
+
+Every topic is keyed by organisation id, so one organisation's events stay in order on one
+partition, and every topic has a dead-letter topic (`<name>.dlq`) for what its consumers refuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shared.events import (
+    AgentMessageProcessedV1,
+    CreditBalanceChangedV1,
+    CreditGrantRequestedV1,
+    CreditsExhaustedV1,
+    CreditsLowV1,
+    Event,
+)
+
+KEY = "organisation_id"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    schemas: tuple[type[Event], ...]
+    description: str
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    partitions: int = 6
+    key: str = KEY
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.name}.dlq"
+
+    def topic(self, prefix: str = "") -> str:
+        return f"{prefix}{self.name}"
+
+    def dead_letter_topic(self, prefix: str = "") -> str:
+        return f"{prefix}{self.dead_letter}"
+
+    @property
+    def type_names(self) -> tuple[str, ...]:
+        return tuple(schema.type_name for schema in self.schemas)
+
+
+AGENT_USAGE = TopicSpec(
+    name="agent.usage",
+    schemas=(AgentMessageProcessedV1,),
+    description="One event per agent message processed, with the credits it consumed (R6).",
+    producers=("agent runtime",),
+    consumers=("metering",),
+    partitions=6,
+)
+CREDIT_GRANT_REQUESTS = TopicSpec(
+    name="credits.grant-requests",
+    schemas=(CreditGrantRequestedV1,),
+    description="Commands to grant, renew, top up or adjust an organisation's credits.",
+    producers=("subscriptions", "billing CLI"),
+    consumers=("metering",),
+    partitions=3,
+)
+CREDIT_BALANCE = TopicSpec(
+    name="credits.balance",
+    schemas=(CreditBalanceChangedV1,),
+    description="An organisation's credits after every change: the data behind the credit bar.",
+    producers=("metering",),
+    consumers=("dashboards", "chat gateway"),
+    partitions=6,
+)
+CREDIT_ALERTS = TopicSpec(
+    name="credits.alerts",
+    schemas=(CreditsLowV1, CreditsExhaustedV1),
+    description="Published once per crossing into `low` and into `exhausted`.",
+    producers=("metering",),
+    consumers=("dashboards", "notifications"),
+    partitions=3,
+)
+
+REGISTRY: tuple[TopicSpec, ...] = (AGENT_USAGE, CREDIT_GRANT_REQUESTS, CREDIT_BALANCE, CREDIT_ALERTS)
+
+_BY_TYPE: dict[type[Event], TopicSpec] = {
+    schema: spec for spec in REGISTRY for schema in spec.schemas
+}
+
+
+def spec_for(event_type: type[Event]) -> TopicSpec:
+    """The topic an event type is published on; each type lives on exactly one topic."""
+    return _BY_TYPE[event_type]
+
+
+async def ensure_topics(
+    bootstrap_servers: str, prefix: str = "", specs: Iterable[TopicSpec] = REGISTRY
+) -> list[str]:
+    """Create every topic and its dead-letter topic that does not exist yet. Returns the names."""
+    wanted: dict[str, int] = {}
+    for spec in specs:
+        wanted[spec.topic(prefix)] = spec.partitions
+        wanted[spec.dead_letter_topic(prefix)] = 1
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="topic-registry")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name, num_partitions=partitions, replication_factor=1)
+            for name, partitions in wanted.items()
+            if name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+    return list(wanted)

@@ -1,0 +1,102 @@
+"""Bad input is parked in the dead-letter topic with its reason and original bytes; the
+consumer never stalls and goes on with the next message."""
+
+from __future__ import annotations
+
+from uuid import uuid4
+
+import orjson
+
+from shared.testing import produce, read_topic
+from shared.topics import AGENT_USAGE
+from tests.conftest import MeteringHarness, grant_command, usage_event
+
+ORG = "org_dlq"
+
+
+def envelope(**overrides: object) -> bytes:
+    body = usage_event(ORG, 5).model_dump(mode="json")
+    data = {**body["data"], **overrides.pop("data", {})}  # type: ignore[dict-item]
+    return orjson.dumps({**body, **overrides, "data": data})
+
+
+def without(field: str) -> bytes:
+    body = usage_event(ORG, 5).model_dump(mode="json")
+    del body[field]
+    return orjson.dumps(body)
+
+
+BAD_INPUT: list[tuple[str, bytes, str]] = [
+    ("malformed JSON", b'{"event_id": "', "malformed_json"),
+    ("not an object", b"[1, 2, 3]", "malformed_json"),
+    ("empty payload", b"", "malformed_json"),
+    ("no type", without("type"), "missing_event_type"),
+    ("unknown type", envelope(type="agent_message.deleted.v1"), "unknown_event_type"),
+    ("future version", envelope(type="agent_message.processed.v2"), "unsupported_event_version"),
+    ("missing organisation", without("organisation_id"), "invalid_organisation_id"),
+    ("malformed organisation", envelope(organisation_id="acme; DROP TABLE"), "invalid_organisation_id"),
+    ("zero credits", envelope(data={"credits": 0}), "invalid_amount"),
+    ("negative credits", envelope(data={"credits": -5}), "invalid_amount"),
+    ("absurd credits", envelope(data={"credits": 10**15}), "invalid_amount"),
+    ("fractional credits", envelope(data={"credits": 2.5}), "invalid_amount"),
+    ("credits as text", envelope(data={"credits": "5"}), "invalid_amount"),
+    ("naive timestamp", envelope(occurred_at="2026-11-01T00:00:00"), "invalid_event"),
+    ("unknown field", envelope(data={"discount": 1}), "invalid_event"),
+    ("oversized", envelope(data={"message_id": "x" * 100_000}), "payload_too_large"),
+    ("NUL in an id", envelope(data={"message_id": "msg\u0000"}), "processing_failed"),
+]
+
+
+async def test_each_kind_of_bad_input_is_parked_with_its_reason(metering: MeteringHarness) -> None:
+    await metering.publish_grants(grant_command(ORG, 1_000))
+    await metering.wait_for(ORG, balance=1_000)
+    good = usage_event(ORG, 7)
+    records = [(ORG.encode(), value) for _, value, _ in BAD_INPUT]
+    records.append((b"org_other", usage_event(ORG, 9).to_bytes()))
+    records.append((ORG.encode(), good.to_bytes()))
+
+    await produce(metering.bootstrap, metering.topic(AGENT_USAGE), records)
+
+    await metering.wait_for(ORG, balance=993)
+    parked = await read_topic(
+        metering.bootstrap,
+        AGENT_USAGE.dead_letter_topic(metering.settings.topic_prefix),
+        at_least=len(BAD_INPUT) + 1,
+    )
+    from_org = [r for r in parked if r.key == ORG.encode()]
+    headers = [{k: v.decode() for k, v in r.headers} for r in from_org]
+    assert [h["dlq.reason"] for h in headers] == [reason for *_, reason in BAD_INPUT]
+    assert [r.value for r in from_org] == [value for _, value, _ in BAD_INPUT]
+    assert [int(h["dlq.original_offset"]) for h in headers] == list(range(len(BAD_INPUT)))
+    assert all(h["dlq.original_topic"] == metering.topic(AGENT_USAGE) for h in headers)
+    assert all(h["dlq.detail"] for h in headers)
+    (mismatch,) = [r for r in parked if r.key == b"org_other"]
+    assert dict(mismatch.headers)["dlq.reason"] == b"key_mismatch"
+
+
+async def test_an_event_id_reused_for_another_effect_is_parked(metering: MeteringHarness, db) -> None:
+    first = usage_event(ORG, 5)
+    await metering.publish_usage(first)
+    await metering.wait_for(ORG, balance=-5)
+    reused = usage_event(ORG, 50, event_id=first.event_id)
+    await metering.publish_usage(reused, usage_event(ORG, 1))
+
+    await metering.wait_for(ORG, balance=-6)
+    parked = await read_topic(
+        metering.bootstrap, AGENT_USAGE.dead_letter_topic(metering.settings.topic_prefix), at_least=1
+    )
+    assert [dict(r.headers)["dlq.reason"] for r in parked] == [b"event_id_conflict"]
+    assert parked[0].value == reused.to_bytes()
+    assert await db.fetchval("SELECT count(*) FROM ledger WHERE entry_id = $1", first.event_id) == 1
+
+
+async def test_the_http_api_answers_bad_requests_with_problem_json(metering: MeteringHarness) -> None:
+    malformed = await metering.http.get("/v1/organisations/not-an-org/credits")
+    unknown = await metering.http.get(f"/v1/organisations/org_{uuid4().hex}/credits")
+    bad_limit = await metering.http.get("/v1/organisations/org_x/ledger", params={"limit": 0})
+
+    for response, status in ((malformed, 400), (unknown, 404), (bad_limit, 400)):
+        assert response.status_code == status
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["status"] == status
+        assert response.json()["title"]
