@@ -1,0 +1,84 @@
+"""The ledger API, the append-only ledger, alerts once per crossing, and the published example
+payloads applied by the real consumers."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from shared.events import CreditsExhaustedV1, CreditsLowV1, GrantReason
+from shared.events.examples import example
+from shared.testing import produce, read_topic
+from shared.topics import AGENT_USAGE, CREDIT_ALERTS, CREDIT_GRANT_REQUESTS
+from tests.conftest import MeteringHarness, grant_command, usage_event
+
+
+async def test_low_and_exhausted_are_announced_once_per_crossing(metering: MeteringHarness) -> None:
+    await metering.publish_grants(grant_command("org_alert", 100))
+    await metering.wait_for("org_alert", balance=100)
+    for credits, balance in ((70, 30), (5, 25), (5, 20), (5, 15), (15, 0), (4, -4)):
+        await metering.publish_usage(usage_event("org_alert", credits))
+        await metering.wait_for("org_alert", balance=balance)
+    await metering.publish_grants(
+        grant_command("org_alert", 50, reason=GrantReason.MANUAL_ADJUSTMENT, period_key="goodwill")
+    )
+    await metering.wait_for("org_alert", balance=46)
+    await metering.publish_usage(usage_event("org_alert", 46))
+    await metering.wait_for("org_alert", balance=0)
+
+    records = await read_topic(metering.bootstrap, metering.topic(CREDIT_ALERTS), at_least=3)
+    alerts = [
+        (CreditsLowV1 if b"low" in dict(r.headers)["event-type"] else CreditsExhaustedV1)
+        .model_validate_json(r.value)
+        for r in records
+    ]
+    assert [(type(a).__name__, a.data.balance) for a in alerts] == [
+        ("CreditsLowV1", 20),
+        ("CreditsExhaustedV1", 0),
+        ("CreditsExhaustedV1", 0),
+    ]
+
+
+async def test_the_ledger_pages_newest_first(metering: MeteringHarness) -> None:
+    await metering.publish_grants(grant_command("org_pages", 100))
+    await metering.wait_for("org_pages", balance=100)
+    await metering.publish_usage(*(usage_event("org_pages", n, message_id=f"m{n}") for n in range(1, 6)))
+    await metering.wait_for("org_pages", balance=85)
+
+    pages, before = [], None
+    while True:
+        params = {"limit": 2, **({"before": before} if before else {})}
+        page = (await metering.http.get("/v1/organisations/org_pages/ledger", params=params)).json()
+        pages.append([(e["kind"], e["amount"]) for e in page["entries"]])
+        before = page["next_before"]
+        if before is None:
+            break
+
+    assert pages == [
+        [("debit", -5), ("debit", -4)],
+        [("debit", -3), ("debit", -2)],
+        [("debit", -1), ("grant", 100)],
+    ]
+
+
+async def test_the_ledger_is_append_only(metering: MeteringHarness, db: asyncpg.Connection) -> None:
+    await metering.publish_usage(usage_event("org_locked", 3))
+    await metering.wait_for("org_locked", balance=-3)
+    for statement in ("UPDATE ledger SET amount = -1", "DELETE FROM ledger", "TRUNCATE ledger"):
+        with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError, match="append-only"):
+            await db.execute(statement)
+    assert await db.fetchval("SELECT amount FROM ledger WHERE organisation_id = 'org_locked'") == -3
+
+
+async def test_the_published_examples_are_applied(metering: MeteringHarness) -> None:
+    await produce(
+        metering.bootstrap,
+        metering.topic(CREDIT_GRANT_REQUESTS),
+        [(b"org_acme", example("credit_grant.requested.v1"))],
+    )
+    await metering.wait_for("org_acme", balance=20_000)
+    await produce(
+        metering.bootstrap, metering.topic(AGENT_USAGE), [(b"org_acme", example("agent_message.processed.v1"))]
+    )
+    credits = await metering.wait_for("org_acme", balance=20_000 - 37)
+    assert credits["renews_at"] == "2027-01-01T00:00:00Z"

@@ -1,0 +1,133 @@
+"""Pure rules of credit metering."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.metering.domain.credits import (
+    CreditPolicy,
+    EntryKind,
+    GrantRefused,
+    Wallet,
+    announcements,
+    apply_grant,
+    crossings,
+    percent_left,
+)
+from shared.events import (
+    CreditBalanceChangedV1,
+    CreditGrantRequested,
+    CreditLevel,
+    CreditsExhaustedV1,
+    CreditsLowV1,
+    GrantReason,
+)
+
+NOV = datetime(2026, 11, 1, tzinfo=UTC)
+DEC = datetime(2026, 12, 1, tzinfo=UTC)
+JAN = datetime(2027, 1, 1, tzinfo=UTC)
+policy = CreditPolicy(low_percent=20)
+
+
+@pytest.mark.parametrize(
+    ("balance", "allotment", "percent", "level"),
+    [
+        (1000, 1000, 100, CreditLevel.NORMAL),
+        (201, 1000, 20, CreditLevel.NORMAL),
+        (200, 1000, 20, CreditLevel.LOW),
+        (1, 1000, 0, CreditLevel.LOW),
+        (0, 1000, 0, CreditLevel.EXHAUSTED),
+        (-5, 1000, 0, CreditLevel.EXHAUSTED),
+        (1500, 1000, 100, CreditLevel.NORMAL),
+        (10, 0, 100, CreditLevel.NORMAL),
+        (0, 0, 0, CreditLevel.EXHAUSTED),
+    ],
+)
+def test_percent_left_and_level(balance, allotment, percent, level) -> None:
+    assert percent_left(balance, allotment) == percent
+    assert policy.level(balance, allotment) is level
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "alerts"),
+    [
+        (CreditLevel.NORMAL, CreditLevel.LOW, (CreditsLowV1,)),
+        (CreditLevel.NORMAL, CreditLevel.EXHAUSTED, (CreditsExhaustedV1,)),
+        (CreditLevel.LOW, CreditLevel.EXHAUSTED, (CreditsExhaustedV1,)),
+        (CreditLevel.LOW, CreditLevel.LOW, ()),
+        (CreditLevel.EXHAUSTED, CreditLevel.EXHAUSTED, ()),
+        (CreditLevel.EXHAUSTED, CreditLevel.NORMAL, ()),
+        (CreditLevel.EXHAUSTED, CreditLevel.LOW, ()),
+        (CreditLevel.NORMAL, CreditLevel.NORMAL, ()),
+    ],
+)
+def test_alerts_once_per_downward_crossing(before, after, alerts) -> None:
+    assert crossings(before, after) == alerts
+
+
+def test_announcements_carry_the_new_state_then_the_alert() -> None:
+    wallet = Wallet("org_a", balance=150, allotment=1000, used=850, revision=9)
+    events = announcements(CreditLevel.NORMAL, wallet, policy, producer="metering", now=NOV)
+    assert [type(e) for e in events] == [CreditBalanceChangedV1, CreditsLowV1]
+    assert events[0].data == events[1].data
+    assert (events[0].data.balance, events[0].data.percent_left, events[0].data.revision) == (150, 15, 9)
+
+
+def renewal(amount: int, start: datetime = DEC, end: datetime = JAN) -> CreditGrantRequested:
+    return CreditGrantRequested(
+        period_key=start.date().isoformat(), amount=amount, reason=GrantReason.RENEWAL_RESET,
+        period_start=start, period_end=end,
+    )
+
+
+def test_renewal_expires_a_positive_remainder_and_resets_to_the_allotment() -> None:
+    wallet = Wallet("org_a", balance=300, allotment=1000, used=700, period_start=NOV, renews_at=DEC)
+    applied = apply_grant(wallet, renewal(1200), "2026-12")
+    assert [(e.kind, e.amount, e.reason) for e in applied.entries] == [
+        (EntryKind.EXPIRY, -300, "period_ended"),
+        (EntryKind.GRANT, 1200, "renewal_reset"),
+    ]
+    assert (applied.wallet.balance, applied.wallet.allotment, applied.wallet.used) == (1200, 1200, 0)
+    assert (applied.wallet.period_start, applied.wallet.renews_at) == (DEC, JAN)
+    assert sum(e.amount for e in applied.entries) == applied.wallet.balance - wallet.balance
+
+
+def test_renewal_writes_off_a_negative_remainder() -> None:
+    wallet = Wallet("org_a", balance=-40, allotment=1000, used=1040, period_start=NOV)
+    applied = apply_grant(wallet, renewal(1000), "2026-12")
+    assert [(e.kind, e.amount, e.reason) for e in applied.entries] == [
+        (EntryKind.EXPIRY, 40, "negative_remainder_written_off"),
+        (EntryKind.GRANT, 1000, "renewal_reset"),
+    ]
+    assert applied.wallet.balance == 1000
+
+
+def test_renewal_to_a_zero_allotment_only_expires() -> None:
+    applied = apply_grant(Wallet("org_a", balance=10, allotment=10), renewal(0), "2026-12")
+    assert [(e.kind, e.amount) for e in applied.entries] == [(EntryKind.EXPIRY, -10)]
+    assert applied.wallet.balance == 0
+
+
+def test_a_period_older_than_the_current_one_is_refused() -> None:
+    wallet = Wallet("org_a", balance=10, allotment=10, period_start=DEC)
+    with pytest.raises(GrantRefused) as refused:
+        apply_grant(wallet, renewal(100, start=NOV, end=DEC), "2026-11")
+    assert refused.value.reason == "stale_period"
+
+
+def test_top_up_raises_balance_and_allotment_within_the_period() -> None:
+    wallet = Wallet("org_a", balance=100, allotment=1000, used=900, period_start=NOV, renews_at=DEC)
+    grant = CreditGrantRequested(period_key="up", amount=4000, reason=GrantReason.UPGRADE_TOP_UP)
+    applied = apply_grant(wallet, grant, "up")
+    assert (applied.wallet.balance, applied.wallet.allotment, applied.wallet.used) == (4100, 5000, 900)
+    assert applied.wallet.renews_at == DEC
+
+
+def test_a_manual_adjustment_moves_only_the_balance() -> None:
+    wallet = Wallet("org_a", balance=100, allotment=1000, used=900)
+    grant = CreditGrantRequested(period_key="fix", amount=-30, reason=GrantReason.MANUAL_ADJUSTMENT)
+    applied = apply_grant(wallet, grant, "fix")
+    assert [(e.kind, e.amount) for e in applied.entries] == [(EntryKind.ADJUSTMENT, -30)]
+    assert (applied.wallet.balance, applied.wallet.allotment, applied.wallet.used) == (70, 1000, 900)

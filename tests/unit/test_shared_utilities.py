@@ -1,0 +1,83 @@
+"""Calendar arithmetic, secret masking in logs, settings validated at start-up."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from datetime import UTC, datetime
+
+import pytest
+import structlog
+from pydantic import ValidationError
+
+from services.metering.settings import MeteringSettings
+from shared.calendar import add_months
+from shared.logging import configure_logging, get_logger, mask_secrets
+
+
+@pytest.mark.parametrize(
+    ("start", "months", "anchor", "expected"),
+    [
+        (datetime(2026, 1, 31, tzinfo=UTC), 1, None, datetime(2026, 2, 28, tzinfo=UTC)),
+        (datetime(2028, 1, 31, tzinfo=UTC), 1, None, datetime(2028, 2, 29, tzinfo=UTC)),
+        (datetime(2026, 2, 28, tzinfo=UTC), 1, 31, datetime(2026, 3, 31, tzinfo=UTC)),
+        (datetime(2026, 12, 15, tzinfo=UTC), 1, None, datetime(2027, 1, 15, tzinfo=UTC)),
+        (datetime(2026, 3, 31, tzinfo=UTC), -1, None, datetime(2026, 2, 28, tzinfo=UTC)),
+        (datetime(2026, 5, 30, 8, 30, tzinfo=UTC), 12, None, datetime(2027, 5, 30, 8, 30, tzinfo=UTC)),
+    ],
+)
+def test_add_months_clamps_to_the_last_day(start, months, anchor, expected) -> None:
+    assert add_months(start, months, anchor_day=anchor) == expected
+
+
+def test_secrets_never_reach_the_log(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", service="test")
+    try:
+        get_logger("t").info(
+            "connecting",
+            target="postgresql://billing:hunter2@db:5432/billing",
+            authorization="Bearer abc.def",
+            database_url="postgresql://u:p@h/d",
+            note="header Bearer s3cr3t-token here",
+        )
+        logging.getLogger("lib").warning("dsn postgresql://svc:pa55@db/x")
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers[:] = []
+    text = json.dumps(lines)
+    for secret in ("hunter2", "abc.def", "s3cr3t-token", "pa55", "u:p@"):
+        assert secret not in text
+    assert lines[0]["target"] == "postgresql://billing:***@db:5432/billing"
+    assert lines[0]["service"] == "test" and lines[0]["level"] == "info"
+
+
+def test_mask_secrets_leaves_plain_text_alone() -> None:
+    assert mask_secrets("org_acme used 5 credits") == "org_acme used 5 credits"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DATABASE_URL", "mysql://x"),
+        ("METERING_DB_SCHEMA", "Robert'); DROP"),
+        ("METERING_LOW_CREDIT_PERCENT", "0"),
+        ("TOPIC_PREFIX", "bad prefix!"),
+        ("LOG_LEVEL", "chatty"),
+    ],
+)
+def test_invalid_settings_are_refused_at_start_up(monkeypatch, variable, value) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError):
+        MeteringSettings()
+
+
+def test_defaults_point_at_the_embedded_stack(monkeypatch) -> None:
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "TOPIC_PREFIX"):
+        monkeypatch.delenv(name, raising=False)
+    settings = MeteringSettings()
+    assert settings.kafka_bootstrap_servers == "127.0.0.1:9092"
+    assert settings.database_url.get_secret_value().startswith("postgresql://")
+    assert "postgres@" not in repr(settings)
+    assert settings.group_id("usage") == "metering.usage"
