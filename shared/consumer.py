@@ -10,7 +10,12 @@ Each batch goes through small steps, in this order:
 
 A crash anywhere before 4 redelivers the batch, and step 2's idempotence makes the replay a
 no-op; nothing is committed that was not applied or parked. While batch N is in steps 2–4,
-batch N+1 is fetched and decoded (one batch in flight), which keeps the database busy.
+batch N+1 is fetched and decoded, which keeps the database busy.
+
+Lanes: partitions are split into `lanes` groups (`partition % lanes`), each with one batch in
+flight on its own database connection. Topics are keyed by organisation, so two lanes never
+touch the same organisation's rows; a partition always maps to the same lane, so its batches are
+applied and committed in order, and a lane commits only its own partitions' offsets.
 
 Failures: transient ones (database or broker unavailable, serialization conflicts) are retried
 with backoff and stall the partition, which is correct: nothing is wrong with the messages.
@@ -84,6 +89,13 @@ class RetryPolicy:
         return min(self.max_delay, self.first_delay * (2 ** min(attempt, 16)))
 
 
+@dataclass
+class _Lane:
+    inflight: asyncio.Task[None] | None = None
+    records: Sequence[ConsumerRecord] = ()
+    failures: int = 0
+
+
 class BatchConsumer(Generic[E]):
     """Drives steps 1–4 for one topic. Call `handle` from a FastStream batch subscriber
     declared with `AckPolicy.MANUAL`; pass `rebalance_listener()` as its listener."""
@@ -96,6 +108,7 @@ class BatchConsumer(Generic[E]):
         apply: Apply[E],
         dead_letters: DeadLetters,
         dead_letter_topic: str,
+        lanes: int = 1,
         retry: RetryPolicy = RetryPolicy(),
     ) -> None:
         self.name = name
@@ -104,32 +117,40 @@ class BatchConsumer(Generic[E]):
         self._dead_letters = dead_letters
         self._dead_letter_topic = dead_letter_topic
         self._retry = retry
-        self._inflight: asyncio.Task[None] | None = None
-        self._inflight_records: Sequence[ConsumerRecord] = ()
+        self._lanes = [_Lane() for _ in range(lanes)]
         self._consecutive_parks = 0
-        self._failures = 0
 
     async def handle(self, records: Sequence[ConsumerRecord], consumer: AIOKafkaConsumer) -> None:
         if not records:
             return
         outcomes = self._codec.decode_batch(records)
-        decoded: list[Decoded[E]] = []
-        rejected: list[tuple[Any, Rejection]] = []
+        split: dict[int, tuple[list[ConsumerRecord], list[Decoded[E]], list[tuple[Any, Rejection]]]]
+        split = {}
+        lanes = len(self._lanes)
         for record, outcome in zip(records, outcomes, strict=True):
+            lane_records, decoded, rejected = split.setdefault(
+                record.partition % lanes, ([], [], [])
+            )
+            lane_records.append(record)
             if isinstance(outcome, Rejection):
                 rejected.append((record, outcome))
             else:
                 decoded.append(Decoded(record, outcome))  # type: ignore[arg-type]
-        if not await self._settle_inflight(consumer, records):
-            return
-        self._inflight_records = records
-        self._inflight = asyncio.create_task(self._complete(records, decoded, rejected, consumer))
+        for index, (lane_records, decoded, rejected) in sorted(split.items()):
+            lane = self._lanes[index]
+            if not await self._settle(lane, consumer, lane_records):
+                continue
+            lane.records = lane_records
+            lane.inflight = asyncio.create_task(
+                self._complete(lane_records, decoded, rejected, consumer)
+            )
 
     async def flush(self) -> None:
-        """Wait for the batch in flight to be applied, parked and committed."""
-        if self._inflight is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._inflight)
+        """Wait for the batches in flight to be applied, parked and committed."""
+        for lane in self._lanes:
+            if lane.inflight is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(lane.inflight)
 
     def rebalance_listener(self) -> ConsumerRebalanceListener:
         consumer = self
@@ -143,11 +164,12 @@ class BatchConsumer(Generic[E]):
 
         return _Listener()
 
-    async def _settle_inflight(
-        self, consumer: AIOKafkaConsumer, next_records: Sequence[ConsumerRecord]
+    async def _settle(
+        self, lane: _Lane, consumer: AIOKafkaConsumer, next_records: Sequence[ConsumerRecord]
     ) -> bool:
-        """Wait for the previous batch. If it failed, rewind it and the batch just fetched."""
-        task, self._inflight = self._inflight, None
+        """Wait for the lane's previous batch. If it failed, rewind it and the batch just
+        fetched for this lane, and back off."""
+        task, lane.inflight = lane.inflight, None
         if task is None:
             return True
         try:
@@ -155,17 +177,15 @@ class BatchConsumer(Generic[E]):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._failures += 1
+            lane.failures += 1
+            delay = self._retry.delay(lane.failures)
             log.error(
-                "batch failed; rewinding",
-                consumer=self.name,
-                error=repr(exc),
-                retry_in=self._retry.delay(self._failures),
+                "batch failed; rewinding", consumer=self.name, error=repr(exc), retry_in=delay
             )
-            _rewind(consumer, [*self._inflight_records, *next_records])
-            await asyncio.sleep(self._retry.delay(self._failures))
+            _rewind(consumer, [*lane.records, *next_records])
+            await asyncio.sleep(delay)
             return False
-        self._failures = 0
+        lane.failures = 0
         return True
 
     async def _complete(
@@ -212,7 +232,9 @@ class BatchConsumer(Generic[E]):
             middle = len(items) // 2
             refused = await self._apply_isolating(items[:middle])
             refused += await self._apply_isolating(items[middle:])
-            if len(refused) == len(items) and all(r.reason == "processing_failed" for _, r in refused):
+            if len(refused) == len(items) and all(
+                r.reason == "processing_failed" for _, r in refused
+            ):
                 raise SystemicFailure(f"all {len(items)} messages failed: {exc!r}") from exc
             return refused
         self._consecutive_parks = 0
@@ -248,7 +270,9 @@ class BatchConsumer(Generic[E]):
         except (CommitFailedError, IllegalStateError) as exc:
             # The partitions moved to another member during a rebalance. The batch is applied;
             # the new owner replays it from the last commit and the replay is a no-op.
-            log.warning("offset commit refused after rebalance", consumer=self.name, error=repr(exc))
+            log.warning(
+                "offset commit refused after rebalance", consumer=self.name, error=repr(exc)
+            )
 
 
 def _rewind(consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord]) -> None:

@@ -90,15 +90,23 @@ async def apply_migrations(dsn: str, schema: str, sources: Sequence[Migrations])
                     async with conn.transaction():
                         await conn.execute(path.read_text())
                         await conn.execute(
-                            "INSERT INTO schema_migrations (component, version, name) VALUES ($1, $2, $3)",
+                            """INSERT INTO schema_migrations (component, version, name)
+                               VALUES ($1, $2, $3)""",
                             source.component,
                             version,
                             path.name,
                         )
                     applied.append(f"{source.component}/{path.name}")
-                    log.info("migration applied", schema=schema, component=source.component, file=path.name)
+                    log.info(
+                        "migration applied",
+                        schema=schema,
+                        component=source.component,
+                        file=path.name,
+                    )
         finally:
-            await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", f"migrate:{schema}")
+            await conn.execute(
+                "SELECT pg_advisory_unlock(hashtextextended($1, 0))", f"migrate:{schema}"
+            )
     finally:
         await conn.close()
     return applied

@@ -64,7 +64,9 @@ class DeadLetters:
             sends.append(self._send(dead_letter_topic, record.value or b"", record.key, headers))
         await asyncio.gather(*sends)
 
-    async def _send(self, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]) -> None:
+    async def _send(
+        self, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]
+    ) -> None:
         try:
             await self._broker.publish(value, topic, key=key, headers=headers)
         except MessageSizeTooLargeError:

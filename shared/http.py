@@ -63,8 +63,12 @@ def install_problem_handlers(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         return problem_response(
-            400, "invalid-request", "Invalid request", "The request did not validate.",
-            request.url.path, errors=errors,
+            400,
+            "invalid-request",
+            "Invalid request",
+            "The request did not validate.",
+            request.url.path,
+            errors=errors,
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -113,8 +117,11 @@ class BodySizeLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
-            413, "body-too-large", "Request body too large",
-            f"The limit is {self.max_bytes} bytes.", scope.get("path", ""),
+            413,
+            "body-too-large",
+            "Request body too large",
+            f"The limit is {self.max_bytes} bytes.",
+            scope.get("path", ""),
         )
         await response(scope, receive, send)
 

@@ -30,7 +30,9 @@ def make_broker(settings: CommonSettings, *, client_id: str) -> KafkaBroker:
     )
 
 
-def consumer_options(settings: CommonSettings, *, fetch_bytes: int = 8 * 1024 * 1024) -> dict[str, Any]:
+def consumer_options(
+    settings: CommonSettings, *, fetch_bytes: int = 8 * 1024 * 1024
+) -> dict[str, Any]:
     """Options for every consumer: offsets committed by us, after the database commit."""
     session = settings.kafka_session_timeout_ms
     return {
@@ -38,5 +40,8 @@ def consumer_options(settings: CommonSettings, *, fetch_bytes: int = 8 * 1024 * 
         "session_timeout_ms": session,
         "heartbeat_interval_ms": max(100, session // 10),
         "max_partition_fetch_bytes": fetch_bytes,
+        # The broker answers a fetch after at most this long even with nothing new; the
+        # default (500 ms) is what a new message waits, worst case, on an idle partition.
+        "fetch_max_wait_ms": 25,
         "fetch_max_bytes": fetch_bytes * 8,
     }

@@ -15,7 +15,9 @@ from typing import Any
 import orjson
 import structlog
 
-_SECRET_KEYS = re.compile(r"(password|passwd|secret|token|authorization|api_key|apikey|dsn|database_url)", re.I)
+_SECRET_KEYS = re.compile(
+    r"(password|passwd|secret|token|authorization|api_key|apikey|dsn|database_url)", re.I
+)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.I)
 _BEARER = re.compile(r"(bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
 MASK = "***"

@@ -8,6 +8,9 @@ between publish and delete publishes again), and consumers dedupe by event id.
 One relay per schema is active at a time (a PostgreSQL advisory lock held on a dedicated
 connection), so events leave in the order they were written. A NOTIFY at commit wakes it at
 once; otherwise it polls.
+
+It publishes with its own producer, one record batch per partition, placing keys as Kafka's
+default partitioner does; per event that costs a few microseconds instead of a full `send`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
-from faststream.kafka import KafkaBroker
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
 from shared.clock import Clock
 from shared.db import Migrations
@@ -58,15 +62,24 @@ class OutboxRelay:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        broker: KafkaBroker,
         *,
+        bootstrap_servers: str,
         dsn: str,
         schema: str,
         batch_size: int = 1000,
         idle_poll_seconds: float = 1.0,
     ) -> None:
         self._pool = pool
-        self._broker = broker
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=f"outbox-relay-{schema}",
+            acks="all",
+            linger_ms=2,
+            enable_idempotence=False,
+        )
+        self._partitioner = DefaultPartitioner()
+        self._partitions: dict[str, list[int]] = {}
+        self._placed: dict[tuple[str, bytes], int] = {}
         self._dsn = dsn
         self._schema = schema
         self._batch_size = batch_size
@@ -77,16 +90,22 @@ class OutboxRelay:
     async def run(self) -> None:
         """Publish forever. Cancel to stop."""
         failures = 0
-        while True:
-            try:
-                await self._lead()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                delay = min(5.0, 0.2 * 2**failures)
-                log.error("outbox relay failed; restarting", error=repr(exc), retry_in=delay)
-                await asyncio.sleep(delay)
+        await self._producer.start()
+        try:
+            while True:
+                try:
+                    await self._lead()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failures += 1
+                    delay = min(5.0, 0.2 * 2**failures)
+                    log.error("outbox relay failed; restarting", error=repr(exc), retry_in=delay)
+                    self._partitions.clear()
+                    self._placed.clear()
+                    await asyncio.sleep(delay)
+        finally:
+            await asyncio.shield(self._producer.stop())
 
     async def _lead(self) -> None:
         conn = await asyncpg.connect(self._dsn, server_settings={"search_path": self._schema})
@@ -119,16 +138,44 @@ class OutboxRelay:
         )
         if not rows:
             return 0
-        sends = [
-            await self._broker.publish(
-                row["payload"],
-                row["topic"],
-                key=row["key"],
-                headers={"content-type": "application/json", "event-type": row["event_type"]},
-                no_confirm=True,
-            )
-            for row in rows
-        ]
+        batches: dict[tuple[str, int], object] = {}
+        sends = []
+        for row in rows:
+            topic, key = row["topic"], row["key"]
+            partition = await self._partition(topic, key)
+            headers = [
+                ("content-type", b"application/json"),
+                ("event-type", row["event_type"].encode()),
+            ]
+            batch = batches.get((topic, partition))
+            if (
+                batch is None
+                or batch.append(  # type: ignore[attr-defined]
+                    key=key, value=row["payload"], timestamp=None, headers=headers
+                )
+                is None
+            ):
+                if batch is not None:
+                    sends.append(await self._producer.send_batch(batch, topic, partition=partition))  # type: ignore[arg-type]
+                batch = batches[(topic, partition)] = self._producer.create_batch()
+                batch.append(key=key, value=row["payload"], timestamp=None, headers=headers)
+        for (topic, partition), batch in batches.items():
+            sends.append(await self._producer.send_batch(batch, topic, partition=partition))  # type: ignore[arg-type]
         await asyncio.gather(*sends)
-        await self._pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+        await self._pool.execute(
+            "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+        )
         return len(rows)
+
+    async def _partition(self, topic: str, key: bytes) -> int:
+        placed = self._placed.get((topic, key))
+        if placed is None:
+            partitions = self._partitions.get(topic)
+            if partitions is None:
+                partitions = self._partitions[topic] = sorted(
+                    await self._producer.partitions_for(topic)
+                )
+            placed = self._placed[(topic, key)] = self._partitioner(key, partitions, partitions)
+            if len(self._placed) > 1_000_000:
+                self._placed.clear()
+        return placed

@@ -83,7 +83,12 @@ CREDIT_ALERTS = TopicSpec(
     partitions=3,
 )
 
-REGISTRY: tuple[TopicSpec, ...] = (AGENT_USAGE, CREDIT_GRANT_REQUESTS, CREDIT_BALANCE, CREDIT_ALERTS)
+REGISTRY: tuple[TopicSpec, ...] = (
+    AGENT_USAGE,
+    CREDIT_GRANT_REQUESTS,
+    CREDIT_BALANCE,
+    CREDIT_ALERTS,
+)
 
 _BY_TYPE: dict[type[Event], TopicSpec] = {
     schema: spec for spec in REGISTRY for schema in spec.schemas

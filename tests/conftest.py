@@ -105,11 +105,15 @@ class MeteringHarness:
         return spec.topic(self.settings.topic_prefix)
 
     async def publish_usage(self, *events: AgentMessageProcessedV1) -> None:
-        await produce(self.bootstrap, self.topic(AGENT_USAGE), [(e.key, e.to_bytes()) for e in events])
+        await produce(
+            self.bootstrap, self.topic(AGENT_USAGE), [(e.key, e.to_bytes()) for e in events]
+        )
 
     async def publish_grants(self, *commands: CreditGrantRequestedV1) -> None:
         await produce(
-            self.bootstrap, self.topic(CREDIT_GRANT_REQUESTS), [(c.key, c.to_bytes()) for c in commands]
+            self.bootstrap,
+            self.topic(CREDIT_GRANT_REQUESTS),
+            [(c.key, c.to_bytes()) for c in commands],
         )
 
     async def credits(self, organisation: str) -> dict | None:
@@ -127,7 +131,9 @@ class MeteringHarness:
 
 
 @pytest.fixture
-async def metering(metering_settings: MeteringSettings, clock: FrozenClock) -> AsyncIterator[MeteringHarness]:
+async def metering(
+    metering_settings: MeteringSettings, clock: FrozenClock
+) -> AsyncIterator[MeteringHarness]:
     app = create_app(metering_settings, clock)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(

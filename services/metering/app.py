@@ -71,21 +71,27 @@ class Runtime:
             schema=settings.db_schema,
             topic_prefix=settings.topic_prefix,
         )
-        def consumer(name: str, spec: TopicSpec, apply: Apply) -> BatchConsumer:
+
+        def consumer(name: str, spec: TopicSpec, apply: Apply, lanes: int = 1) -> BatchConsumer:
             return BatchConsumer(
                 name=name,
                 codec=TopicCodec(spec.schemas, max_bytes=settings.max_event_bytes),
                 apply=apply,
                 dead_letters=DeadLetters(broker, group=settings.group_id(name), clock=clock),
                 dead_letter_topic=spec.dead_letter_topic(settings.topic_prefix),
+                lanes=lanes,
             )
 
-        usage = consumer("usage", AGENT_USAGE, metering.record_usage)
+        usage = consumer("usage", AGENT_USAGE, metering.record_usage, settings.write_lanes)
         grants = consumer("grants", CREDIT_GRANT_REQUESTS, metering.apply_grants)
         kafka.register(broker, settings, usage=usage, grants=grants)
         await broker.start()
         relay = outbox.OutboxRelay(
-            pool, broker, dsn=dsn, schema=settings.db_schema, batch_size=settings.outbox_batch_size
+            pool,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            dsn=dsn,
+            schema=settings.db_schema,
+            batch_size=settings.outbox_batch_size,
         )
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
         tune_gc()

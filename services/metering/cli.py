@@ -21,8 +21,8 @@ from datetime import datetime
 from uuid import uuid4
 
 import httpx
-from pydantic import ValidationError
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
 
 from shared.calendar import add_months
 from shared.clock import SystemClock
@@ -67,7 +67,9 @@ def grant(args: argparse.Namespace, settings: MeteringSettings) -> int:
     period_start = args.period_start or (now if reason.starts_period else None)
     period_end = args.period_end or (add_months(period_start, 1) if reason.starts_period else None)
     period_key = args.period_key or (
-        f"cli:{reason.value}:{period_start.isoformat()}" if reason.starts_period else f"cli:{uuid4()}"
+        f"cli:{reason.value}:{period_start.isoformat()}"
+        if reason.starts_period
+        else f"cli:{uuid4()}"
     )
     event = CreditGrantRequestedV1.new(
         organisation_id=args.organisation,
@@ -107,7 +109,9 @@ def usage(args: argparse.Namespace, settings: MeteringSettings) -> int:
         for _ in range(args.count)
     ]
     asyncio.run(_publish(settings, events))
-    print(f"published {len(events)} usage event(s) of {args.credits} credits for {args.organisation}")
+    print(
+        f"published {len(events)} usage event(s) of {args.credits} credits for {args.organisation}"
+    )
     return 0
 
 
@@ -138,13 +142,16 @@ def dead_letters(args: argparse.Namespace, settings: MeteringSettings) -> int:
         )
         await consumer.start()
         try:
-            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            partitions = [
+                TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
+            ]
             if not partitions:
                 return []
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             ends = await consumer.end_offsets(partitions)
             found: list[dict] = []
+
             async def behind() -> bool:
                 return any([await consumer.position(tp) < ends[tp] for tp in partitions])
 
@@ -190,7 +197,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("organisation")
     p.add_argument("amount", type=int)
     p.add_argument("--reason", choices=[r.value for r in GrantReason], default="manual_adjustment")
-    p.add_argument("--period-key", help="idempotency key; the same key for an organisation applies once")
+    p.add_argument(
+        "--period-key", help="idempotency key; the same key for an organisation applies once"
+    )
     p.add_argument("--period-start", type=_instant)
     p.add_argument("--period-end", type=_instant, help="default: one month after the start")
     p.add_argument("--plan")

@@ -41,7 +41,13 @@ class Credits:
 
 class Metering:
     def __init__(
-        self, pool: asyncpg.Pool, clock: Clock, policy: CreditPolicy, *, schema: str, topic_prefix: str
+        self,
+        pool: asyncpg.Pool,
+        clock: Clock,
+        policy: CreditPolicy,
+        *,
+        schema: str,
+        topic_prefix: str,
     ) -> None:
         self._pool = pool
         self._clock = clock
@@ -123,13 +129,20 @@ class Metering:
             await store.create_wallets(conn, [organisation], now)
             before = await store.lock_wallet(conn, organisation)
             if not await store.record_grant(conn, command, now):
-                log.info("grant already applied", organisation_id=organisation, period_key=grant.period_key)
+                log.info(
+                    "grant already applied",
+                    organisation_id=organisation,
+                    period_key=grant.period_key,
+                )
                 return False
             applied = apply_grant(before, grant, grant.period_key)
             await store.append_entries(
                 conn,
                 organisation,
-                [(grant_entry_id(organisation, grant.period_key, e.kind.value), e) for e in applied.entries],
+                [
+                    (grant_entry_id(organisation, grant.period_key, e.kind.value), e)
+                    for e in applied.entries
+                ],
                 source_event_id=command.event_id,
                 period_key=grant.period_key,
                 occurred_at=command.occurred_at,
@@ -170,7 +183,9 @@ class Metering:
         return await store.ledger_page(self._pool, organisation_id, limit=limit, before=before)
 
     async def _announce(self, conn: asyncpg.Connection, events: Sequence[Event]) -> None:
-        await outbox.enqueue(conn, events, prefix=self._prefix, schema=self._schema, clock=self._clock)
+        await outbox.enqueue(
+            conn, events, prefix=self._prefix, schema=self._schema, clock=self._clock
+        )
 
 
 def _effect(event: AgentMessageProcessedV1) -> tuple[str, int]:

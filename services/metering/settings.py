@@ -20,7 +20,9 @@ class MeteringSettings(CommonSettings):
     low_credit_percent: int = Field(20, ge=1, le=99)
     max_event_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
     batch_max_records: int = Field(10_000, ge=1, le=100_000)
-    batch_timeout_ms: int = Field(50, ge=1, le=5_000)
+    batch_timeout_ms: int = Field(10, ge=1, le=5_000)
+    write_lanes: int = Field(2, ge=1, le=16)
+    """Usage batches written concurrently, each on its own connection (see shared.consumer)."""
     outbox_batch_size: int = Field(1000, ge=1, le=50_000)
 
     @field_validator("db_schema")

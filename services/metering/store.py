@@ -31,7 +31,9 @@ def _wallet(row: asyncpg.Record) -> Wallet:
     )
 
 
-async def create_wallets(conn: asyncpg.Connection, organisations: Sequence[str], now: datetime) -> None:
+async def create_wallets(
+    conn: asyncpg.Connection, organisations: Sequence[str], now: datetime
+) -> None:
     """Wallets that do not exist yet start empty: balance 0, allotment 0."""
     await conn.execute(
         """INSERT INTO wallets (organisation_id, created_at, updated_at)
@@ -48,19 +50,29 @@ class Debited(NamedTuple):
     entries: int
 
 
+_USAGE_BATCH = """
+CREATE TEMP TABLE IF NOT EXISTS usage_batch (
+    entry_id uuid, organisation_id text, credits bigint, member_id text, agent_id text,
+    conversation_id text, message_id text, occurred_at timestamptz
+) ON COMMIT DELETE ROWS
+"""
+_USAGE_COLUMNS = (
+    "entry_id",
+    "organisation_id",
+    "credits",
+    "member_id",
+    "agent_id",
+    "conversation_id",
+    "message_id",
+    "occurred_at",
+)
 _DEBIT = f"""
-WITH batch AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::timestamptz[])
-        AS b(entry_id, organisation_id, credits, member_id, agent_id, conversation_id,
-             message_id, occurred_at)
-),
-inserted AS (
+WITH inserted AS (
     INSERT INTO ledger (entry_id, organisation_id, kind, amount, source_event_id, member_id,
                         agent_id, conversation_id, message_id, occurred_at, recorded_at)
     SELECT entry_id, organisation_id, 'debit', -credits, entry_id, member_id, agent_id,
-           conversation_id, message_id, occurred_at, $9
-    FROM batch
+           conversation_id, message_id, occurred_at, $1
+    FROM usage_batch
     ON CONFLICT (entry_id) DO NOTHING
     RETURNING organisation_id, -amount AS credits
 ),
@@ -70,7 +82,7 @@ per_organisation AS (
 )
 UPDATE wallets w
 SET balance = w.balance - p.debited, used = w.used + p.debited,
-    revision = w.revision + 1, updated_at = $9
+    revision = w.revision + 1, updated_at = $1
 FROM per_organisation p
 WHERE w.organisation_id = p.organisation_id
 RETURNING {", ".join("w." + c.strip() for c in _WALLET_COLUMNS.split(","))}, p.debited, p.entries
@@ -81,26 +93,39 @@ async def debit(
     conn: asyncpg.Connection, events: Sequence[AgentMessageProcessedV1], now: datetime
 ) -> list[Debited]:
     """Append one debit per event not yet in the ledger and debit each wallet once by their sum.
-    Events already in the ledger (redeliveries) change nothing. Every wallet must exist."""
-    columns: tuple[list, ...] = ([], [], [], [], [], [], [], [])
-    for e in events:
-        d = e.data
-        columns[0].append(e.event_id)
-        columns[1].append(e.organisation_id)
-        columns[2].append(d.credits)
-        columns[3].append(d.member_id)
-        columns[4].append(d.agent_id)
-        columns[5].append(d.conversation_id)
-        columns[6].append(d.message_id)
-        columns[7].append(e.occurred_at)
-    rows = await conn.fetch(_DEBIT, *columns, now)
+    Events already in the ledger (redeliveries) change nothing. Every wallet must exist.
+
+    The batch travels by binary COPY into a temporary table (emptied at commit), which costs
+    both sides less than array parameters; then one statement inserts and debits."""
+    await conn.execute(_USAGE_BATCH)
+    await conn.copy_records_to_table(
+        "usage_batch",
+        columns=_USAGE_COLUMNS,
+        records=[
+            (
+                e.event_id,
+                e.organisation_id,
+                e.data.credits,
+                e.data.member_id,
+                e.data.agent_id,
+                e.data.conversation_id,
+                e.data.message_id,
+                e.occurred_at,
+            )
+            for e in events
+        ],
+    )
+    rows = await conn.fetch(_DEBIT, now)
     return [Debited(_wallet(r), r["debited"], r["entries"]) for r in rows]
 
 
-async def debits_by_entry(conn: asyncpg.Connection, entry_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str, int]]:
+async def debits_by_entry(
+    conn: asyncpg.Connection, entry_ids: Sequence[UUID]
+) -> dict[UUID, tuple[str, str, int]]:
     """(organisation, kind, amount) of the ledger entries with these ids."""
     rows = await conn.fetch(
-        "SELECT entry_id, organisation_id, kind, amount FROM ledger WHERE entry_id = ANY($1::uuid[])",
+        """SELECT entry_id, organisation_id, kind, amount
+           FROM ledger WHERE entry_id = ANY($1::uuid[])""",
         list(entry_ids),
     )
     return {r["entry_id"]: (r["organisation_id"], r["kind"], r["amount"]) for r in rows}
@@ -133,7 +158,9 @@ async def save_wallet(conn: asyncpg.Connection, wallet: Wallet, now: datetime) -
     return _wallet(row)
 
 
-async def record_grant(conn: asyncpg.Connection, command: CreditGrantRequestedV1, now: datetime) -> bool:
+async def record_grant(
+    conn: asyncpg.Connection, command: CreditGrantRequestedV1, now: datetime
+) -> bool:
     """Remember the grant; False if this (organisation, period key) was applied before."""
     g = command.data
     inserted = await conn.fetchval(
@@ -171,14 +198,25 @@ async def append_entries(
                                period_key, occurred_at, recorded_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
         [
-            (entry_id, organisation_id, e.kind.value, e.amount, source_event_id, e.reason,
-             period_key, occurred_at, now)
+            (
+                entry_id,
+                organisation_id,
+                e.kind.value,
+                e.amount,
+                source_event_id,
+                e.reason,
+                period_key,
+                occurred_at,
+                now,
+            )
             for entry_id, e in entries
         ],
     )
 
 
-async def get_wallet(conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str) -> tuple[Wallet, datetime] | None:
+async def get_wallet(
+    conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str
+) -> tuple[Wallet, datetime] | None:
     row = await conn.fetchrow(
         f"SELECT {_WALLET_COLUMNS}, updated_at FROM wallets WHERE organisation_id = $1",
         organisation_id,

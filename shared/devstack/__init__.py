@@ -4,7 +4,8 @@ by the project itself. Used by `make run` and by the test fixtures; production u
 and a managed PostgreSQL instead (see deploy/)."""
 
 from .broker import EmbeddedKafka
-from .postgres import EmbeddedPostgres
 from .ports import free_port, wait_for_port
+from .postgres import EmbeddedPostgres
+from .stack import embedded_stack
 
-__all__ = ["EmbeddedKafka", "EmbeddedPostgres", "free_port", "wait_for_port"]
+__all__ = ["EmbeddedKafka", "EmbeddedPostgres", "embedded_stack", "free_port", "wait_for_port"]

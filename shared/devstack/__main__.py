@@ -1,8 +1,9 @@
 """`python -m shared.devstack run` — what `make run` does.
 
 Starts the embedded broker and database (unless KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL point
-elsewhere; DEVSTACK_KAFKA_PORT / DEVSTACK_POSTGRES_PORT move them off 9092 / 55432), creates the topics, applies every service's migrations, starts every service, prints
-where each listens, and on Ctrl-C (or SIGTERM) stops all of it, services first.
+elsewhere; DEVSTACK_KAFKA_PORT / DEVSTACK_POSTGRES_PORT move them off 9092 / 55432), creates
+the topics, applies every service's migrations, starts every service, prints where each
+listens, and on Ctrl-C (or SIGTERM) stops all of it, services first.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def run(data_dir: Path) -> int:
                 )
                 env["KAFKA_BOOTSTRAP_SERVERS"] = kafka.start()
                 stack.callback(_stopping("broker", kafka.stop))
-                kafka_where = f"{kafka.bootstrap_servers} (Tansu, in-memory; log {data_dir / 'tansu.log'})"
+                kafka_where = (
+                    f"{kafka.bootstrap_servers} (Tansu, in-memory; log {data_dir / 'tansu.log'})"
+                )
             if "DATABASE_URL" in env:
                 db_where = "DATABASE_URL (external)"
             else:
@@ -82,14 +85,21 @@ def run(data_dir: Path) -> int:
             _say(f"topics   {', '.join(topics)}")
             for service in LOCAL:
                 subprocess.run(
-                    [sys.executable, "-m", service.module, "migrate"], env=env, check=True,
+                    [sys.executable, "-m", service.module, "migrate"],
+                    env=env,
+                    check=True,
                     stdout=subprocess.DEVNULL,
                 )
                 _say(f"migrated {service.name}")
             for service in LOCAL:
-                service_env = {**env, service.port_variable: env.get(service.port_variable, str(service.port))}
+                service_env = {
+                    **env,
+                    service.port_variable: env.get(service.port_variable, str(service.port)),
+                }
                 process = subprocess.Popen(
-                    [sys.executable, "-m", service.module], env=service_env, cwd=ROOT,
+                    [sys.executable, "-m", service.module],
+                    env=service_env,
+                    cwd=ROOT,
                     start_new_session=True,
                 )
                 children.append((service.name, process))
@@ -98,7 +108,9 @@ def run(data_dir: Path) -> int:
             for (name, process), service in zip(children, LOCAL, strict=True):
                 port = int(env.get(service.port_variable, service.port))
                 _wait_ready(name, process, f"http://127.0.0.1:{port}/readyz")
-                lines.append(f"{name:<9}http://127.0.0.1:{port}  (API docs: http://127.0.0.1:{port}/docs)")
+                lines.append(
+                    f"{name:<9}http://127.0.0.1:{port}  (API docs: http://127.0.0.1:{port}/docs)"
+                )
             print("\nEverything is up. Where things listen:", flush=True)
             print(f"  broker   {kafka_where}")
             print(f"  database {db_where}")

@@ -20,7 +20,9 @@ def wait_for_port(host: str, port: int, *, timeout: float, process=None) -> None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+            raise RuntimeError(
+                f"process exited with {process.returncode} before listening on {port}"
+            )
         if port_in_use(host, port):
             return
         time.sleep(0.05)

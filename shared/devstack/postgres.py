@@ -52,13 +52,28 @@ class EmbeddedPostgres:
         pgdata = self.data_dir / "pgdata"
         if not (pgdata / "PG_VERSION").exists():
             self._run(
-                [str(POSTGRES_BIN_PATH / "initdb"), "-D", str(pgdata), "-U", "postgres",
-                 "--auth=trust", "--encoding=UTF8", "--locale=C"],
+                [
+                    str(POSTGRES_BIN_PATH / "initdb"),
+                    "-D",
+                    str(pgdata),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                ],
             )
         settings = [f"-c{key}={value}" for key, value in SERVER_SETTINGS.items()]
-        log = open(self.data_dir / "postgres.log", "ab")  # noqa: SIM115
+        log = open(self.data_dir / "postgres.log", "ab")
         self._process = subprocess.Popen(
-            [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(pgdata), "-p", str(self.port), *settings],
+            [
+                str(POSTGRES_BIN_PATH / "postgres"),
+                "-D",
+                str(pgdata),
+                "-p",
+                str(self.port),
+                *settings,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -91,7 +106,14 @@ class EmbeddedPostgres:
     def _wait_ready(self) -> None:
         for _ in range(300):
             ready = subprocess.run(
-                [str(POSTGRES_BIN_PATH / "pg_isready"), "-h", self.host, "-p", str(self.port), "-q"],
+                [
+                    str(POSTGRES_BIN_PATH / "pg_isready"),
+                    "-h",
+                    self.host,
+                    "-p",
+                    str(self.port),
+                    "-q",
+                ],
                 check=False,
             )
             if ready.returncode == 0:
@@ -103,8 +125,23 @@ class EmbeddedPostgres:
 
     def _psql(self, sql: str) -> str:
         return subprocess.run(
-            [str(POSTGRES_BIN_PATH / "psql"), "-X", "-q", "-t", "-A", "-h", self.host,
-             "-p", str(self.port), "-U", "postgres", "-d", "postgres", "-c", sql],
+            [
+                str(POSTGRES_BIN_PATH / "psql"),
+                "-X",
+                "-q",
+                "-t",
+                "-A",
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ],
             check=True,
             capture_output=True,
             text=True,

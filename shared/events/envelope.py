@@ -8,12 +8,12 @@ new class with a new version. Unknown fields are refused, so a change cannot sli
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Self
 from uuid import UUID, uuid4
 
 import orjson
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints
 
 ORGANISATION_ID_PATTERN = r"^org_[A-Za-z0-9_-]{1,64}$"
 
@@ -23,12 +23,9 @@ OrganisationId = Annotated[str, StringConstraints(pattern=ORGANISATION_ID_PATTER
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
-def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
-
-
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
-"""A timezone-aware instant, normalised to UTC. Naive datetimes are refused."""
+UtcDatetime = AwareDatetime
+"""A timezone-aware instant; naive datetimes are refused. Producers send UTC (`Z`); what the
+services store and publish is UTC (`timestamptz`, the injected clock)."""
 
 
 class Body(BaseModel):

@@ -11,7 +11,11 @@ T = TypeVar("T")
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T]], *, timeout: float = 20.0, interval: float = 0.05, what: str = ""
+    check: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "",
 ) -> T:
     """Poll `check` until it returns something truthy; fail with its last value after `timeout`."""
     deadline = time.monotonic() + timeout

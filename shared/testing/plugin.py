@@ -10,18 +10,15 @@ Which servers:
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 import pytest
 
-from shared.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
+from shared.devstack import embedded_stack
 
 TEST_DATABASE = "billing_test"
 
@@ -57,21 +54,6 @@ def _testcontainers(stack: ExitStack) -> Infrastructure:
     return Infrastructure(kafka.get_bootstrap_server(), postgres.get_connection_url())
 
 
-def _embedded(stack: ExitStack, kafka_url: str | None, database_url: str | None) -> Infrastructure:
-    workdir = Path(tempfile.mkdtemp(prefix="billing-tests-"))
-    stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-    if kafka_url is None:
-        kafka = EmbeddedKafka(port=free_port(), log_file=workdir / "tansu.log")
-        kafka_url = kafka.start()
-        stack.callback(kafka.stop)
-    if database_url is None:
-        postgres = EmbeddedPostgres(workdir / "postgres", port=free_port())
-        postgres.start()
-        stack.callback(postgres.stop)
-        database_url = postgres.create_database(TEST_DATABASE)
-    return Infrastructure(kafka_url, database_url)
-
-
 @pytest.fixture(scope="session")
 def infrastructure() -> Iterator[Infrastructure]:
     with ExitStack() as stack:
@@ -80,7 +62,10 @@ def infrastructure() -> Iterator[Infrastructure]:
         if kafka_url is None and database_url is None and os.environ.get("TESTCONTAINERS") == "1":
             yield _testcontainers(stack)
         else:
-            yield _embedded(stack, kafka_url, database_url)
+            kafka_url, database_url = stack.enter_context(
+                embedded_stack(TEST_DATABASE, kafka_url=kafka_url, database_url=database_url)
+            )
+            yield Infrastructure(kafka_url, database_url)
 
 
 @pytest.fixture
@@ -96,7 +81,9 @@ async def isolation(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
 
 
 @pytest.fixture
-async def db(infrastructure: Infrastructure, isolation: Isolation) -> AsyncIterator[asyncpg.Connection]:
+async def db(
+    infrastructure: Infrastructure, isolation: Isolation
+) -> AsyncIterator[asyncpg.Connection]:
     """A connection whose search path is the test's schema."""
     conn = await asyncpg.connect(
         infrastructure.database_url, server_settings={"search_path": isolation.schema}

@@ -34,7 +34,11 @@ BAD_INPUT: list[tuple[str, bytes, str]] = [
     ("unknown type", envelope(type="agent_message.deleted.v1"), "unknown_event_type"),
     ("future version", envelope(type="agent_message.processed.v2"), "unsupported_event_version"),
     ("missing organisation", without("organisation_id"), "invalid_organisation_id"),
-    ("malformed organisation", envelope(organisation_id="acme; DROP TABLE"), "invalid_organisation_id"),
+    (
+        "malformed organisation",
+        envelope(organisation_id="acme; DROP TABLE"),
+        "invalid_organisation_id",
+    ),
     ("zero credits", envelope(data={"credits": 0}), "invalid_amount"),
     ("negative credits", envelope(data={"credits": -5}), "invalid_amount"),
     ("absurd credits", envelope(data={"credits": 10**15}), "invalid_amount"),
@@ -74,7 +78,9 @@ async def test_each_kind_of_bad_input_is_parked_with_its_reason(metering: Meteri
     assert dict(mismatch.headers)["dlq.reason"] == b"key_mismatch"
 
 
-async def test_an_event_id_reused_for_another_effect_is_parked(metering: MeteringHarness, db) -> None:
+async def test_an_event_id_reused_for_another_effect_is_parked(
+    metering: MeteringHarness, db
+) -> None:
     first = usage_event(ORG, 5)
     await metering.publish_usage(first)
     await metering.wait_for(ORG, balance=-5)
@@ -83,14 +89,18 @@ async def test_an_event_id_reused_for_another_effect_is_parked(metering: Meterin
 
     await metering.wait_for(ORG, balance=-6)
     parked = await read_topic(
-        metering.bootstrap, AGENT_USAGE.dead_letter_topic(metering.settings.topic_prefix), at_least=1
+        metering.bootstrap,
+        AGENT_USAGE.dead_letter_topic(metering.settings.topic_prefix),
+        at_least=1,
     )
     assert [dict(r.headers)["dlq.reason"] for r in parked] == [b"event_id_conflict"]
     assert parked[0].value == reused.to_bytes()
     assert await db.fetchval("SELECT count(*) FROM ledger WHERE entry_id = $1", first.event_id) == 1
 
 
-async def test_the_http_api_answers_bad_requests_with_problem_json(metering: MeteringHarness) -> None:
+async def test_the_http_api_answers_bad_requests_with_problem_json(
+    metering: MeteringHarness,
+) -> None:
     malformed = await metering.http.get("/v1/organisations/not-an-org/credits")
     unknown = await metering.http.get(f"/v1/organisations/org_{uuid4().hex}/credits")
     bad_limit = await metering.http.get("/v1/organisations/org_x/ledger", params={"limit": 0})

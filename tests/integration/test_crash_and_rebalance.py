@@ -28,7 +28,10 @@ pytestmark = pytest.mark.slow
 
 def workload(organisations: int, events: int, seed: int) -> tuple[list, Counter]:
     rng = random.Random(seed)
-    batch = [usage_event(f"org_load{rng.randrange(organisations)}", rng.randint(1, 9)) for _ in range(events)]
+    batch = [
+        usage_event(f"org_load{rng.randrange(organisations)}", rng.randint(1, 9))
+        for _ in range(events)
+    ]
     expected: Counter = Counter()
     for event in batch:
         expected[event.organisation_id] += event.data.credits
@@ -87,7 +90,9 @@ async def test_sigkill_in_the_middle_of_a_batch_leaves_the_exact_balance(meterin
         await assert_exact(db, expected, len(events))
         org, credits = expected.most_common(1)[0]
         async with httpx.AsyncClient() as client:
-            shown = (await client.get(f"http://127.0.0.1:{port}/v1/organisations/{org}/credits")).json()
+            shown = (
+                await client.get(f"http://127.0.0.1:{port}/v1/organisations/{org}/credits")
+            ).json()
         assert shown["balance"] == -credits
     finally:
         process.kill()
@@ -101,7 +106,9 @@ async def _owns_all(runtime: Runtime, topic: str) -> bool:
 async def _ready(port: int) -> bool:
     try:
         async with httpx.AsyncClient() as client:
-            return (await client.get(f"http://127.0.0.1:{port}/readyz", timeout=1)).status_code == 200
+            return (
+                await client.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+            ).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -114,19 +121,29 @@ async def test_a_rebalance_between_two_instances_debits_exactly_once(metering_en
     second = None
     try:
         topic = AGENT_USAGE.topic(settings.topic_prefix)
-        await produce(settings.kafka_bootstrap_servers, topic, [(e.key, e.to_bytes()) for e in events[:6_000]])
+        await produce(
+            settings.kafka_bootstrap_servers, topic, [(e.key, e.to_bytes()) for e in events[:6_000]]
+        )
         second = await Runtime.start(settings, SystemClock())  # joins: partitions are split
 
         async def split() -> bool:
             mine, theirs = first.assignments().get(topic, []), second.assignments().get(topic, [])
-            return bool(mine) and bool(theirs) and sorted(mine + theirs) == list(range(AGENT_USAGE.partitions))
+            return (
+                bool(mine)
+                and bool(theirs)
+                and sorted(mine + theirs) == list(range(AGENT_USAGE.partitions))
+            )
 
         await eventually(split, what="usage partitions split between the two instances")
-        await produce(settings.kafka_bootstrap_servers, topic, [(e.key, e.to_bytes()) for e in events[6_000:]])
+        await produce(
+            settings.kafka_bootstrap_servers, topic, [(e.key, e.to_bytes()) for e in events[6_000:]]
+        )
         await first.stop()  # leaves: the second takes every partition
         first = None
         await eventually(
-            lambda: _owns_all(second, topic), timeout=30, what="second instance owns every partition"
+            lambda: _owns_all(second, topic),
+            timeout=30,
+            what="second instance owns every partition",
         )
 
         async def all_applied() -> bool:

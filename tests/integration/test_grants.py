@@ -37,14 +37,18 @@ async def test_a_grant_applied_twice_counts_once(metering: MeteringHarness) -> N
     ]
 
 
-async def test_renewal_expires_the_rest_and_grants_the_new_allotment(metering: MeteringHarness) -> None:
+async def test_renewal_expires_the_rest_and_grants_the_new_allotment(
+    metering: MeteringHarness,
+) -> None:
     await metering.publish_grants(grant_command("org_renew", 1_000, period_key="2026-11"))
     await metering.wait_for("org_renew", balance=1_000)
     await metering.publish_usage(usage_event("org_renew", 300))
     await metering.wait_for("org_renew", balance=700, used=300)
 
     await metering.publish_grants(
-        grant_command("org_renew", 1_200, period_key="2026-12", period_start=DEC_1, period_end=JAN_1)
+        grant_command(
+            "org_renew", 1_200, period_key="2026-12", period_start=DEC_1, period_end=JAN_1
+        )
     )
     credits = await metering.wait_for("org_renew", balance=1_200)
 
@@ -67,7 +71,9 @@ async def test_renewal_writes_off_a_negative_remainder(metering: MeteringHarness
     await metering.wait_for("org_overdrawn", balance=-30)
 
     await metering.publish_grants(
-        grant_command("org_overdrawn", 100, period_key="2026-12", period_start=DEC_1, period_end=JAN_1)
+        grant_command(
+            "org_overdrawn", 100, period_key="2026-12", period_start=DEC_1, period_end=JAN_1
+        )
     )
     credits = await metering.wait_for("org_overdrawn", balance=100)
 
@@ -90,6 +96,8 @@ async def test_a_renewal_older_than_the_current_period_is_parked(metering: Meter
 
     await metering.wait_for("org_late", balance=1_205)
     parked = await read_topic(
-        metering.bootstrap, CREDIT_GRANT_REQUESTS.dead_letter_topic(metering.settings.topic_prefix), at_least=1
+        metering.bootstrap,
+        CREDIT_GRANT_REQUESTS.dead_letter_topic(metering.settings.topic_prefix),
+        at_least=1,
     )
     assert [dict(r.headers)["dlq.reason"] for r in parked] == [b"stale_period"]

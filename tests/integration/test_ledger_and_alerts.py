@@ -28,8 +28,9 @@ async def test_low_and_exhausted_are_announced_once_per_crossing(metering: Meter
 
     records = await read_topic(metering.bootstrap, metering.topic(CREDIT_ALERTS), at_least=3)
     alerts = [
-        (CreditsLowV1 if b"low" in dict(r.headers)["event-type"] else CreditsExhaustedV1)
-        .model_validate_json(r.value)
+        (
+            CreditsLowV1 if b"low" in dict(r.headers)["event-type"] else CreditsExhaustedV1
+        ).model_validate_json(r.value)
         for r in records
     ]
     assert [(type(a).__name__, a.data.balance) for a in alerts] == [
@@ -42,7 +43,9 @@ async def test_low_and_exhausted_are_announced_once_per_crossing(metering: Meter
 async def test_the_ledger_pages_newest_first(metering: MeteringHarness) -> None:
     await metering.publish_grants(grant_command("org_pages", 100))
     await metering.wait_for("org_pages", balance=100)
-    await metering.publish_usage(*(usage_event("org_pages", n, message_id=f"m{n}") for n in range(1, 6)))
+    await metering.publish_usage(
+        *(usage_event("org_pages", n, message_id=f"m{n}") for n in range(1, 6))
+    )
     await metering.wait_for("org_pages", balance=85)
 
     pages, before = [], None
@@ -78,7 +81,9 @@ async def test_the_published_examples_are_applied(metering: MeteringHarness) -> 
     )
     await metering.wait_for("org_acme", balance=20_000)
     await produce(
-        metering.bootstrap, metering.topic(AGENT_USAGE), [(b"org_acme", example("agent_message.processed.v1"))]
+        metering.bootstrap,
+        metering.topic(AGENT_USAGE),
+        [(b"org_acme", example("agent_message.processed.v1"))],
     )
     credits = await metering.wait_for("org_acme", balance=20_000 - 37)
     assert credits["renews_at"] == "2027-01-01T00:00:00Z"

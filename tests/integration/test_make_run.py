@@ -63,7 +63,9 @@ async def test_make_run_serves_balances_from_usage_published_by_any_client(tmp_p
                 "credits": 42,
             },
         }
-        await produce(f"127.0.0.1:{kafka_port}", "agent.usage", [(b"org_outside", orjson.dumps(usage))])
+        await produce(
+            f"127.0.0.1:{kafka_port}", "agent.usage", [(b"org_outside", orjson.dumps(usage))]
+        )
 
         async def balance() -> int | None:
             async with httpx.AsyncClient() as client:

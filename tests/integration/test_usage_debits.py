@@ -23,10 +23,15 @@ async def test_every_event_published_three_times_debits_once(metering: MeteringH
 
     assert credits["used"] == 40
     assert await db.fetchval("SELECT count(*) FROM ledger WHERE kind = 'debit'") == 6
-    assert await db.fetchval("SELECT sum(amount) FROM ledger WHERE organisation_id = 'org_triple'") == 960
+    assert (
+        await db.fetchval("SELECT sum(amount) FROM ledger WHERE organisation_id = 'org_triple'")
+        == 960
+    )
 
 
-async def test_usage_without_a_wallet_is_recorded_and_goes_negative(metering: MeteringHarness) -> None:
+async def test_usage_without_a_wallet_is_recorded_and_goes_negative(
+    metering: MeteringHarness,
+) -> None:
     await metering.publish_usage(usage_event("org_newcomer", 25), usage_event("org_newcomer", 5))
 
     credits = await metering.wait_for("org_newcomer", balance=-30)
@@ -46,7 +51,9 @@ async def test_balance_changes_are_published_for_dashboards(metering: MeteringHa
     changes = [CreditBalanceChangedV1.model_validate_json(r.value) for r in records]
 
     assert all(r.key == b"org_dash" for r in records)
-    assert [(c.data.balance, c.data.used, c.data.percent_left, c.data.level.value) for c in changes] == [
+    assert [
+        (c.data.balance, c.data.used, c.data.percent_left, c.data.level.value) for c in changes
+    ] == [
         (100, 0, 100, "normal"),
         (70, 30, 70, "normal"),
     ]

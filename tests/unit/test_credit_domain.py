@@ -72,13 +72,20 @@ def test_announcements_carry_the_new_state_then_the_alert() -> None:
     events = announcements(CreditLevel.NORMAL, wallet, policy, producer="metering", now=NOV)
     assert [type(e) for e in events] == [CreditBalanceChangedV1, CreditsLowV1]
     assert events[0].data == events[1].data
-    assert (events[0].data.balance, events[0].data.percent_left, events[0].data.revision) == (150, 15, 9)
+    assert (events[0].data.balance, events[0].data.percent_left, events[0].data.revision) == (
+        150,
+        15,
+        9,
+    )
 
 
 def renewal(amount: int, start: datetime = DEC, end: datetime = JAN) -> CreditGrantRequested:
     return CreditGrantRequested(
-        period_key=start.date().isoformat(), amount=amount, reason=GrantReason.RENEWAL_RESET,
-        period_start=start, period_end=end,
+        period_key=start.date().isoformat(),
+        amount=amount,
+        reason=GrantReason.RENEWAL_RESET,
+        period_start=start,
+        period_end=end,
     )
 
 
@@ -89,7 +96,11 @@ def test_renewal_expires_a_positive_remainder_and_resets_to_the_allotment() -> N
         (EntryKind.EXPIRY, -300, "period_ended"),
         (EntryKind.GRANT, 1200, "renewal_reset"),
     ]
-    assert (applied.wallet.balance, applied.wallet.allotment, applied.wallet.used) == (1200, 1200, 0)
+    assert (applied.wallet.balance, applied.wallet.allotment, applied.wallet.used) == (
+        1200,
+        1200,
+        0,
+    )
     assert (applied.wallet.period_start, applied.wallet.renews_at) == (DEC, JAN)
     assert sum(e.amount for e in applied.entries) == applied.wallet.balance - wallet.balance
 
@@ -121,7 +132,11 @@ def test_top_up_raises_balance_and_allotment_within_the_period() -> None:
     wallet = Wallet("org_a", balance=100, allotment=1000, used=900, period_start=NOV, renews_at=DEC)
     grant = CreditGrantRequested(period_key="up", amount=4000, reason=GrantReason.UPGRADE_TOP_UP)
     applied = apply_grant(wallet, grant, "up")
-    assert (applied.wallet.balance, applied.wallet.allotment, applied.wallet.used) == (4100, 5000, 900)
+    assert (applied.wallet.balance, applied.wallet.allotment, applied.wallet.used) == (
+        4100,
+        5000,
+        900,
+    )
     assert applied.wallet.renews_at == DEC
 
 
@@ -130,4 +145,8 @@ def test_a_manual_adjustment_moves_only_the_balance() -> None:
     grant = CreditGrantRequested(period_key="fix", amount=-30, reason=GrantReason.MANUAL_ADJUSTMENT)
     applied = apply_grant(wallet, grant, "fix")
     assert [(e.kind, e.amount) for e in applied.entries] == [(EntryKind.ADJUSTMENT, -30)]
-    assert (applied.wallet.balance, applied.wallet.allotment, applied.wallet.used) == (70, 1000, 900)
+    assert (applied.wallet.balance, applied.wallet.allotment, applied.wallet.used) == (
+        70,
+        1000,
+        900,
+    )

@@ -37,14 +37,16 @@ def test_every_schema_has_an_example_that_its_topic_accepts(schema) -> None:
         payload, orjson.loads(payload)["organisation_id"].encode()
     )
     assert isinstance(decoded, schema)
-    assert orjson.loads(decoded.to_bytes()) == orjson.loads(schema.model_validate_json(payload).to_bytes())
+    assert orjson.loads(decoded.to_bytes()) == orjson.loads(
+        schema.model_validate_json(payload).to_bytes()
+    )
 
 
 def test_no_example_is_orphaned() -> None:
     assert {p.stem for p in DIRECTORY.glob("*.json")} == {s.type_name for s in ALL_SCHEMAS}
 
 
-def test_events_are_frozen_and_timestamps_are_normalised_to_utc() -> None:
+def test_events_are_frozen_and_timestamps_must_carry_a_timezone() -> None:
     event = AgentMessageProcessedV1.model_validate_json(example("agent_message.processed.v1"))
     with pytest.raises(ValidationError):
         event.organisation_id = "org_other"  # type: ignore[misc]
@@ -53,7 +55,10 @@ def test_events_are_frozen_and_timestamps_are_normalised_to_utc() -> None:
         organisation_id="org_a", data=event.data, producer="p", occurred_at=local
     )
     assert moved.occurred_at == datetime(2026, 11, 27, 1, 0, tzinfo=UTC)
-    assert moved.occurred_at.tzinfo is UTC
+    with pytest.raises(ValidationError, match="timezone"):
+        AgentMessageProcessedV1.new(
+            organisation_id="org_a", data=event.data, producer="p", occurred_at=datetime(2026, 1, 1)
+        )
 
 
 @pytest.mark.parametrize(

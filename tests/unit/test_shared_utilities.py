@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from datetime import UTC, datetime
@@ -24,7 +23,12 @@ from shared.logging import configure_logging, get_logger, mask_secrets
         (datetime(2026, 2, 28, tzinfo=UTC), 1, 31, datetime(2026, 3, 31, tzinfo=UTC)),
         (datetime(2026, 12, 15, tzinfo=UTC), 1, None, datetime(2027, 1, 15, tzinfo=UTC)),
         (datetime(2026, 3, 31, tzinfo=UTC), -1, None, datetime(2026, 2, 28, tzinfo=UTC)),
-        (datetime(2026, 5, 30, 8, 30, tzinfo=UTC), 12, None, datetime(2027, 5, 30, 8, 30, tzinfo=UTC)),
+        (
+            datetime(2026, 5, 30, 8, 30, tzinfo=UTC),
+            12,
+            None,
+            datetime(2027, 5, 30, 8, 30, tzinfo=UTC),
+        ),
     ],
 )
 def test_add_months_clamps_to_the_last_day(start, months, anchor, expected) -> None:

@@ -114,7 +114,9 @@ def announcements(
     body = policy.snapshot(after)
     kinds = (CreditBalanceChangedV1, *crossings(before, body.level))
     return [
-        kind.new(organisation_id=after.organisation_id, data=body, producer=producer, occurred_at=now)
+        kind.new(
+            organisation_id=after.organisation_id, data=body, producer=producer, occurred_at=now
+        )
         for kind in kinds
     ]
 

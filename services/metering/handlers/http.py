@@ -18,7 +18,8 @@ from ..service import Metering
 router = APIRouter(prefix="/v1/organisations/{organisation_id}", tags=["credits"])
 
 OrganisationPath = Annotated[
-    str, Path(pattern=ORGANISATION_ID_PATTERN, description="`org_` and 1–64 letters, digits, _ or -")
+    str,
+    Path(pattern=ORGANISATION_ID_PATTERN, description="`org_` and 1–64 letters, digits, _ or -"),
 ]
 
 
@@ -98,7 +99,9 @@ async def get_ledger(
     organisation_id: OrganisationPath,
     request: Request,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before: Annotated[int | None, Query(ge=1, description="`next_before` of the previous page")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, description="`next_before` of the previous page")
+    ] = None,
 ) -> LedgerPageOut:
     """Ledger entries, newest first, paginated."""
     metering = _metering(request)

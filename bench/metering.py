@@ -1,0 +1,315 @@
+"""Credit metering: sustained end-to-end debits per second, beside two ceilings measured in the
+same run on the same machine:
+
+- end to end: N usage events for M organisations published to the usage topic while the
+  metering service (its own process, production settings) consumes them; from the first publish
+  until the last debit is committed, checked by counting the ledger;
+- insert ceiling: the same rows inserted straight into the same ledger table, in batches of the
+  same size, one transaction each, from one connection;
+- consume ceiling: the same topic consumed by a consumer that does nothing;
+- latency: at a moderate steady load, how long until a published debit shows in the balance that
+  the HTTP API returns (p50 / p99).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+
+from services.metering.app import MIGRATIONS
+from shared.db import apply_migrations
+from shared.devstack import free_port
+from shared.topics import AGENT_USAGE, ensure_topics
+
+BATCH = 10_000
+
+
+@dataclass(frozen=True)
+class Workload:
+    events: list[tuple[bytes, bytes]]
+    rows: list[tuple]
+    credits: int
+
+    def partitioned(self, partitions: int) -> list[tuple[int, bytes, bytes]]:
+        """(partition, key, value) as Kafka's default partitioner places them; computed before
+        the clock starts, so the load generator spends its time sending."""
+        partitioner = DefaultPartitioner()
+        every = list(range(partitions))
+        cache: dict[bytes, int] = {}
+        placed = []
+        for key, value in self.events:
+            if key not in cache:
+                cache[key] = partitioner(key, every, every)
+            placed.append((cache[key], key, value))
+        return placed
+
+
+def make_workload(events: int, organisations: int, seed: int = 1) -> Workload:
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    stamp = now.isoformat()
+    encoded, rows, total = [], [], 0
+    for i in range(events):
+        organisation = f"org_bench{rng.randrange(organisations)}"
+        credits = rng.randint(1, 20)
+        event_id = uuid.UUID(int=rng.getrandbits(128), version=4)
+        data = {
+            "member_id": f"member_{i % 50}",
+            "agent_id": f"agent_{i % 7}",
+            "conversation_id": f"conv_{i // 10}",
+            "message_id": f"msg_{i}",
+            "credits": credits,
+        }
+        body = {
+            "event_id": str(event_id),
+            "type": "agent_message.processed.v1",
+            "organisation_id": organisation,
+            "occurred_at": stamp,
+            "producer": "bench",
+            "data": data,
+        }
+        encoded.append((organisation.encode(), orjson.dumps(body)))
+        rows.append((event_id, organisation, credits, *list(data.values())[:4], now))
+        total += credits
+    return Workload(encoded, rows, total)
+
+
+async def publish(bootstrap: str, topic: str, events: list[tuple[int, bytes, bytes]]) -> float:
+    """Publish as fast as one producer can (record batches per partition). Returns the start."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for(topic))
+        batches = {p: producer.create_batch() for p in partitions}
+        sends = []
+        started = time.perf_counter()
+        for partition, key, value in events:
+            if batches[partition].append(key=key, value=value, timestamp=None) is None:
+                sends.append(
+                    await producer.send_batch(batches[partition], topic, partition=partition)
+                )
+                batches[partition] = producer.create_batch()
+                batches[partition].append(key=key, value=value, timestamp=None)
+        for partition, batch in batches.items():
+            if batch.record_count():
+                sends.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*sends)
+        return started
+    finally:
+        await producer.stop()
+
+
+class MeteringProcess:
+    """The metering service in its own process, as in production."""
+
+    def __init__(self, bootstrap: str, database_url: str, schema: str, prefix: str) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "DATABASE_URL": database_url,
+            "TOPIC_PREFIX": prefix,
+            "METERING_DB_SCHEMA": schema,
+            "METERING_HTTP_PORT": str(self.port),
+            "LOG_LEVEL": "WARNING",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def __aenter__(self) -> MeteringProcess:
+        self.process = subprocess.Popen(  # noqa: ASYNC220
+            [sys.executable, "-m", "services.metering"], env=self.env, stdout=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                try:
+                    if (
+                        await client.get(f"http://127.0.0.1:{self.port}/readyz")
+                    ).status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise RuntimeError("metering did not become ready")
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+async def end_to_end(bootstrap: str, database_url: str, workload: Workload) -> dict[str, Any]:
+    schema, prefix = f"bench_{uuid.uuid4().hex[:8]}", f"bench{uuid.uuid4().hex[:8]}."
+    topic = AGENT_USAGE.topic(prefix)
+    await ensure_topics(bootstrap, prefix)
+    async with MeteringProcess(bootstrap, database_url, schema, prefix):
+        conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+        try:
+            placed = workload.partitioned(AGENT_USAGE.partitions)
+            publishing = asyncio.create_task(publish(bootstrap, topic, placed))
+            started = await publishing
+            published = time.perf_counter()
+            debited_so_far = "SELECT coalesce(sum(used), 0)::bigint FROM wallets"
+            while await conn.fetchval(debited_so_far) < workload.credits:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            finished = time.perf_counter()
+            counted = await conn.fetchval("SELECT count(*) FROM ledger")
+            debited = -await conn.fetchval("SELECT sum(balance)::bigint FROM wallets")
+        finally:
+            await conn.close()
+    assert counted == len(workload.events), (
+        f"ledger has {counted} entries, {len(workload.events)} sent"
+    )
+    assert debited == workload.credits, f"debited {debited}, expected {workload.credits}"
+    return {
+        "events": len(workload.events),
+        "seconds": round(finished - started, 3),
+        "per_second": round(len(workload.events) / (finished - started)),
+        "publish_per_second": round(len(workload.events) / (published - started)),
+        "ledger_entries_counted": counted,
+        "credits_debited": debited,
+        "topic": topic,
+        "schema": schema,
+    }
+
+
+async def insert_ceiling(database_url: str, workload: Workload) -> dict[str, Any]:
+    schema = f"ceiling_{uuid.uuid4().hex[:8]}"
+    await apply_migrations(database_url, schema, MIGRATIONS)
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        now = datetime.now(UTC)
+        started = time.perf_counter()
+        for start in range(0, len(workload.rows), BATCH):
+            chunk = workload.rows[start : start + BATCH]
+            columns = list(zip(*chunk, strict=True))
+            async with conn.transaction():
+                await conn.execute(
+                    """INSERT INTO ledger (entry_id, organisation_id, kind, amount, source_event_id,
+                                           member_id, agent_id, conversation_id, message_id,
+                                           occurred_at, recorded_at)
+                       SELECT e, o, 'debit', -c, e, m, a, v, g, t, $9
+                       FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                                   $6::text[], $7::text[], $8::timestamptz[])
+                            AS r(e, o, c, m, a, v, g, t)""",
+                    *columns,
+                    now,
+                )
+        seconds = time.perf_counter() - started
+        assert await conn.fetchval("SELECT count(*) FROM ledger") == len(workload.rows)
+    finally:
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()
+    return {
+        "rows": len(workload.rows),
+        "batch": BATCH,
+        "seconds": round(seconds, 3),
+        "per_second": round(len(workload.rows) / seconds),
+    }
+
+
+async def consume_ceiling(bootstrap: str, topic: str, events: int) -> dict[str, Any]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-noop-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        seen, started = 0, None
+        while seen < events:
+            batch = await consumer.getmany(timeout_ms=200, max_records=BATCH)
+            if batch and started is None:
+                started = time.perf_counter()
+            seen += sum(len(records) for records in batch.values())
+            if batch:
+                await consumer.commit()
+        seconds = time.perf_counter() - (started or time.perf_counter())
+    finally:
+        await consumer.stop()
+    return {"records": seen, "seconds": round(seconds, 3), "per_second": round(seen / seconds)}
+
+
+async def visibility_latency(
+    bootstrap: str, database_url: str, *, background_per_second: int, probes: int
+) -> dict[str, Any]:
+    """p50/p99 from publishing a debit to seeing it in the HTTP API's balance, under a steady
+    background load spread over 1,000 organisations."""
+    schema, prefix = f"bench_{uuid.uuid4().hex[:8]}", f"bench{uuid.uuid4().hex[:8]}."
+    topic = AGENT_USAGE.topic(prefix)
+    await ensure_topics(bootstrap, prefix)
+    background = make_workload(background_per_second * (probes // 20 + 10), 1_000, seed=3).events
+    async with MeteringProcess(bootstrap, database_url, schema, prefix) as metering:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+        await producer.start()
+        stop = asyncio.Event()
+
+        async def steady_load() -> None:
+            tick, per_tick = 0.01, max(1, background_per_second // 100)
+            for start in range(0, len(background), per_tick):
+                if stop.is_set():
+                    return
+                for key, value in background[start : start + per_tick]:
+                    await producer.send(topic, value, key=key)
+                await asyncio.sleep(tick)
+
+        load = asyncio.create_task(steady_load())
+        latencies: list[float] = []
+        url = f"http://127.0.0.1:{metering.port}/v1/organisations/org_probe/credits"
+        try:
+            async with httpx.AsyncClient() as client:
+                for n in range(1, probes + 1):
+                    event = {
+                        "event_id": str(uuid.uuid4()),
+                        "type": "agent_message.processed.v1",
+                        "organisation_id": "org_probe",
+                        "occurred_at": datetime.now(UTC).isoformat(),
+                        "producer": "bench",
+                        "data": {
+                            "member_id": "m",
+                            "agent_id": "a",
+                            "conversation_id": "c",
+                            "message_id": f"probe{n}",
+                            "credits": 1,
+                        },
+                    }
+                    sent = time.perf_counter()
+                    await producer.send(topic, orjson.dumps(event), key=b"org_probe")
+                    while True:
+                        response = await client.get(url)
+                        if response.status_code == 200 and response.json()["used"] >= n:
+                            break
+                        await asyncio.sleep(0.001)
+                    latencies.append((time.perf_counter() - sent) * 1000)
+                    await asyncio.sleep(0.02)
+        finally:
+            stop.set()
+            await load
+            await producer.stop()
+    latencies.sort()
+    return {
+        "background_events_per_second": background_per_second,
+        "probes": probes,
+        "p50_ms": round(statistics.median(latencies), 1),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 1),
+        "max_ms": round(latencies[-1], 1),
+    }
