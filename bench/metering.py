@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from services.metering.app import MIGRATIONS
+from services.metering.settings import DEV_API_TOKEN
 from shared.db import apply_migrations
 from shared.devstack import free_port
 from shared.topics import AGENT_USAGE, ensure_topics
@@ -276,7 +277,9 @@ async def visibility_latency(
         latencies: list[float] = []
         url = f"http://127.0.0.1:{metering.port}/v1/organisations/org_probe/credits"
         try:
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(
+                headers={"Authorization": f"Bearer {DEV_API_TOKEN}"}
+            ) as client:
                 for n in range(1, probes + 1):
                     event = {
                         "event_id": str(uuid.uuid4()),

@@ -22,12 +22,22 @@ PROBLEM_BASE = "https://billing.example/problems/"
 class Problem(Exception):
     """Raise from a route to answer with a problem document."""
 
-    def __init__(self, status: int, slug: str, title: str, detail: str = "", **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str = "",
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(title)
         self.status = status
         self.slug = slug
         self.title = title
         self.detail = detail
+        self.headers = headers
         self.extra = extra
 
 
@@ -45,16 +55,23 @@ def problem_response(
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": text, "content": {PROBLEM_JSON: {}}}
-    for code, text in ((400, "Invalid request"), (404, "Not found"), (413, "Body too large"))
+    for code, text in (
+        (400, "Invalid request"),
+        (401, "Missing or invalid bearer token"),
+        (404, "Not found"),
+        (413, "Body too large"),
+    )
 }
 
 
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
-        return problem_response(
+        response = problem_response(
             exc.status, exc.slug, exc.title, exc.detail, request.url.path, **exc.extra
         )
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

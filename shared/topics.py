@@ -15,6 +15,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from shared.events import (
     AgentMessageProcessedV1,
+    CreditAuthorizationDecidedV1,
     CreditBalanceChangedV1,
     CreditGrantRequestedV1,
     CreditsExhaustedV1,
@@ -83,11 +84,21 @@ CREDIT_ALERTS = TopicSpec(
     partitions=3,
 )
 
+CREDIT_AUTHORIZATIONS = TopicSpec(
+    name="credits.authorizations",
+    schemas=(CreditAuthorizationDecidedV1,),
+    description="Every authorization decision for the chat gateway, allowed or denied.",
+    producers=("metering",),
+    consumers=("dashboards",),
+    partitions=6,
+)
+
 REGISTRY: tuple[TopicSpec, ...] = (
     AGENT_USAGE,
     CREDIT_GRANT_REQUESTS,
     CREDIT_BALANCE,
     CREDIT_ALERTS,
+    CREDIT_AUTHORIZATIONS,
 )
 
 _BY_TYPE: dict[type[Event], TopicSpec] = {

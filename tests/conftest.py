@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from services.metering.app import Runtime, create_app
-from services.metering.settings import MeteringSettings
+from services.metering.settings import DEV_API_TOKEN, MeteringSettings
 from shared.clock import FrozenClock
 from shared.events import (
     AgentMessageProcessed,
@@ -137,6 +137,8 @@ async def metering(
     app = create_app(metering_settings, clock)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://metering"
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://metering",
+            headers={"Authorization": f"Bearer {DEV_API_TOKEN}"},
         ) as http:
             yield MeteringHarness(app.state.runtime, http, metering_settings)

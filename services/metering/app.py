@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -20,16 +21,17 @@ from shared.consumer import Apply, BatchConsumer
 from shared.db import Migrations, apply_migrations, create_pool
 from shared.deadletter import DeadLetters
 from shared.events.codec import TopicCodec
-from shared.http import Problem, install_problem_handlers
+from shared.http import BodySizeLimit, Problem, install_problem_handlers
 from shared.kafka import make_broker
 from shared.logging import get_logger
 from shared.runtime import tune_gc
 from shared.topics import AGENT_USAGE, CREDIT_GRANT_REQUESTS, TopicSpec, ensure_topics
 
+from .authorizer import Authorizer
 from .domain.credits import CreditPolicy
 from .handlers import http, kafka
 from .service import Metering
-from .settings import MeteringSettings
+from .settings import DEV_API_TOKEN, MeteringSettings
 
 log = get_logger("metering.app")
 
@@ -49,9 +51,9 @@ class Runtime:
     pool: asyncpg.Pool
     broker: KafkaBroker
     metering: Metering
+    authorizer: Authorizer
     consumers: tuple[BatchConsumer, ...]
-    relay: outbox.OutboxRelay
-    relay_task: asyncio.Task[None]
+    tasks: tuple[asyncio.Task[None], ...]
 
     @classmethod
     async def start(cls, settings: MeteringSettings, clock: Clock) -> Runtime:
@@ -82,10 +84,22 @@ class Runtime:
                 lanes=lanes,
             )
 
-        usage = consumer("usage", AGENT_USAGE, metering.record_usage, settings.write_lanes)
-        grants = consumer("grants", CREDIT_GRANT_REQUESTS, metering.apply_grants)
-        kafka.register(broker, settings, usage=usage, grants=grants)
-        await broker.start()
+        authorizer = Authorizer(
+            pool,
+            clock,
+            hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
+            schema=settings.db_schema,
+            topic_prefix=settings.topic_prefix,
+        )
+        consumers: tuple[BatchConsumer, ...] = ()
+        if settings.run_consumers:
+            usage = consumer("usage", AGENT_USAGE, metering.record_usage, settings.write_lanes)
+            grants = consumer("grants", CREDIT_GRANT_REQUESTS, metering.apply_grants)
+            kafka.register(broker, settings, usage=usage, grants=grants)
+            consumers = (usage, grants)
+            await broker.start()
+        else:
+            await broker.connect()
         relay = outbox.OutboxRelay(
             pool,
             bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -93,21 +107,31 @@ class Runtime:
             schema=settings.db_schema,
             batch_size=settings.outbox_batch_size,
         )
-        relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        tasks = (
+            asyncio.create_task(relay.run(), name="outbox-relay"),
+            asyncio.create_task(
+                authorizer.run_sweeper(settings.hold_sweep_seconds), name="hold-sweeper"
+            ),
+        )
         tune_gc()
         log.info(
             "metering started",
             kafka=settings.kafka_bootstrap_servers,
             schema=settings.db_schema,
             topic_prefix=settings.topic_prefix,
-            consumer_groups=[settings.group_id(c.name) for c in (usage, grants)],
+            consumer_groups=[settings.group_id(c.name) for c in consumers],
         )
-        return cls(settings, pool, broker, metering, (usage, grants), relay, relay_task)
+        if settings.api_tokens.get_secret_value() == DEV_API_TOKEN:
+            log.warning("the development API token is accepted; set METERING_API_TOKENS")
+        return cls(settings, pool, broker, metering, authorizer, consumers, tasks)
 
     async def stop(self) -> None:
-        self.relay_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.relay_task
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.authorizer.close()
         for consumer in self.consumers:
             await consumer.flush()
         await self.broker.stop()
@@ -146,9 +170,12 @@ def create_app(settings: MeteringSettings | None = None, clock: Clock | None = N
     app = FastAPI(
         title="Credit metering",
         version="1",
-        summary="Wallets, the credit ledger and the credit bar of each organisation.",
+        summary="Credit authorization for the chat gateway, wallets, the credit ledger and the "
+        "credit bar of each organisation.",
         lifespan=lifespan,
     )
+    app.state.settings = settings
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     install_problem_handlers(app)
     app.include_router(http.router)
 

@@ -37,7 +37,7 @@ from shared.events import (
 from shared.kafka import make_broker
 from shared.topics import REGISTRY, spec_for
 
-from .settings import MeteringSettings
+from .settings import DEV_API_TOKEN, MeteringSettings
 
 PRODUCER = "billing-cli"
 
@@ -116,8 +116,14 @@ def usage(args: argparse.Namespace, settings: MeteringSettings) -> int:
 
 
 def _get(settings: MeteringSettings, path: str, params: dict | None = None) -> int:
+    token = os.environ.get("METERING_API_TOKEN", DEV_API_TOKEN)
     try:
-        response = httpx.get(f"{_api_url(settings)}{path}", params=params, timeout=5)
+        response = httpx.get(
+            f"{_api_url(settings)}{path}",
+            params=params,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=5,
+        )
     except httpx.HTTPError as exc:
         print(f"cannot reach metering at {_api_url(settings)}: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from shared.events import AgentMessageProcessedV1, CreditGrantRequestedV1
 from .domain.credits import Entry, Wallet
 
 _WALLET_COLUMNS = (
-    "organisation_id, balance, allotment, used, revision, period_key, period_start, renews_at"
+    "organisation_id, balance, allotment, used, revision, held, period_key, period_start, renews_at"
 )
 
 
@@ -25,6 +25,7 @@ def _wallet(row: asyncpg.Record) -> Wallet:
         allotment=row["allotment"],
         used=row["used"],
         revision=row["revision"],
+        held=row["held"],
         period_key=row["period_key"],
         period_start=row["period_start"],
         renews_at=row["renews_at"],
@@ -74,26 +75,38 @@ WITH inserted AS (
            conversation_id, message_id, occurred_at, $1
     FROM usage_batch
     ON CONFLICT (entry_id) DO NOTHING
-    RETURNING organisation_id, -amount AS credits
+    RETURNING organisation_id, message_id, -amount AS credits
 ),
-per_organisation AS (
+settled AS (
+    UPDATE authorizations a
+    SET status = 'settled', settled_credits = i.credits, closed_at = $1
+    FROM inserted i
+    WHERE a.organisation_id = i.organisation_id AND a.message_id = i.message_id
+      AND a.status = 'held'
+    RETURNING a.organisation_id, a.estimate
+),
+debited AS (
     SELECT organisation_id, sum(credits)::bigint AS debited, count(*)::int AS entries
     FROM inserted GROUP BY organisation_id
+),
+released AS (
+    SELECT organisation_id, sum(estimate)::bigint AS released FROM settled GROUP BY organisation_id
 )
 UPDATE wallets w
-SET balance = w.balance - p.debited, used = w.used + p.debited,
-    revision = w.revision + 1, updated_at = $1
-FROM per_organisation p
-WHERE w.organisation_id = p.organisation_id
-RETURNING {", ".join("w." + c.strip() for c in _WALLET_COLUMNS.split(","))}, p.debited, p.entries
+SET balance = w.balance - d.debited, used = w.used + d.debited,
+    held = w.held - coalesce(r.released, 0), revision = w.revision + 1, updated_at = $1
+FROM debited d LEFT JOIN released r USING (organisation_id)
+WHERE w.organisation_id = d.organisation_id
+RETURNING {", ".join("w." + c.strip() for c in _WALLET_COLUMNS.split(","))}, d.debited, d.entries
 """
 
 
 async def debit(
     conn: asyncpg.Connection, events: Sequence[AgentMessageProcessedV1], now: datetime
 ) -> list[Debited]:
-    """Append one debit per event not yet in the ledger and debit each wallet once by their sum.
-    Events already in the ledger (redeliveries) change nothing. Every wallet must exist.
+    """Append one debit per event not yet in the ledger, settle the hold of each newly debited
+    message, and debit each wallet once by the sum. Events already in the ledger (redeliveries)
+    change nothing, holds included. Every wallet must exist.
 
     The batch travels by binary COPY into a temporary table (emptied at commit), which costs
     both sides less than array parameters; then one statement inserts and debits."""
@@ -237,5 +250,156 @@ async def ledger_page(
            LIMIT $3""",
         organisation_id,
         before,
+        limit,
+    )
+
+
+# Authorizations. Lock order everywhere: hold rows first, then the wallet row.
+
+_EXPIRE_AND_LOCK = """
+WITH expired AS (
+    UPDATE authorizations SET status = 'expired', closed_at = $3
+    WHERE organisation_id = $1 AND status = 'held' AND expires_at <= $3
+    RETURNING estimate
+)
+UPDATE wallets
+SET held = held - coalesce((SELECT sum(estimate) FROM expired), 0)
+WHERE organisation_id = $1
+RETURNING balance, held, renews_at,
+          ARRAY(SELECT message_id FROM authorizations
+                WHERE organisation_id = $1 AND message_id = ANY($2::text[])) AS known
+"""
+
+
+class DecisionState(NamedTuple):
+    balance: int
+    held: int
+    renews_at: datetime | None
+    known: list[str]
+
+
+async def lock_for_decision(
+    conn: asyncpg.Connection, organisation_id: str, message_ids: Sequence[str], now: datetime
+) -> DecisionState | None:
+    """Expire the organisation's due holds, lock its wallet and list which of `message_ids`
+    were decided before. None if the organisation has no wallet."""
+    row = await conn.fetchrow(_EXPIRE_AND_LOCK, organisation_id, list(message_ids), now)
+    if row is None:
+        return None
+    return DecisionState(row["balance"], row["held"], row["renews_at"], row["known"])
+
+
+class NewDecision(NamedTuple):
+    authorization_id: UUID
+    message_id: str
+    member_id: str
+    agent_id: str | None
+    reason: str | None
+    estimate: int
+    expires_at: datetime | None
+
+
+async def record_decisions(
+    conn: asyncpg.Connection, organisation_id: str, decisions: Sequence[NewDecision], now: datetime
+) -> set[str]:
+    """Insert the decisions and add the new holds to the wallet. Returns the message ids that
+    were inserted; one decided concurrently elsewhere is left alone (and not counted)."""
+    rows = await conn.fetch(
+        """WITH inserted AS (
+               INSERT INTO authorizations (authorization_id, organisation_id, message_id,
+                   member_id, agent_id, decision, reason, estimate, status, decided_at, expires_at)
+               SELECT a, $1, m, mb, ag,
+                      CASE WHEN r IS NULL THEN 'allowed' ELSE 'denied' END, r, e,
+                      CASE WHEN r IS NULL THEN 'held' ELSE 'denied' END, $2, x
+               FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
+                           $8::bigint[], $9::timestamptz[]) AS t(a, m, mb, ag, r, e, x)
+               ON CONFLICT (organisation_id, message_id) DO NOTHING
+               RETURNING message_id, CASE WHEN status = 'held' THEN estimate ELSE 0 END AS held
+           ),
+           wallet AS (
+               UPDATE wallets SET held = held + (SELECT sum(held) FROM inserted)
+               WHERE organisation_id = $1 AND (SELECT sum(held) FROM inserted) > 0
+           )
+           SELECT message_id FROM inserted""",
+        organisation_id,
+        now,
+        [d.authorization_id for d in decisions],
+        [d.message_id for d in decisions],
+        [d.member_id for d in decisions],
+        [d.agent_id for d in decisions],
+        [d.reason for d in decisions],
+        [d.estimate for d in decisions],
+        [d.expires_at for d in decisions],
+    )
+    return {r["message_id"] for r in rows}
+
+
+_AUTHORIZATION_COLUMNS = """authorization_id, organisation_id, message_id, member_id, agent_id,
+    decision, reason, estimate, status, decided_at, expires_at, closed_at, settled_credits"""
+
+
+async def decisions_for(
+    conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str, message_ids: Sequence[str]
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"""SELECT {_AUTHORIZATION_COLUMNS} FROM authorizations
+            WHERE organisation_id = $1 AND message_id = ANY($2::text[])""",
+        organisation_id,
+        list(message_ids),
+    )
+
+
+async def get_authorization(
+    conn: asyncpg.Connection | asyncpg.Pool, authorization_id: UUID
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_AUTHORIZATION_COLUMNS} FROM authorizations WHERE authorization_id = $1",
+        authorization_id,
+    )
+
+
+async def release_hold(conn: asyncpg.Connection, authorization_id: UUID, now: datetime) -> bool:
+    """Release an active hold and give its credits back. False if it was not active."""
+    released = await conn.fetchval(
+        """WITH released AS (
+               UPDATE authorizations SET status = 'released', closed_at = $2
+               WHERE authorization_id = $1 AND status = 'held'
+               RETURNING organisation_id, estimate
+           ),
+           wallet AS (
+               UPDATE wallets w SET held = w.held - r.estimate
+               FROM released r WHERE w.organisation_id = r.organisation_id
+           )
+           SELECT count(*) FROM released""",
+        authorization_id,
+        now,
+    )
+    return bool(released)
+
+
+async def expire_due_holds(conn: asyncpg.Connection, now: datetime, *, limit: int) -> int:
+    """Expire up to `limit` holds past their time, across organisations. Returns how many."""
+    return await conn.fetchval(
+        """WITH due AS (
+               SELECT authorization_id FROM authorizations
+               WHERE status = 'held' AND expires_at <= $1
+               ORDER BY expires_at LIMIT $2
+               FOR UPDATE SKIP LOCKED
+           ),
+           expired AS (
+               UPDATE authorizations a SET status = 'expired', closed_at = $1
+               FROM due WHERE a.authorization_id = due.authorization_id
+               RETURNING a.organisation_id, a.estimate
+           ),
+           per_organisation AS (
+               SELECT organisation_id, sum(estimate)::bigint AS freed
+               FROM expired GROUP BY organisation_id
+           ),
+           wallet AS (
+               UPDATE wallets w SET held = w.held - p.freed
+               FROM per_organisation p WHERE w.organisation_id = p.organisation_id
+           )
+           SELECT count(*) FROM expired""",
+        now,
         limit,
     )

@@ -1,6 +1,8 @@
 """Typed, versioned events shared by every service. See `envelope` for the rules."""
 
 from .credits import (
+    AuthorizationDecision,
+    CreditAuthorizationDecidedV1,
     CreditBalance,
     CreditBalanceChangedV1,
     CreditGrantRequested,
@@ -17,7 +19,9 @@ __all__ = [
     "MAX_CREDITS_PER_MESSAGE",
     "AgentMessageProcessed",
     "AgentMessageProcessedV1",
+    "AuthorizationDecision",
     "Body",
+    "CreditAuthorizationDecidedV1",
     "CreditBalance",
     "CreditBalanceChangedV1",
     "CreditGrantRequested",

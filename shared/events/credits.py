@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Annotated, Literal, Self
+from uuid import UUID
 
 from pydantic import Field, NonNegativeInt, model_validator
 
@@ -97,3 +98,29 @@ class CreditsExhaustedV1(Event):
 
     type: Literal["credit_balance.exhausted.v1"] = "credit_balance.exhausted.v1"
     data: CreditBalance
+
+
+class AuthorizationDecision(Body):
+    authorization_id: UUID
+    member_id: Identifier
+    message_id: Identifier
+    agent_id: Identifier | None
+    decision: Literal["allowed", "denied"]
+    reason: Identifier | None
+    """Why it was denied: `no_wallet`, `credits_exhausted`, `insufficient_credits`, …"""
+    estimate: Annotated[int, Field(gt=0)]
+    held: NonNegativeInt
+    """Credits reserved by the decision: the estimate if allowed, else 0."""
+    balance: int
+    available: int
+    """Balance minus every active hold, after this decision."""
+    expires_at: UtcDatetime | None
+    """When an unsettled hold lapses and its credits become available again."""
+    renews_at: UtcDatetime | None
+
+
+class CreditAuthorizationDecidedV1(Event):
+    """The chat gateway asked whether a member's message may be sent to an agent."""
+
+    type: Literal["credit_authorization.decided.v1"] = "credit_authorization.decided.v1"
+    data: AuthorizationDecision

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from services.metering.app import Runtime
-from services.metering.settings import MeteringSettings
+from services.metering.settings import DEV_API_TOKEN, MeteringSettings
 from shared.clock import SystemClock
 from shared.devstack import free_port
 from shared.testing import eventually, produce
@@ -24,6 +24,8 @@ from shared.topics import AGENT_USAGE
 from tests.conftest import usage_event
 
 pytestmark = pytest.mark.slow
+
+AUTH = {"Authorization": f"Bearer {DEV_API_TOKEN}"}
 
 
 def workload(organisations: int, events: int, seed: int) -> tuple[list, Counter]:
@@ -89,7 +91,7 @@ async def test_sigkill_in_the_middle_of_a_batch_leaves_the_exact_balance(meterin
         assert applied_before_restart < len(events)
         await assert_exact(db, expected, len(events))
         org, credits = expected.most_common(1)[0]
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(headers=AUTH) as client:
             shown = (
                 await client.get(f"http://127.0.0.1:{port}/v1/organisations/{org}/credits")
             ).json()

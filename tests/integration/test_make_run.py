@@ -68,7 +68,7 @@ async def test_make_run_serves_balances_from_usage_published_by_any_client(tmp_p
         )
 
         async def balance() -> int | None:
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(headers={"Authorization": "Bearer dev-token"}) as client:
                 response = await client.get(
                     f"http://127.0.0.1:{http_port}/v1/organisations/org_outside/credits"
                 )

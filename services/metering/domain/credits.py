@@ -40,6 +40,8 @@ class Wallet:
     allotment: int = 0
     used: int = 0
     revision: int = 0
+    held: int = 0
+    """Credits reserved by active authorization holds; not part of the balance."""
     period_key: str | None = None
     period_start: datetime | None = None
     renews_at: datetime | None = None

@@ -1,4 +1,6 @@
-"""The metering HTTP API: an organisation's credits (the credit bar, R7) and its ledger."""
+"""The metering HTTP API, for internal callers with a bearer token:
+- the chat gateway's credit authorizations (hold, release, look up);
+- an organisation's credits (the credit bar, R7) and its ledger."""
 
 from __future__ import annotations
 
@@ -6,16 +8,37 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Query, Request
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
 
-from shared.events import CreditLevel
-from shared.events.envelope import ORGANISATION_ID_PATTERN
+from shared.events import MAX_CREDITS_PER_MESSAGE, CreditLevel
+from shared.events.envelope import ORGANISATION_ID_PATTERN, Identifier, OrganisationId
 from shared.http import PROBLEM_RESPONSES, Problem
 
+from ..authorizer import Ask, Authorization, Authorizer, HoldClosed, HoldNotFound
 from ..service import Metering
+from ..settings import MeteringSettings
 
-router = APIRouter(prefix="/v1/organisations/{organisation_id}", tags=["credits"])
+_bearer = HTTPBearer(auto_error=False, description="Token of an internal caller")
+
+
+async def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    settings: MeteringSettings = request.app.state.settings
+    if credentials is None or not settings.token_accepted(credentials.credentials):
+        raise Problem(
+            401,
+            "unauthorized",
+            "Missing or invalid bearer token",
+            "Send `Authorization: Bearer <token>` with a token configured in METERING_API_TOKENS.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=PROBLEM_RESPONSES)
 
 OrganisationPath = Annotated[
     str,
@@ -23,9 +46,141 @@ OrganisationPath = Annotated[
 ]
 
 
+def _metering(request: Request) -> Metering:
+    return request.app.state.runtime.metering
+
+
+def _authorizer(request: Request) -> Authorizer:
+    return request.app.state.runtime.authorizer
+
+
+# Authorizations -------------------------------------------------------------------------------
+
+
+class AuthorizationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    organisation_id: OrganisationId
+    member_id: Identifier
+    message_id: Identifier
+    """The gateway's id of the member's message: the idempotency key of the decision."""
+    agent_id: Identifier | None = None
+    estimate: Annotated[int, Field(strict=True, gt=0, le=MAX_CREDITS_PER_MESSAGE)] | None = None
+    """Credits to hold. Default: the agent's configured estimate, else the default estimate."""
+
+
+class AuthorizationOut(BaseModel):
+    authorization_id: UUID
+    """Also the hold id."""
+    organisation_id: str
+    message_id: str
+    member_id: str
+    agent_id: str | None
+    decision: str
+    """`allowed` or `denied`."""
+    reason: str | None
+    """Why denied: `credits_exhausted`, `insufficient_credits`, `no_wallet`."""
+    estimate: int
+    held: int
+    """Credits this hold reserves now (0 once settled, released or expired, or if denied)."""
+    status: str
+    """`held`, `settled`, `released`, `expired` or `denied`."""
+    decided_at: datetime
+    expires_at: datetime | None
+    closed_at: datetime | None
+    settled_credits: int | None
+    balance: int | None
+    available: int | None
+    """Balance minus active holds, right after the decision (null on later reads)."""
+    renews_at: datetime | None
+
+
+def _out(a: Authorization) -> AuthorizationOut:
+    return AuthorizationOut(
+        authorization_id=a.authorization_id,
+        organisation_id=a.organisation_id,
+        message_id=a.message_id,
+        member_id=a.member_id,
+        agent_id=a.agent_id,
+        decision=a.decision,
+        reason=a.reason,
+        estimate=a.estimate,
+        held=a.held,
+        status=a.status,
+        decided_at=a.decided_at,
+        expires_at=a.expires_at,
+        closed_at=a.closed_at,
+        settled_credits=a.settled_credits,
+        balance=a.balance,
+        available=a.available,
+        renews_at=a.renews_at,
+    )
+
+
+@router.post("/authorizations", response_model=AuthorizationOut, tags=["authorizations"])
+async def authorize(
+    body: AuthorizationIn, request: Request, response: Response
+) -> AuthorizationOut:
+    """May this member's message go to the agent? If so, its estimate is held until the usage
+    event for the same message settles it, the gateway releases it, or it expires. Asking again
+    for the same message returns the same decision and hold (header `Idempotent-Replayed`)."""
+    settings: MeteringSettings = request.app.state.settings
+    decided = await _authorizer(request).authorize(
+        Ask(
+            organisation_id=body.organisation_id,
+            member_id=body.member_id,
+            message_id=body.message_id,
+            agent_id=body.agent_id,
+            estimate=settings.estimate_for(body.agent_id, body.estimate),
+        )
+    )
+    if decided.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return _out(decided)
+
+
+@router.get(
+    "/authorizations/{authorization_id}", response_model=AuthorizationOut, tags=["authorizations"]
+)
+async def get_authorization(authorization_id: UUID, request: Request) -> AuthorizationOut:
+    found = await _authorizer(request).get(authorization_id)
+    if found is None:
+        raise Problem(404, "authorization-not-found", "No such authorization")
+    return _out(found)
+
+
+@router.post(
+    "/authorizations/{authorization_id}/release",
+    response_model=AuthorizationOut,
+    tags=["authorizations"],
+    responses={409: {"description": "The hold was settled, expired or denied"}},
+)
+async def release(authorization_id: UUID, request: Request) -> AuthorizationOut:
+    """The message was never sent: give the held credits back. Idempotent."""
+    try:
+        return _out(await _authorizer(request).release(authorization_id))
+    except HoldNotFound:
+        raise Problem(404, "authorization-not-found", "No such authorization") from None
+    except HoldClosed as closed:
+        raise Problem(
+            409,
+            "hold-closed",
+            f"The hold is {closed.authorization.status}",
+            "Only an active hold can be released.",
+            status_detail=closed.authorization.status,
+        ) from None
+
+
+# Credits and ledger ----------------------------------------------------------------------------
+
+
 class CreditsOut(BaseModel):
     organisation_id: str
     balance: int
+    held: int
+    """Credits reserved by active holds."""
+    available: int
+    """Balance minus held: what new authorizations can reserve."""
     allotment: int
     used: int
     percent_left: int
@@ -59,10 +214,6 @@ class LedgerPageOut(BaseModel):
     """Pass as `before` to get the next (older) page; null on the last page."""
 
 
-def _metering(request: Request) -> Metering:
-    return request.app.state.runtime.metering
-
-
 def _no_wallet(organisation_id: str) -> Problem:
     return Problem(
         404,
@@ -73,9 +224,9 @@ def _no_wallet(organisation_id: str) -> Problem:
     )
 
 
-@router.get("/credits", response_model=CreditsOut, responses=PROBLEM_RESPONSES)
+@router.get("/organisations/{organisation_id}/credits", response_model=CreditsOut, tags=["credits"])
 async def get_credits(organisation_id: OrganisationPath, request: Request) -> CreditsOut:
-    """Balance, allotment, used this period, percent left, level and renewal time."""
+    """Balance, holds, allotment, used this period, percent left, level and renewal time."""
     found = await _metering(request).credits(organisation_id)
     if found is None:
         raise _no_wallet(organisation_id)
@@ -83,6 +234,8 @@ async def get_credits(organisation_id: OrganisationPath, request: Request) -> Cr
     return CreditsOut(
         organisation_id=organisation_id,
         balance=b.balance,
+        held=found.wallet.held,
+        available=b.balance - found.wallet.held,
         allotment=b.allotment,
         used=b.used,
         percent_left=b.percent_left,
@@ -94,7 +247,9 @@ async def get_credits(organisation_id: OrganisationPath, request: Request) -> Cr
     )
 
 
-@router.get("/ledger", response_model=LedgerPageOut, responses=PROBLEM_RESPONSES)
+@router.get(
+    "/organisations/{organisation_id}/ledger", response_model=LedgerPageOut, tags=["credits"]
+)
 async def get_ledger(
     organisation_id: OrganisationPath,
     request: Request,

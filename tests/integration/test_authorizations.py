@@ -1,0 +1,284 @@
+"""Credit authorization for the chat gateway, against the real database and broker: holds,
+settlement, expiry, release, idempotence, group commit, and blocking when credits run out."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from uuid import uuid4
+
+import asyncpg
+import httpx
+
+from shared.clock import FrozenClock
+from shared.events import CreditAuthorizationDecidedV1, GrantReason
+from shared.testing import read_topic
+from shared.topics import CREDIT_AUTHORIZATIONS
+from tests.conftest import MeteringHarness, grant_command, usage_event
+
+ESTIMATE = 10
+
+
+async def ask(
+    metering: MeteringHarness, organisation: str, message_id: str | None = None, **fields: object
+) -> httpx.Response:
+    body = {
+        "organisation_id": organisation,
+        "member_id": "member_1",
+        "message_id": f"msg_{uuid4().hex[:12]}" if message_id is None else message_id,
+        "agent_id": "agent_1",
+        "estimate": ESTIMATE,
+        **fields,
+    }
+    return await metering.http.post("/v1/authorizations", json=body)
+
+
+async def funded(metering: MeteringHarness, organisation: str, credits: int) -> None:
+    await metering.publish_grants(grant_command(organisation, credits))
+    await metering.wait_for(organisation, balance=credits)
+
+
+async def holds_are_consistent(db: asyncpg.Connection, organisation: str) -> tuple[int, int, int]:
+    """(balance, held on the wallet, sum of active holds): the last two must agree."""
+    wallet = await db.fetchrow(
+        "SELECT balance, held FROM wallets WHERE organisation_id = $1", organisation
+    )
+    active = await db.fetchval(
+        """SELECT coalesce(sum(estimate), 0) FROM authorizations
+           WHERE organisation_id = $1 AND status = 'held'""",
+        organisation,
+    )
+    return wallet["balance"], wallet["held"], active
+
+
+async def test_a_thousand_concurrent_requests_on_a_wallet_for_a_hundred_approve_a_hundred(
+    metering: MeteringHarness, db: asyncpg.Connection
+) -> None:
+    await funded(metering, "org_rush", 100 * ESTIMATE)
+
+    responses = await asyncio.gather(*(ask(metering, "org_rush") for _ in range(1_000)))
+
+    decisions = [r.json() for r in responses]
+    assert all(r.status_code == 200 for r in responses)
+    allowed = [d for d in decisions if d["decision"] == "allowed"]
+    assert len(allowed) == 100
+    assert {d["reason"] for d in decisions if d["decision"] == "denied"} == {"insufficient_credits"}
+    assert min(d["available"] for d in allowed) == 0
+    assert await holds_are_consistent(db, "org_rush") == (1_000, 1_000, 1_000)
+    assert metering.runtime.authorizer.transactions < 500, "requests were not group-committed"
+
+
+async def test_asking_twice_for_the_same_message_gives_one_hold(
+    metering: MeteringHarness, db: asyncpg.Connection
+) -> None:
+    await funded(metering, "org_retry", 100)
+
+    first = await ask(metering, "org_retry", "msg_same")
+    again = await ask(metering, "org_retry", "msg_same", estimate=50)
+    together = await asyncio.gather(*(ask(metering, "org_retry", "msg_other") for _ in range(10)))
+
+    assert again.json()["authorization_id"] == first.json()["authorization_id"]
+    assert again.json()["estimate"] == first.json()["estimate"] == ESTIMATE
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert len({r.json()["authorization_id"] for r in together}) == 1
+    assert await holds_are_consistent(db, "org_retry") == (100, 20, 20)
+
+
+async def test_a_usage_event_settles_its_hold_exactly_once(
+    metering: MeteringHarness, db: asyncpg.Connection
+) -> None:
+    await funded(metering, "org_settle", 100)
+    hold = (await ask(metering, "org_settle", "msg_answered")).json()
+    assert (hold["decision"], hold["status"]) == ("allowed", "held")
+
+    usage = usage_event("org_settle", 7, message_id="msg_answered")
+    await metering.publish_usage(usage, usage)
+    await metering.wait_for("org_settle", balance=93)
+    await metering.publish_usage(usage, usage_event("org_settle", 1))
+    credits = await metering.wait_for("org_settle", balance=92)
+
+    assert credits["held"] == 0 and credits["available"] == 92
+    settled = (await metering.http.get(f"/v1/authorizations/{hold['authorization_id']}")).json()
+    assert (settled["status"], settled["settled_credits"], settled["held"]) == ("settled", 7, 0)
+    assert await holds_are_consistent(db, "org_settle") == (92, 0, 0)
+
+
+async def test_a_hold_expires_and_frees_its_credits(
+    metering: MeteringHarness, clock: FrozenClock, db: asyncpg.Connection
+) -> None:
+    await funded(metering, "org_lapse", 2 * ESTIMATE)
+    first = (await ask(metering, "org_lapse")).json()
+    second = (await ask(metering, "org_lapse")).json()
+    assert (await ask(metering, "org_lapse")).json()["reason"] == "insufficient_credits"
+
+    ttl = timedelta(seconds=metering.settings.hold_ttl_seconds)
+    clock.advance(ttl - timedelta(seconds=1))
+    assert await metering.runtime.authorizer.sweep() == 0
+    clock.advance(timedelta(seconds=2))
+    assert await metering.runtime.authorizer.sweep() == 2
+    assert await holds_are_consistent(db, "org_lapse") == (20, 0, 0)
+
+    for hold in (first, second):
+        found = await metering.http.get(f"/v1/authorizations/{hold['authorization_id']}")
+        assert (found.json()["status"], found.json()["held"]) == ("expired", 0)
+    assert (await ask(metering, "org_lapse")).json()["decision"] == "allowed"
+
+
+async def test_a_decision_does_not_wait_for_the_sweeper(
+    metering: MeteringHarness, clock: FrozenClock, db: asyncpg.Connection
+) -> None:
+    await funded(metering, "org_lapse2", ESTIMATE)
+    await ask(metering, "org_lapse2")
+    clock.advance(timedelta(seconds=metering.settings.hold_ttl_seconds + 1))
+
+    assert (await ask(metering, "org_lapse2")).json()["decision"] == "allowed"
+    assert await holds_are_consistent(db, "org_lapse2") == (ESTIMATE, ESTIMATE, ESTIMATE)
+
+
+async def test_a_released_hold_gives_its_credits_back(
+    metering: MeteringHarness, db: asyncpg.Connection
+) -> None:
+    await funded(metering, "org_unsent", ESTIMATE)
+    hold = (await ask(metering, "org_unsent")).json()
+    assert (await ask(metering, "org_unsent")).json()["decision"] == "denied"
+
+    released = await metering.http.post(f"/v1/authorizations/{hold['authorization_id']}/release")
+    again = await metering.http.post(f"/v1/authorizations/{hold['authorization_id']}/release")
+
+    assert released.status_code == again.status_code == 200
+    assert released.json()["status"] == "released"
+    assert (await ask(metering, "org_unsent")).json()["decision"] == "allowed"
+    assert await holds_are_consistent(db, "org_unsent") == (ESTIMATE, ESTIMATE, ESTIMATE)
+    unknown = await metering.http.post(f"/v1/authorizations/{uuid4()}/release")
+    assert unknown.status_code == 404
+
+
+async def test_a_settled_hold_cannot_be_released(metering: MeteringHarness) -> None:
+    await funded(metering, "org_done", 100)
+    hold = (await ask(metering, "org_done", "msg_done")).json()
+    await metering.publish_usage(usage_event("org_done", 4, message_id="msg_done"))
+    await metering.wait_for("org_done", balance=96)
+
+    response = await metering.http.post(f"/v1/authorizations/{hold['authorization_id']}/release")
+
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_overshoot_is_debited_in_full_then_everything_is_denied_until_a_grant(
+    metering: MeteringHarness, db: asyncpg.Connection
+) -> None:
+    await funded(metering, "org_overshoot", 30)
+    hold = (await ask(metering, "org_overshoot", "msg_big", estimate=30)).json()
+    assert hold["decision"] == "allowed"
+
+    await metering.publish_usage(usage_event("org_overshoot", 45, message_id="msg_big"))
+    await metering.wait_for("org_overshoot", balance=-15, held=0)
+
+    denied = (await ask(metering, "org_overshoot", estimate=1)).json()
+    assert (denied["decision"], denied["reason"]) == ("denied", "credits_exhausted")
+    assert denied["balance"] == -15
+    assert denied["renews_at"] == "2026-12-01T00:00:00Z"
+
+    await metering.publish_grants(
+        grant_command(
+            "org_overshoot", 100, reason=GrantReason.UPGRADE_TOP_UP, period_key="upgrade-max"
+        )
+    )
+    await metering.wait_for("org_overshoot", balance=85)
+    assert (await ask(metering, "org_overshoot")).json()["decision"] == "allowed"
+
+
+async def test_an_exhausted_wallet_is_denied_with_the_reason_and_the_renewal_time(
+    metering: MeteringHarness,
+) -> None:
+    await funded(metering, "org_empty", 5)
+    await metering.publish_usage(usage_event("org_empty", 5))
+    await metering.wait_for("org_empty", balance=0)
+
+    denied = (await ask(metering, "org_empty")).json()
+    no_wallet = (await ask(metering, "org_unknown")).json()
+
+    assert (denied["decision"], denied["reason"]) == ("denied", "credits_exhausted")
+    assert (denied["balance"], denied["renews_at"]) == (0, "2026-12-01T00:00:00Z")
+    assert denied["held"] == 0 and denied["expires_at"] is None
+    assert (no_wallet["decision"], no_wallet["reason"]) == ("denied", "no_wallet")
+
+
+async def test_a_renewal_makes_the_next_authorization_succeed_at_once(
+    metering: MeteringHarness,
+) -> None:
+    await funded(metering, "org_renewed", 5)
+    await metering.publish_usage(usage_event("org_renewed", 5))
+    await metering.wait_for("org_renewed", balance=0)
+    assert (await ask(metering, "org_renewed")).json()["decision"] == "denied"
+
+    await metering.publish_grants(grant_command("org_renewed", 500, period_key="2026-12"))
+    await metering.wait_for("org_renewed", balance=500)
+
+    assert (await ask(metering, "org_renewed")).json()["decision"] == "allowed"
+
+
+async def test_decisions_are_published_for_dashboards(metering: MeteringHarness) -> None:
+    await funded(metering, "org_watched", ESTIMATE)
+    await ask(metering, "org_watched", "msg_a")
+    await ask(metering, "org_watched", "msg_b")
+
+    records = await read_topic(
+        metering.bootstrap, metering.topic(CREDIT_AUTHORIZATIONS), at_least=2
+    )
+    events = [CreditAuthorizationDecidedV1.model_validate_json(r.value) for r in records]
+    assert [(e.data.message_id, e.data.decision, e.data.reason) for e in events] == [
+        ("msg_a", "allowed", None),
+        ("msg_b", "denied", "insufficient_credits"),
+    ]
+    assert all(r.key == b"org_watched" for r in records)
+
+
+async def test_a_request_without_a_valid_token_is_refused(metering: MeteringHarness) -> None:
+    body = {"organisation_id": "org_x", "member_id": "m", "message_id": "msg"}
+    transport = metering.http._transport  # the same app, without the default header
+    async with httpx.AsyncClient(transport=transport, base_url="http://metering") as anonymous:
+        missing = await anonymous.post("/v1/authorizations", json=body)
+        wrong = await anonymous.post(
+            "/v1/authorizations", json=body, headers={"Authorization": "Bearer not-the-token"}
+        )
+        credits = await anonymous.get("/v1/organisations/org_x/credits")
+        health = await anonymous.get("/healthz")
+
+    for response in (missing, wrong, credits):
+        assert response.status_code == 401
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert health.status_code == 200
+
+
+BAD_REQUESTS = [
+    {"estimate": 0},
+    {"estimate": -5},
+    {"estimate": "10"},
+    {"estimate": 2.5},
+    {"estimate": 10**9},
+    {"organisation_id": "acme"},
+    {"message_id": ""},
+    {"member_id": None},
+    {"surprise": True},
+]
+
+
+async def test_bad_requests_get_a_problem_and_change_nothing(
+    metering: MeteringHarness, db: asyncpg.Connection
+) -> None:
+    for change in BAD_REQUESTS:
+        response = await ask(metering, "org_bad", **change)
+        assert response.status_code == 400, change
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["errors"], change
+    assert await db.fetchval("SELECT count(*) FROM authorizations") == 0
+
+
+async def test_an_oversized_request_gets_413(metering: MeteringHarness) -> None:
+    response = await ask(metering, "org_bad", member_id="m" * 20_000)
+    assert response.status_code == 413
+    assert response.json()["title"] == "Request body too large"
