@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.devstack import embedded_stack
 
-from . import metering, report
+from . import authorization, metering, report
 
 
 async def run_metering(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -76,6 +76,71 @@ async def run_metering(kafka: str, database: str, args: argparse.Namespace) -> d
     return figures
 
 
+async def run_authorization(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
+    rates = [int(r) for r in args.spread_rates.split(",")]
+    print(
+        f"authorization: hot {args.hot_requests:,} requests from {args.connections} callers; "
+        f"spread over 1,000 organisations at {args.spread_rates}/s, {args.spread_seconds:g} s each"
+    )
+    api = await authorization.through_the_api(
+        kafka,
+        database,
+        hot_requests=args.hot_requests,
+        hot_credits=args.hot_requests * 2 // 3,
+        connections=args.connections,
+        spread_rates=rates,
+        spread_seconds=args.spread_seconds,
+    )
+    ceiling = await authorization.postgres_ceiling(
+        database,
+        hot_requests=args.hot_requests,
+        connections=args.connections,
+        spread_rate=max(rates),
+        spread_seconds=args.spread_seconds,
+    )
+    hot, spread = api["hot"], api["spread"]
+    ratio = round(hot["per_second"] / ceiling["hot_per_second"], 2)
+    print()
+    print(
+        report.table(
+            "Credit authorization (HTTP, group commit; PostgreSQL on this machine)",
+            [
+                ("measure", "figure", "ceiling / target"),
+                (
+                    f"hot: 1 organisation, {args.connections} callers",
+                    f"{hot['per_second']:,}/s (p50 {hot['p50_ms']} / p99 {hot['p99_ms']} ms)",
+                    f"PostgreSQL, 1 update/request: {ceiling['hot_per_second']:,}/s "
+                    f"-> {ratio:.2f} x (target >= 1)",
+                ),
+                *(
+                    (
+                        f"spread: 1,000 organisations at {rate:,}/s",
+                        f"p50 {s['p50_ms']} / p99 {s['p99_ms']} ms",
+                        (
+                            f"target p50 <= 2, p99 <= 10 ms; PostgreSQL alone: "
+                            f"p50 {ceiling['spread_p50_ms']} / p99 {ceiling['spread_p99_ms']} ms"
+                        )
+                        if int(rate) == max(rates)
+                        else "",
+                    )
+                    for rate, s in spread["by_rate"].items()
+                ),
+                (
+                    "approved on the hot wallet",
+                    f"{hot['approved']:,} of {hot['requests']:,}",
+                    f"credits cover {hot['credits_granted']:,} estimates",
+                ),
+                (
+                    "overspend (held by approvals - granted)",
+                    f"{hot['overspend'] + spread['overspend']}",
+                    "target 0",
+                ),
+            ],
+        )
+    )
+    return {**api, "postgres_ceiling": ceiling, "ratios": {"hot_vs_postgres_ceiling": ratio}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--events", type=int, default=500_000)
@@ -84,16 +149,26 @@ def main() -> None:
         "--moderate-rate", type=int, default=2_000, help="events/s during latency probes"
     )
     parser.add_argument("--probes", type=int, default=300)
+    parser.add_argument("--hot-requests", type=int, default=30_000)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--spread-rates", default="250,1000", help="steady request rates, comma-separated"
+    )
+    parser.add_argument("--spread-seconds", type=float, default=15)
+    parser.add_argument(
+        "--only", choices=("metering", "authorization"), help="run one suite (default: both)"
+    )
     args = parser.parse_args()
     with embedded_stack(
         "billing_bench",
         kafka_url=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
         database_url=os.environ.get("DATABASE_URL"),
     ) as (kafka, database):
-        figures = {
-            "parameters": vars(args),
-            "metering": asyncio.run(run_metering(kafka, database, args)),
-        }
+        figures: dict[str, Any] = {"parameters": vars(args)}
+        if args.only in (None, "metering"):
+            figures["metering"] = asyncio.run(run_metering(kafka, database, args))
+        if args.only in (None, "authorization"):
+            figures["authorization"] = asyncio.run(run_authorization(kafka, database, args))
     path = report.write("bench", figures)
     print(f"\nfigures written to {path.relative_to(path.parents[2])}")
 

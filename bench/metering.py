@@ -132,8 +132,11 @@ class MeteringProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     async def __aenter__(self) -> MeteringProcess:
+        log = os.environ.get("BENCH_SERVICE_LOG")  # keep the service's log, for diagnosis
         self.process = subprocess.Popen(  # noqa: ASYNC220
-            [sys.executable, "-m", "services.metering"], env=self.env, stdout=subprocess.DEVNULL
+            [sys.executable, "-m", "services.metering"],
+            env=self.env,
+            stdout=open(log, "ab") if log else subprocess.DEVNULL,  # noqa: ASYNC230
         )
         deadline = time.monotonic() + 60
         async with httpx.AsyncClient() as client:

@@ -50,12 +50,19 @@ async def create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        reset=_keep_session,
         server_settings={
             "search_path": schema,
             "application_name": application_name,
             "timezone": "UTC",
         },
     )
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool connections carry no session state worth clearing (no LISTEN, SET or advisory locks
+    are taken on them), so the reset query, a round trip per release, is skipped. asyncpg still
+    rolls back a transaction left open."""
 
 
 async def apply_migrations(dsn: str, schema: str, sources: Sequence[Migrations]) -> list[str]:

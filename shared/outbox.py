@@ -7,7 +7,8 @@ between publish and delete publishes again), and consumers dedupe by event id.
 
 One relay per schema is active at a time (a PostgreSQL advisory lock held on a dedicated
 connection), so events leave in the order they were written. A NOTIFY at commit wakes it at
-once; otherwise it polls.
+once (at most every `min_interval_seconds`, so that a burst of commits is published in one
+drain); otherwise it polls.
 
 It publishes with its own producer, one record batch per partition, placing keys as Kafka's
 default partitioner does; per event that costs a few microseconds instead of a full `send`.
@@ -39,23 +40,33 @@ def channel(schema: str) -> str:
     return f"outbox_{schema}"
 
 
+def columns(
+    events: Sequence[Event], *, prefix: str
+) -> tuple[list[str], list[bytes], list[str], list[bytes]]:
+    """Outbox columns (topic, key, event type, payload) of `events`, for statements that write
+    the outbox themselves, next to the change they announce."""
+    return (
+        [spec_for(type(event)).topic(prefix) for event in events],
+        [event.key for event in events],
+        [event.type for event in events],
+        [event.to_bytes() for event in events],
+    )
+
+
 async def enqueue(
-    conn: asyncpg.Connection, events: Sequence[Event], *, prefix: str, schema: str, clock: Clock
+    conn: asyncpg.Connection, events: Sequence[Event], *, prefix: str, clock: Clock
 ) -> None:
-    """Write `events` to the outbox in the current transaction."""
+    """Write `events` to the outbox in the current transaction. A trigger wakes the relay at
+    commit (migration outbox/002)."""
     if not events:
         return
     await conn.execute(
         """INSERT INTO outbox (topic, key, event_type, payload, created_at)
            SELECT t, k, e, p, $5 FROM unnest($1::text[], $2::bytea[], $3::text[], $4::bytea[])
                 AS o(t, k, e, p)""",
-        [spec_for(type(event)).topic(prefix) for event in events],
-        [event.key for event in events],
-        [event.type for event in events],
-        [event.to_bytes() for event in events],
+        *columns(events, prefix=prefix),
         clock.now(),
     )
-    await conn.execute("SELECT pg_notify($1, '')", channel(schema))
 
 
 class OutboxRelay:
@@ -68,6 +79,7 @@ class OutboxRelay:
         schema: str,
         batch_size: int = 1000,
         idle_poll_seconds: float = 1.0,
+        min_interval_seconds: float = 0.01,
     ) -> None:
         self._pool = pool
         self._producer = AIOKafkaProducer(
@@ -84,6 +96,7 @@ class OutboxRelay:
         self._schema = schema
         self._batch_size = batch_size
         self._idle_poll = idle_poll_seconds
+        self._min_interval = min_interval_seconds
         self._wake = asyncio.Event()
         self.is_leader = False
 
@@ -121,6 +134,9 @@ class OutboxRelay:
                 self._wake.clear()
                 if await self.drain_once() >= self._batch_size:
                     continue
+                # Commits that arrive meanwhile are published together by the next drain,
+                # rather than one drain per committed transaction.
+                await asyncio.sleep(self._min_interval)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._idle_poll)
                 if conn.is_closed():

@@ -24,7 +24,7 @@ from shared.events.codec import TopicCodec
 from shared.http import BodySizeLimit, Problem, install_problem_handlers
 from shared.kafka import make_broker
 from shared.logging import get_logger
-from shared.runtime import tune_gc
+from shared.runtime import tune_gc, watch_gc_pauses, watch_loop_lag
 from shared.topics import AGENT_USAGE, CREDIT_GRANT_REQUESTS, TopicSpec, ensure_topics
 
 from .authorizer import Authorizer
@@ -70,7 +70,6 @@ class Runtime:
             pool,
             clock,
             CreditPolicy(low_percent=settings.low_credit_percent),
-            schema=settings.db_schema,
             topic_prefix=settings.topic_prefix,
         )
 
@@ -88,8 +87,8 @@ class Runtime:
             pool,
             clock,
             hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
-            schema=settings.db_schema,
             topic_prefix=settings.topic_prefix,
+            lanes=settings.authorization_lanes,
         )
         consumers: tuple[BatchConsumer, ...] = ()
         if settings.run_consumers:
@@ -112,8 +111,10 @@ class Runtime:
             asyncio.create_task(
                 authorizer.run_sweeper(settings.hold_sweep_seconds), name="hold-sweeper"
             ),
+            asyncio.create_task(watch_loop_lag(), name="loop-lag"),
         )
         tune_gc()
+        watch_gc_pauses()
         log.info(
             "metering started",
             kafka=settings.kafka_bootstrap_servers,

@@ -1,16 +1,23 @@
 """Credit authorization for the chat gateway: reserve an estimate, settle with the actual cost.
 
-Group commit: requests for one organisation that arrive while a decision transaction for it is
-in flight wait, and are then decided together, in order of arrival, in the next transaction.
-Nothing is delayed on purpose: a lone request is decided at once; under load, one transaction
-decides many, so a hot organisation is not limited to one commit per request. Different
-organisations are decided concurrently (the pool bounds how many).
+Group commit. Requests go to one of a few lanes by organisation (a stable hash), so one
+organisation's requests always share a lane and keep their order of arrival. A lane decides
+whatever is waiting, for all its organisations, in one cycle: one read of the wallets and one
+statement that writes every decision, hold and announcement. While a cycle runs, new requests
+wait for the next one. Nothing is delayed on purpose: a lone request gets a cycle of its own;
+under load a cycle decides many, so neither a hot organisation nor many busy ones pay one
+transaction per request.
+
+The write is a compare-and-set per organisation: an organisation whose wallet changed between
+the read and the write (a usage debit, a grant, the sweeper) writes nothing and is decided again
+in the same cycle, from the new state. No lock is held while Python decides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,19 +25,19 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from shared import outbox
 from shared.clock import Clock
 from shared.consumer import is_transient
 from shared.events import AuthorizationDecision, CreditAuthorizationDecidedV1
 from shared.logging import get_logger
 
 from . import store
-from .domain.authorization import Request, Verdict, decide
+from .domain.authorization import Request, decide
 
 log = get_logger("metering.authorizer")
 
 PRODUCER = "metering"
 _ATTEMPTS = 4
+_CONFLICTS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +77,25 @@ class Authorization:
     def from_row(cls, row: asyncpg.Record, **extra: object) -> Authorization:
         return cls(**dict(row), **extra)  # type: ignore[arg-type]
 
+    def as_new_decision(self) -> store.NewDecision:
+        return store.NewDecision(
+            self.authorization_id,
+            self.organisation_id,
+            self.message_id,
+            self.member_id,
+            self.agent_id,
+            self.reason,
+            self.estimate,
+            self.expires_at,
+        )
+
 
 class HoldNotFound(LookupError):
     pass
+
+
+class ConcurrentChange(Exception):
+    """The wallet kept changing between reading it and writing the decisions."""
 
 
 class HoldClosed(Exception):
@@ -82,7 +105,7 @@ class HoldClosed(Exception):
 
 
 @dataclass
-class _Queue:
+class _Lane:
     pending: list[tuple[Ask, asyncio.Future[Authorization]]] = field(default_factory=list)
     busy: bool = False
 
@@ -94,153 +117,157 @@ class Authorizer:
         clock: Clock,
         *,
         hold_ttl: timedelta,
-        schema: str,
         topic_prefix: str,
+        lanes: int = 2,
     ) -> None:
         self._pool = pool
         self._clock = clock
         self._ttl = hold_ttl
-        self._schema = schema
         self._prefix = topic_prefix
-        self._queues: dict[str, _Queue] = {}
+        self._lanes = [_Lane() for _ in range(lanes)]
         self._tasks: set[asyncio.Task[None]] = set()
-        self.transactions = 0
-        """Decision transactions committed: fewer than requests when group commit groups."""
+        self.cycles = 0
+        """Decision cycles written: fewer than requests when group commit groups."""
+        self.conflicts = 0
+        """Organisations decided again because their wallet changed between read and write."""
 
     async def authorize(self, ask: Ask) -> Authorization:
         """Decide once per (organisation, message id); asking again returns that decision."""
-        queue = self._queues.get(ask.organisation_id)
-        if queue is None:
-            queue = self._queues[ask.organisation_id] = _Queue()
+        lane = self._lanes[zlib.crc32(ask.organisation_id.encode()) % len(self._lanes)]
         future: asyncio.Future[Authorization] = asyncio.get_running_loop().create_future()
-        queue.pending.append((ask, future))
-        if not queue.busy:
-            queue.busy = True
-            task = asyncio.create_task(self._drain(ask.organisation_id, queue))
+        lane.pending.append((ask, future))
+        if not lane.busy:
+            lane.busy = True
+            task = asyncio.create_task(self._drain(lane))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return await future
 
-    async def _drain(self, organisation_id: str, queue: _Queue) -> None:
+    async def _drain(self, lane: _Lane) -> None:
         try:
-            while queue.pending:
-                group, queue.pending = queue.pending, []
+            while lane.pending:
+                group, lane.pending = lane.pending, []
                 try:
-                    decided = await self._decide_with_retries(
-                        organisation_id, [a for a, _ in group]
-                    )
+                    decided = await self._decide_with_retries([a for a, _ in group])
                 except Exception as exc:
-                    log.exception("authorization failed", organisation_id=organisation_id)
+                    log.exception("authorization failed", requests=len(group))
                     for _, future in group:
                         if not future.done():
                             future.set_exception(exc)
                 else:
                     for ask, future in group:
                         if not future.done():
-                            future.set_result(decided[ask.message_id])
+                            future.set_result(decided[(ask.organisation_id, ask.message_id)])
         finally:
-            queue.busy = False
-            if not queue.pending:
-                self._queues.pop(organisation_id, None)
+            lane.busy = False
 
     async def _decide_with_retries(
-        self, organisation_id: str, asks: Sequence[Ask]
-    ) -> dict[str, Authorization]:
+        self, asks: Sequence[Ask]
+    ) -> dict[tuple[str, str], Authorization]:
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                return await self._decide(organisation_id, asks)
+                return await self._decide(asks)
             except Exception as exc:
                 if attempt == _ATTEMPTS or not is_transient(exc):
                     raise
                 await asyncio.sleep(0.005 * attempt)
         raise AssertionError("unreachable")
 
-    async def _decide(self, organisation_id: str, asks: Sequence[Ask]) -> dict[str, Authorization]:
-        now = self._clock.now()
-        expires_at = now + self._ttl
-        unique: dict[str, Ask] = {}
+    async def _decide(self, asks: Sequence[Ask]) -> dict[tuple[str, str], Authorization]:
+        """One cycle: read the wallets, decide, write (compare and set); organisations whose
+        wallet changed meanwhile are read and decided again."""
+        waiting: dict[str, dict[str, Ask]] = {}
         for ask in asks:
-            unique.setdefault(ask.message_id, ask)
-        async with self._pool.acquire() as conn, conn.transaction():
-            state = await store.lock_for_decision(conn, organisation_id, list(unique), now)
-            known = set(state.known) if state else set()
-            fresh = [a for a in unique.values() if a.message_id not in known]
-            balance, held = (state.balance, state.held) if state else (0, 0)
-            verdicts = decide(
-                [Request(a.message_id, a.estimate) for a in fresh],
-                wallet_exists=state is not None,
-                balance=balance,
-                held=held,
-            )
-            new = [
-                store.NewDecision(
-                    uuid4(),
-                    a.message_id,
-                    a.member_id,
-                    a.agent_id,
-                    v.reason.value if v.reason else None,
-                    a.estimate,
-                    expires_at if v.allowed else None,
+            waiting.setdefault(ask.organisation_id, {}).setdefault(ask.message_id, ask)
+        decided: dict[tuple[str, str], Authorization] = {}
+        states: dict[str, store.DecisionState] = {}
+        async with self._pool.acquire() as conn:
+            for _ in range(_CONFLICTS):
+                now = self._clock.now()
+                message_ids = [m for org in waiting.values() for m in org]
+                states = await store.decision_states(conn, list(waiting), message_ids, now)
+                views = [
+                    view
+                    for organisation, org_asks in waiting.items()
+                    for view in self._views(organisation, org_asks, states.get(organisation), now)
+                ]
+                if not views:
+                    break
+                recorded = await store.record_decisions(
+                    conn,
+                    [v.as_new_decision() for v in views],
+                    [_announcement(v, now) for v in views],
+                    seen={o: states[o] for o in waiting if o in states},
+                    prefix=self._prefix,
+                    now=now,
                 )
-                for a, v in zip(fresh, verdicts, strict=True)
-            ]
-            inserted = (
-                await store.record_decisions(conn, organisation_id, new, now) if new else set()
-            )
-            decided = self._views(
-                organisation_id, new, verdicts, inserted, balance, held, state, now
-            )
-            await outbox.enqueue(
-                conn,
-                [_announcement(d, now) for d in decided.values()],
-                prefix=self._prefix,
-                schema=self._schema,
-                clock=self._clock,
-            )
-        self.transactions += 1
-        replays = [m for m in unique if m not in decided]
+                for view in views:
+                    key = (view.organisation_id, view.message_id)
+                    if key in recorded.inserted:
+                        decided[key] = view
+                changed = set(waiting) - recorded.proceeded
+                if not changed:
+                    break
+                self.conflicts += len(changed)
+                waiting = {o: waiting[o] for o in changed}
+            else:
+                raise ConcurrentChange(", ".join(sorted(waiting)))
+        self.cycles += 1
+        replays = [
+            (a.organisation_id, a.message_id)
+            for a in asks
+            if (a.organisation_id, a.message_id) not in decided
+        ]
         if replays:
-            for row in await store.decisions_for(self._pool, organisation_id, replays):
-                decided[row["message_id"]] = Authorization.from_row(
+            for row in await store.decisions_for(self._pool, sorted(set(replays))):
+                state = states.get(row["organisation_id"])
+                decided[(row["organisation_id"], row["message_id"])] = Authorization.from_row(
                     row,
-                    balance=balance if state else None,
-                    available=balance - held if state else None,
+                    balance=state.balance if state else None,
+                    available=state.balance - state.held + state.lapsed if state else None,
                     renews_at=state.renews_at if state else None,
                     replayed=True,
                 )
         return decided
 
-    @staticmethod
     def _views(
+        self,
         organisation_id: str,
-        new: Sequence[store.NewDecision],
-        verdicts: Sequence[Verdict],
-        inserted: set[str],
-        balance: int,
-        held: int,
+        asks: dict[str, Ask],
         state: store.DecisionState | None,
         now: datetime,
-    ) -> dict[str, Authorization]:
-        views = {}
-        for decision, verdict in zip(new, verdicts, strict=True):
-            if decision.message_id not in inserted:
-                continue  # decided concurrently by another instance: read back as a replay
+    ) -> list[Authorization]:
+        """New decisions for the organisation's requests not decided before, in order."""
+        known = set(state.known) if state else set()
+        fresh = [a for a in asks.values() if a.message_id not in known]
+        balance = state.balance if state else 0
+        held = state.held - state.lapsed if state else 0
+        verdicts = decide(
+            [Request(a.message_id, a.estimate) for a in fresh],
+            wallet_exists=state is not None,
+            balance=balance,
+            held=held,
+        )
+        views = []
+        for ask, verdict in zip(fresh, verdicts, strict=True):
             held += verdict.held
-            views[decision.message_id] = Authorization(
-                authorization_id=decision.authorization_id,
-                organisation_id=organisation_id,
-                message_id=decision.message_id,
-                member_id=decision.member_id,
-                agent_id=decision.agent_id,
-                decision="allowed" if verdict.allowed else "denied",
-                reason=decision.reason,
-                estimate=decision.estimate,
-                status="held" if verdict.allowed else "denied",
-                decided_at=now,
-                expires_at=decision.expires_at,
-                balance=balance if state else None,
-                available=balance - held if state else None,
-                renews_at=state.renews_at if state else None,
+            views.append(
+                Authorization(
+                    authorization_id=uuid4(),
+                    organisation_id=organisation_id,
+                    message_id=ask.message_id,
+                    member_id=ask.member_id,
+                    agent_id=ask.agent_id,
+                    decision="allowed" if verdict.allowed else "denied",
+                    reason=verdict.reason.value if verdict.reason else None,
+                    estimate=ask.estimate,
+                    status="held" if verdict.allowed else "denied",
+                    decided_at=now,
+                    expires_at=now + self._ttl if verdict.allowed else None,
+                    balance=balance if state else None,
+                    available=balance - held if state else None,
+                    renews_at=state.renews_at if state else None,
+                )
             )
         return views
 

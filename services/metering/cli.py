@@ -7,6 +7,7 @@ sample usage events to the topics, and reads balances and ledgers from the HTTP 
   billing usage org_acme --credits 7 --count 3         # three agent messages of 7 credits
   billing balance org_acme                             # the credit bar
   billing ledger org_acme                              # newest entries first
+  billing authorize org_acme --estimate 20             # the chat gateway's question
   billing dead-letters agent.usage                     # what consumers refused, and why
 """
 
@@ -115,12 +116,21 @@ def usage(args: argparse.Namespace, settings: MeteringSettings) -> int:
     return 0
 
 
-def _get(settings: MeteringSettings, path: str, params: dict | None = None) -> int:
+def _call(
+    settings: MeteringSettings,
+    method: str,
+    path: str,
+    *,
+    params: dict | None = None,
+    body: dict | None = None,
+) -> int:
     token = os.environ.get("METERING_API_TOKEN", DEV_API_TOKEN)
     try:
-        response = httpx.get(
+        response = httpx.request(
+            method,
             f"{_api_url(settings)}{path}",
             params=params,
+            json=body,
             headers={"Authorization": f"Bearer {token}"},
             timeout=5,
         )
@@ -132,12 +142,27 @@ def _get(settings: MeteringSettings, path: str, params: dict | None = None) -> i
 
 
 def balance(args: argparse.Namespace, settings: MeteringSettings) -> int:
-    return _get(settings, f"/v1/organisations/{args.organisation}/credits")
+    return _call(settings, "GET", f"/v1/organisations/{args.organisation}/credits")
 
 
 def ledger(args: argparse.Namespace, settings: MeteringSettings) -> int:
     params = {"limit": args.limit, **({"before": args.before} if args.before else {})}
-    return _get(settings, f"/v1/organisations/{args.organisation}/ledger", params)
+    return _call(settings, "GET", f"/v1/organisations/{args.organisation}/ledger", params=params)
+
+
+def authorize(args: argparse.Namespace, settings: MeteringSettings) -> int:
+    body = {
+        "organisation_id": args.organisation,
+        "member_id": args.member,
+        "message_id": args.message or f"msg_{uuid4().hex[:12]}",
+        "agent_id": args.agent,
+        **({"estimate": args.estimate} if args.estimate is not None else {}),
+    }
+    return _call(settings, "POST", "/v1/authorizations", body=body)
+
+
+def release(args: argparse.Namespace, settings: MeteringSettings) -> int:
+    return _call(settings, "POST", f"/v1/authorizations/{args.authorization_id}/release")
 
 
 def dead_letters(args: argparse.Namespace, settings: MeteringSettings) -> int:
@@ -230,6 +255,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--before", type=int)
     p.set_defaults(run=ledger)
+
+    p = commands.add_parser("authorize", help="ask, as the chat gateway does, to hold credits")
+    p.add_argument("organisation")
+    p.add_argument("--message", help="message id (the idempotency key); default: a new one")
+    p.add_argument("--estimate", type=int, help="credits to hold; default: configured estimate")
+    p.add_argument("--member", default="member_cli")
+    p.add_argument("--agent", default="agent_cli")
+    p.set_defaults(run=authorize)
+
+    p = commands.add_parser("release", help="give a hold's credits back (message never sent)")
+    p.add_argument("authorization_id")
+    p.set_defaults(run=release)
 
     p = commands.add_parser("dead-letters", help="show what consumers parked, and why")
     p.add_argument("topic", choices=[spec.name for spec in REGISTRY])

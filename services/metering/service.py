@@ -46,13 +46,11 @@ class Metering:
         clock: Clock,
         policy: CreditPolicy,
         *,
-        schema: str,
         topic_prefix: str,
     ) -> None:
         self._pool = pool
         self._clock = clock
         self.policy = policy
-        self._schema = schema
         self._prefix = topic_prefix
         self._known_wallets: set[str] = set()
 
@@ -183,9 +181,7 @@ class Metering:
         return await store.ledger_page(self._pool, organisation_id, limit=limit, before=before)
 
     async def _announce(self, conn: asyncpg.Connection, events: Sequence[Event]) -> None:
-        await outbox.enqueue(
-            conn, events, prefix=self._prefix, schema=self._schema, clock=self._clock
-        )
+        await outbox.enqueue(conn, events, prefix=self._prefix, clock=self._clock)
 
 
 def _effect(event: AgentMessageProcessedV1) -> tuple[str, int]:

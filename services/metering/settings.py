@@ -46,6 +46,8 @@ class MeteringSettings(CommonSettings):
     hold_ttl_seconds: int = Field(300, ge=1, le=86_400)
     """An unsettled hold lapses after this; it must exceed the longest agent run."""
     hold_sweep_seconds: float = Field(1.0, gt=0, le=60)
+    authorization_lanes: int = Field(2, ge=1, le=64)
+    """Decision cycles run concurrently; an organisation always uses the same lane."""
 
     @field_validator("db_schema")
     @classmethod

@@ -9,7 +9,8 @@ from uuid import UUID
 
 import asyncpg
 
-from shared.events import AgentMessageProcessedV1, CreditGrantRequestedV1
+from shared import outbox
+from shared.events import AgentMessageProcessedV1, CreditGrantRequestedV1, Event
 
 from .domain.credits import Entry, Wallet
 
@@ -254,43 +255,50 @@ async def ledger_page(
     )
 
 
-# Authorizations. Lock order everywhere: hold rows first, then the wallet row.
+# Authorizations. Where hold rows and wallet rows are both locked, hold rows come first.
 
-_EXPIRE_AND_LOCK = """
-WITH expired AS (
-    UPDATE authorizations SET status = 'expired', closed_at = $3
-    WHERE organisation_id = $1 AND status = 'held' AND expires_at <= $3
-    RETURNING estimate
-)
-UPDATE wallets
-SET held = held - coalesce((SELECT sum(estimate) FROM expired), 0)
-WHERE organisation_id = $1
-RETURNING balance, held, renews_at,
-          ARRAY(SELECT message_id FROM authorizations
-                WHERE organisation_id = $1 AND message_id = ANY($2::text[])) AS known
+_DECISION_STATES = """
+SELECT w.organisation_id, w.balance, w.held, w.renews_at,
+       (SELECT coalesce(sum(a.estimate), 0) FROM authorizations a
+        WHERE a.organisation_id = w.organisation_id AND a.status = 'held'
+          AND a.expires_at <= $3)::bigint AS lapsed,
+       ARRAY(SELECT a.message_id FROM authorizations a
+             WHERE a.organisation_id = w.organisation_id AND a.message_id = ANY($2::text[]))
+           AS known
+FROM wallets w
+WHERE w.organisation_id = ANY($1::text[])
 """
 
 
 class DecisionState(NamedTuple):
     balance: int
     held: int
+    lapsed: int
+    """Part of `held` whose holds are past their expiry but not yet swept: free to reuse."""
     renews_at: datetime | None
     known: list[str]
 
 
-async def lock_for_decision(
-    conn: asyncpg.Connection, organisation_id: str, message_ids: Sequence[str], now: datetime
-) -> DecisionState | None:
-    """Expire the organisation's due holds, lock its wallet and list which of `message_ids`
-    were decided before. None if the organisation has no wallet."""
-    row = await conn.fetchrow(_EXPIRE_AND_LOCK, organisation_id, list(message_ids), now)
-    if row is None:
-        return None
-    return DecisionState(row["balance"], row["held"], row["renews_at"], row["known"])
+async def decision_states(
+    conn: asyncpg.Connection,
+    organisations: Sequence[str],
+    message_ids: Sequence[str],
+    now: datetime,
+) -> dict[str, DecisionState]:
+    """The wallets as decisions see them (no lock taken), each with which of `message_ids` it
+    decided before. Organisations without a wallet are absent."""
+    rows = await conn.fetch(_DECISION_STATES, list(organisations), list(message_ids), now)
+    return {
+        r["organisation_id"]: DecisionState(
+            r["balance"], r["held"], r["lapsed"], r["renews_at"], r["known"]
+        )
+        for r in rows
+    }
 
 
 class NewDecision(NamedTuple):
     authorization_id: UUID
+    organisation_id: str
     message_id: str
     member_id: str
     agent_id: str | None
@@ -299,39 +307,102 @@ class NewDecision(NamedTuple):
     expires_at: datetime | None
 
 
+_RECORD_DECISIONS = """
+WITH seen AS (
+    SELECT * FROM unnest($2::text[], $3::bigint[], $4::bigint[])
+        AS s(organisation_id, balance, held)
+),
+unchanged AS (
+    SELECT w.organisation_id FROM wallets w JOIN seen s USING (organisation_id)
+    WHERE w.balance = s.balance AND w.held = s.held
+    ORDER BY w.organisation_id
+    FOR UPDATE OF w
+),
+proceeding AS (
+    SELECT organisation_id FROM unchanged
+    UNION ALL
+    SELECT unnest($5::text[])
+),
+inserted AS (
+    INSERT INTO authorizations (authorization_id, organisation_id, message_id, member_id,
+        agent_id, decision, reason, estimate, status, decided_at, expires_at)
+    SELECT a, o, m, mb, ag, CASE WHEN r IS NULL THEN 'allowed' ELSE 'denied' END, r, e,
+           CASE WHEN r IS NULL THEN 'held' ELSE 'denied' END, $1, x
+    FROM unnest($6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                $12::bigint[], $13::timestamptz[]) WITH ORDINALITY AS t(a, o, m, mb, ag, r, e, x, n)
+    WHERE o IN (SELECT organisation_id FROM proceeding)
+    ORDER BY n
+    ON CONFLICT (organisation_id, message_id) DO NOTHING
+    RETURNING organisation_id, message_id,
+              CASE WHEN status = 'held' THEN estimate ELSE 0 END AS held
+),
+added AS (
+    SELECT organisation_id, sum(held)::bigint AS held FROM inserted
+    GROUP BY organisation_id HAVING sum(held) > 0
+),
+wallet AS (
+    UPDATE wallets w SET held = w.held + a.held
+    FROM added a WHERE w.organisation_id = a.organisation_id
+),
+announced AS (
+    INSERT INTO outbox (topic, key, event_type, payload, created_at)
+    SELECT o.topic, o.key, o.event_type, o.payload, $1
+    FROM unnest($14::text[], $15::text[], $16::text[], $17::bytea[], $18::text[], $19::bytea[])
+         WITH ORDINALITY AS o(organisation_id, message_id, topic, key, event_type, payload, n)
+    JOIN inserted USING (organisation_id, message_id)
+    ORDER BY o.n
+)
+SELECT ARRAY(SELECT organisation_id FROM proceeding) AS proceeding,
+       ARRAY(SELECT organisation_id || ' ' || message_id FROM inserted) AS inserted
+"""
+
+
+class Recorded(NamedTuple):
+    proceeded: set[str]
+    """Organisations whose decisions were written; the others changed since they were read."""
+    inserted: set[tuple[str, str]]
+    """(organisation, message id) recorded now; the others were decided concurrently."""
+
+
 async def record_decisions(
-    conn: asyncpg.Connection, organisation_id: str, decisions: Sequence[NewDecision], now: datetime
-) -> set[str]:
-    """Insert the decisions and add the new holds to the wallet. Returns the message ids that
-    were inserted; one decided concurrently elsewhere is left alone (and not counted)."""
-    rows = await conn.fetch(
-        """WITH inserted AS (
-               INSERT INTO authorizations (authorization_id, organisation_id, message_id,
-                   member_id, agent_id, decision, reason, estimate, status, decided_at, expires_at)
-               SELECT a, $1, m, mb, ag,
-                      CASE WHEN r IS NULL THEN 'allowed' ELSE 'denied' END, r, e,
-                      CASE WHEN r IS NULL THEN 'held' ELSE 'denied' END, $2, x
-               FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
-                           $8::bigint[], $9::timestamptz[]) AS t(a, m, mb, ag, r, e, x)
-               ON CONFLICT (organisation_id, message_id) DO NOTHING
-               RETURNING message_id, CASE WHEN status = 'held' THEN estimate ELSE 0 END AS held
-           ),
-           wallet AS (
-               UPDATE wallets SET held = held + (SELECT sum(held) FROM inserted)
-               WHERE organisation_id = $1 AND (SELECT sum(held) FROM inserted) > 0
-           )
-           SELECT message_id FROM inserted""",
-        organisation_id,
+    conn: asyncpg.Connection,
+    decisions: Sequence[NewDecision],
+    announcements: Sequence[Event],
+    *,
+    seen: dict[str, DecisionState],
+    prefix: str,
+    now: datetime,
+) -> Recorded:
+    """In one statement (one transaction), for every organisation whose wallet still has the
+    balance and holds that were `seen` (compare and set): insert its decisions, add their holds
+    to its wallet, and put their announcements (one per decision, same order) in the outbox.
+    Decisions of organisations without a wallet (all denials) are recorded as they are."""
+    topics, keys, types, payloads = outbox.columns(announcements, prefix=prefix)
+    walletless = sorted({d.organisation_id for d in decisions} - seen.keys())
+    row = await conn.fetchrow(
+        _RECORD_DECISIONS,
         now,
+        list(seen),
+        [s.balance for s in seen.values()],
+        [s.held for s in seen.values()],
+        walletless,
         [d.authorization_id for d in decisions],
+        [d.organisation_id for d in decisions],
         [d.message_id for d in decisions],
         [d.member_id for d in decisions],
         [d.agent_id for d in decisions],
         [d.reason for d in decisions],
         [d.estimate for d in decisions],
         [d.expires_at for d in decisions],
+        [d.organisation_id for d in decisions],
+        [d.message_id for d in decisions],
+        topics,
+        keys,
+        types,
+        payloads,
     )
-    return {r["message_id"] for r in rows}
+    inserted = {tuple(item.split(" ", 1)) for item in row["inserted"]}
+    return Recorded(set(row["proceeding"]), inserted)  # type: ignore[arg-type]
 
 
 _AUTHORIZATION_COLUMNS = """authorization_id, organisation_id, message_id, member_id, agent_id,
@@ -339,13 +410,15 @@ _AUTHORIZATION_COLUMNS = """authorization_id, organisation_id, message_id, membe
 
 
 async def decisions_for(
-    conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str, message_ids: Sequence[str]
+    conn: asyncpg.Connection | asyncpg.Pool, keys: Sequence[tuple[str, str]]
 ) -> list[asyncpg.Record]:
+    """The recorded decisions for these (organisation, message id) pairs."""
     return await conn.fetch(
         f"""SELECT {_AUTHORIZATION_COLUMNS} FROM authorizations
-            WHERE organisation_id = $1 AND message_id = ANY($2::text[])""",
-        organisation_id,
-        list(message_ids),
+            WHERE (organisation_id, message_id) IN
+                  (SELECT * FROM unnest($1::text[], $2::text[]))""",
+        [o for o, _ in keys],
+        [m for _, m in keys],
     )
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,7 +20,8 @@ def embedded_stack(
     Given URLs are used as they are instead. Yields (bootstrap servers, database URL)."""
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="billing-"))
-        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        if not os.environ.get("DEVSTACK_KEEP"):
+            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         if kafka_url is None:
             kafka = EmbeddedKafka(port=free_port(), log_file=workdir / "tansu.log")
             kafka_url = kafka.start()
