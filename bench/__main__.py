@@ -114,7 +114,7 @@ async def run_authorization(kafka: str, database: str, args: argparse.Namespace)
                 ),
                 *(
                     (
-                        f"spread: 1,000 organisations at {rate:,}/s",
+                        f"spread: 1,000 organisations at {int(rate):,}/s",
                         f"p50 {s['p50_ms']} / p99 {s['p99_ms']} ms",
                         (
                             f"target p50 <= 2, p99 <= 10 ms; PostgreSQL alone: "

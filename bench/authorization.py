@@ -97,6 +97,13 @@ async def _overspend(conn: asyncpg.Connection, organisations: list[str]) -> dict
     }
 
 
+async def _quiet(conn: asyncpg.Connection) -> None:
+    """Let the previous phase's announcements leave the outbox before measuring again."""
+    while await conn.fetchval("SELECT count(*) FROM outbox"):  # noqa: ASYNC110
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1)
+
+
 async def through_the_api(
     kafka: str,
     database: str,
@@ -125,6 +132,7 @@ async def through_the_api(
             rng = random.Random(5)
             spreads = {}
             for rate in spread_rates:
+                await _quiet(conn)
                 spreads[rate] = await open_loop(
                     "127.0.0.1",
                     metering.port,

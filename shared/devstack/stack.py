@@ -8,8 +8,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from .broker import EmbeddedKafka
-from .ports import free_port
 from .postgres import EmbeddedPostgres
+from .processes import free_port
 
 
 @contextmanager

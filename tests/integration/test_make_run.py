@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from shared.devstack import free_port
-from shared.devstack.ports import port_in_use
+from shared.devstack.processes import port_in_use
 from shared.testing import eventually, produce
 
 pytestmark = pytest.mark.slow

@@ -95,26 +95,8 @@ class AuthorizationOut(BaseModel):
     renews_at: datetime | None
 
 
-def _out(a: Authorization) -> AuthorizationOut:
-    return AuthorizationOut(
-        authorization_id=a.authorization_id,
-        organisation_id=a.organisation_id,
-        message_id=a.message_id,
-        member_id=a.member_id,
-        agent_id=a.agent_id,
-        decision=a.decision,
-        reason=a.reason,
-        estimate=a.estimate,
-        held=a.held,
-        status=a.status,
-        decided_at=a.decided_at,
-        expires_at=a.expires_at,
-        closed_at=a.closed_at,
-        settled_credits=a.settled_credits,
-        balance=a.balance,
-        available=a.available,
-        renews_at=a.renews_at,
-    )
+def _out(authorization: Authorization) -> AuthorizationOut:
+    return AuthorizationOut.model_validate(authorization, from_attributes=True)
 
 
 @router.post("/authorizations", response_model=AuthorizationOut, tags=["authorizations"])

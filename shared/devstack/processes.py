@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 
 
@@ -27,3 +28,15 @@ def wait_for_port(host: str, port: int, *, timeout: float, process=None) -> None
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def stop_process(process: subprocess.Popen | None, sig: int, *, timeout: float) -> None:
+    """Send `sig` and wait up to `timeout` seconds, then kill."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
