@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 from typing import Any
@@ -46,8 +47,6 @@ def watch_gc_pauses(slow_ms: float = 20.0) -> None:
 
 async def watch_loop_lag(slow_ms: float = 25.0, every_seconds: float = 0.01) -> None:
     """Log when the event loop answers late: something blocked it (CPU-bound work, a pause)."""
-    import asyncio
-
     while True:
         before = time.perf_counter()
         await asyncio.sleep(every_seconds)

@@ -46,10 +46,6 @@ class TopicSpec:
     def dead_letter_topic(self, prefix: str = "") -> str:
         return f"{prefix}{self.dead_letter}"
 
-    @property
-    def type_names(self) -> tuple[str, ...]:
-        return tuple(schema.type_name for schema in self.schemas)
-
 
 AGENT_USAGE = TopicSpec(
     name="agent.usage",
