@@ -29,12 +29,12 @@ import asyncpg
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 
 from services.metering.app import MIGRATIONS
 from services.metering.settings import DEV_API_TOKEN
 from shared.db import apply_migrations
 from shared.devstack import free_port
+from shared.kafka import KeyPlacement, send_batched
 from shared.topics import AGENT_USAGE, ensure_topics
 
 BATCH = 10_000
@@ -49,15 +49,8 @@ class Workload:
     def partitioned(self, partitions: int) -> list[tuple[int, bytes, bytes]]:
         """(partition, key, value) as Kafka's default partitioner places them; computed before
         the clock starts, so the load generator spends its time sending."""
-        partitioner = DefaultPartitioner()
-        every = list(range(partitions))
-        cache: dict[bytes, int] = {}
-        placed = []
-        for key, value in self.events:
-            if key not in cache:
-                cache[key] = partitioner(key, every, every)
-            placed.append((cache[key], key, value))
-        return placed
+        placement, every = KeyPlacement(), list(range(partitions))
+        return [(placement.partition("", key, every), key, value) for key, value in self.events]
 
 
 def make_workload(events: int, organisations: int, seed: int = 1) -> Workload:
@@ -95,21 +88,9 @@ async def publish(bootstrap: str, topic: str, events: list[tuple[int, bytes, byt
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     try:
-        partitions = sorted(await producer.partitions_for(topic))
-        batches = {p: producer.create_batch() for p in partitions}
-        sends = []
+        records = [(topic, partition, key, value, []) for partition, key, value in events]
         started = time.perf_counter()
-        for partition, key, value in events:
-            if batches[partition].append(key=key, value=value, timestamp=None) is None:
-                sends.append(
-                    await producer.send_batch(batches[partition], topic, partition=partition)
-                )
-                batches[partition] = producer.create_batch()
-                batches[partition].append(key=key, value=value, timestamp=None)
-        for partition, batch in batches.items():
-            if batch.record_count():
-                sends.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*sends)
+        await send_batched(producer, records)
         return started
     finally:
         await producer.stop()

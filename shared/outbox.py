@@ -10,8 +10,7 @@ connection), so events leave in the order they were written. A NOTIFY at commit 
 once (at most every `min_interval_seconds`, so that a burst of commits is published in one
 drain); otherwise it polls.
 
-It publishes with its own producer, one record batch per partition, placing keys as Kafka's
-default partitioner does; per event that costs a few microseconds instead of a full `send`.
+It publishes with its own producer, in record batches per partition (`shared.kafka`).
 """
 
 from __future__ import annotations
@@ -23,11 +22,11 @@ from pathlib import Path
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 
 from shared.clock import Clock
 from shared.db import Migrations
 from shared.events import Event
+from shared.kafka import KeyPlacement, send_batched
 from shared.logging import get_logger
 from shared.topics import spec_for
 
@@ -89,9 +88,8 @@ class OutboxRelay:
             linger_ms=2,
             enable_idempotence=False,
         )
-        self._partitioner = DefaultPartitioner()
+        self._placement = KeyPlacement()
         self._partitions: dict[str, list[int]] = {}
-        self._placed: dict[tuple[str, bytes], int] = {}
         self._dsn = dsn
         self._schema = schema
         self._batch_size = batch_size
@@ -115,7 +113,7 @@ class OutboxRelay:
                     delay = min(5.0, 0.2 * 2**failures)
                     log.error("outbox relay failed; restarting", error=repr(exc), retry_in=delay)
                     self._partitions.clear()
-                    self._placed.clear()
+                    self._placement.forget()
                     await asyncio.sleep(delay)
         finally:
             await asyncio.shield(self._producer.stop())
@@ -154,44 +152,31 @@ class OutboxRelay:
         )
         if not rows:
             return 0
-        batches: dict[tuple[str, int], object] = {}
-        sends = []
-        for row in rows:
-            topic, key = row["topic"], row["key"]
-            partition = await self._partition(topic, key)
-            headers = [
-                ("content-type", b"application/json"),
-                ("event-type", row["event_type"].encode()),
-            ]
-            batch = batches.get((topic, partition))
-            if (
-                batch is None
-                or batch.append(  # type: ignore[attr-defined]
-                    key=key, value=row["payload"], timestamp=None, headers=headers
+        await send_batched(
+            self._producer,
+            [
+                (
+                    row["topic"],
+                    await self._partition(row["topic"], row["key"]),
+                    row["key"],
+                    row["payload"],
+                    [
+                        ("content-type", b"application/json"),
+                        ("event-type", row["event_type"].encode()),
+                    ],
                 )
-                is None
-            ):
-                if batch is not None:
-                    sends.append(await self._producer.send_batch(batch, topic, partition=partition))  # type: ignore[arg-type]
-                batch = batches[(topic, partition)] = self._producer.create_batch()
-                batch.append(key=key, value=row["payload"], timestamp=None, headers=headers)
-        for (topic, partition), batch in batches.items():
-            sends.append(await self._producer.send_batch(batch, topic, partition=partition))  # type: ignore[arg-type]
-        await asyncio.gather(*sends)
+                for row in rows
+            ],
+        )
         await self._pool.execute(
             "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
         )
         return len(rows)
 
     async def _partition(self, topic: str, key: bytes) -> int:
-        placed = self._placed.get((topic, key))
-        if placed is None:
-            partitions = self._partitions.get(topic)
-            if partitions is None:
-                partitions = self._partitions[topic] = sorted(
-                    await self._producer.partitions_for(topic)
-                )
-            placed = self._placed[(topic, key)] = self._partitioner(key, partitions, partitions)
-            if len(self._placed) > 1_000_000:
-                self._placed.clear()
-        return placed
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            partitions = self._partitions[topic] = sorted(
+                await self._producer.partitions_for(topic)
+            )
+        return self._placement.partition(topic, key, partitions)

@@ -30,12 +30,11 @@ from shared.consumer import is_transient
 from shared.events import AuthorizationDecision, CreditAuthorizationDecidedV1
 from shared.logging import get_logger
 
-from . import store
+from . import PRODUCER, store
 from .domain.authorization import Request, decide
 
 log = get_logger("metering.authorizer")
 
-PRODUCER = "metering"
 _ATTEMPTS = 4
 _CONFLICTS = 20
 

@@ -17,14 +17,12 @@ from shared.events import AgentMessageProcessedV1, CreditBalance, CreditGrantReq
 from shared.events.codec import Rejection
 from shared.logging import get_logger
 
-from . import store
+from . import PRODUCER, store
 from .domain.credits import CreditPolicy, GrantRefused, Wallet, announcements, apply_grant
 
 log = get_logger("metering.service")
 
-PRODUCER = "metering"
 _ENTRY_NAMESPACE = uuid5(NAMESPACE_URL, "https://billing.example/metering/ledger")
-_KNOWN_WALLETS_LIMIT = 1_000_000
 
 
 def grant_entry_id(organisation_id: str, period_key: str, kind: str) -> UUID:
@@ -52,7 +50,6 @@ class Metering:
         self._clock = clock
         self.policy = policy
         self._prefix = topic_prefix
-        self._known_wallets: set[str] = set()
 
     async def record_usage(
         self, items: Sequence[Decoded[AgentMessageProcessedV1]]
@@ -66,12 +63,8 @@ class Metering:
             if first is not item and _effect(first.event) != _effect(item.event):
                 refused.append((item, _conflict(item.event, *_effect(first.event))))
         events = [item.event for item in unique.values()]
-        organisations = {e.organisation_id for e in events}
-        unknown = organisations - self._known_wallets
         now = self._clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
-            if unknown:
-                await store.create_wallets(conn, list(unknown), now)
             debited = await store.debit(conn, events, now)
             if sum(d.entries for d in debited) < len(events):
                 refused += await self._conflicts(conn, list(unique.values()))
@@ -89,9 +82,6 @@ class Metering:
                     )
                 ],
             )
-        if len(self._known_wallets) > _KNOWN_WALLETS_LIMIT:
-            self._known_wallets.clear()
-        self._known_wallets |= unknown
         return refused
 
     async def _conflicts(
@@ -157,7 +147,6 @@ class Metering:
                     now=now,
                 ),
             )
-        self._known_wallets.add(organisation)
         log.info(
             "grant applied",
             organisation_id=organisation,

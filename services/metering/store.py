@@ -68,6 +68,12 @@ _USAGE_COLUMNS = (
     "message_id",
     "occurred_at",
 )
+_NEW_WALLETS = """
+INSERT INTO wallets (organisation_id, created_at, updated_at)
+SELECT DISTINCT organisation_id, $1::timestamptz, $1::timestamptz FROM usage_batch
+ORDER BY organisation_id
+ON CONFLICT (organisation_id) DO NOTHING
+"""
 _DEBIT = f"""
 WITH inserted AS (
     INSERT INTO ledger (entry_id, organisation_id, kind, amount, source_event_id, member_id,
@@ -107,7 +113,7 @@ async def debit(
 ) -> list[Debited]:
     """Append one debit per event not yet in the ledger, settle the hold of each newly debited
     message, and debit each wallet once by the sum. Events already in the ledger (redeliveries)
-    change nothing, holds included. Every wallet must exist.
+    change nothing, holds included. An organisation without a wallet gets one, at zero.
 
     The batch travels by binary COPY into a temporary table (emptied at commit), which costs
     both sides less than array parameters; then one statement inserts and debits."""
@@ -129,6 +135,7 @@ async def debit(
             for e in events
         ],
     )
+    await conn.execute(_NEW_WALLETS, now)
     rows = await conn.fetch(_DEBIT, now)
     return [Debited(_wallet(r), r["debited"], r["entries"]) for r in rows]
 
@@ -255,7 +262,9 @@ async def ledger_page(
     )
 
 
-# Authorizations. Where hold rows and wallet rows are both locked, hold rows come first.
+# Authorizations. A statement that changes existing hold rows and wallet rows (settlement in
+# `_DEBIT`, release, expiry) locks the hold rows first; recording decisions locks wallets and
+# only inserts new hold rows.
 
 _DECISION_STATES = """
 SELECT w.organisation_id, w.balance, w.held, w.renews_at,
@@ -323,13 +332,18 @@ proceeding AS (
     UNION ALL
     SELECT unnest($5::text[])
 ),
+batch AS (
+    SELECT * FROM unnest($6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[],
+                         $11::text[], $12::bigint[], $13::timestamptz[], $14::text[],
+                         $15::bytea[], $16::text[], $17::bytea[])
+        WITH ORDINALITY AS t(a, o, m, mb, ag, r, e, x, topic, key, event_type, payload, n)
+),
 inserted AS (
     INSERT INTO authorizations (authorization_id, organisation_id, message_id, member_id,
         agent_id, decision, reason, estimate, status, decided_at, expires_at)
     SELECT a, o, m, mb, ag, CASE WHEN r IS NULL THEN 'allowed' ELSE 'denied' END, r, e,
            CASE WHEN r IS NULL THEN 'held' ELSE 'denied' END, $1, x
-    FROM unnest($6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-                $12::bigint[], $13::timestamptz[]) WITH ORDINALITY AS t(a, o, m, mb, ag, r, e, x, n)
+    FROM batch
     WHERE o IN (SELECT organisation_id FROM proceeding)
     ORDER BY n
     ON CONFLICT (organisation_id, message_id) DO NOTHING
@@ -346,11 +360,9 @@ wallet AS (
 ),
 announced AS (
     INSERT INTO outbox (topic, key, event_type, payload, created_at)
-    SELECT o.topic, o.key, o.event_type, o.payload, $1
-    FROM unnest($14::text[], $15::text[], $16::text[], $17::bytea[], $18::text[], $19::bytea[])
-         WITH ORDINALITY AS o(organisation_id, message_id, topic, key, event_type, payload, n)
-    JOIN inserted USING (organisation_id, message_id)
-    ORDER BY o.n
+    SELECT b.topic, b.key, b.event_type, b.payload, $1
+    FROM batch b JOIN inserted i ON i.organisation_id = b.o AND i.message_id = b.m
+    ORDER BY b.n
 )
 SELECT ARRAY(SELECT organisation_id FROM proceeding) AS proceeding,
        ARRAY(SELECT organisation_id || ' ' || message_id FROM inserted) AS inserted
@@ -394,8 +406,6 @@ async def record_decisions(
         [d.reason for d in decisions],
         [d.estimate for d in decisions],
         [d.expires_at for d in decisions],
-        [d.organisation_id for d in decisions],
-        [d.message_id for d in decisions],
         topics,
         keys,
         types,
@@ -431,9 +441,9 @@ async def get_authorization(
     )
 
 
-async def release_hold(conn: asyncpg.Connection, authorization_id: UUID, now: datetime) -> bool:
-    """Release an active hold and give its credits back. False if it was not active."""
-    released = await conn.fetchval(
+async def release_hold(conn: asyncpg.Connection, authorization_id: UUID, now: datetime) -> None:
+    """Release the hold if it is active, and give its credits back; otherwise change nothing."""
+    await conn.execute(
         """WITH released AS (
                UPDATE authorizations SET status = 'released', closed_at = $2
                WHERE authorization_id = $1 AND status = 'held'
@@ -447,7 +457,6 @@ async def release_hold(conn: asyncpg.Connection, authorization_id: UUID, now: da
         authorization_id,
         now,
     )
-    return bool(released)
 
 
 async def expire_due_holds(conn: asyncpg.Connection, now: datetime, *, limit: int) -> int:
