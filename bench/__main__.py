@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.devstack import embedded_stack
 
-from . import authorization, metering, report
+from . import authorization, metering, report, restart
 
 
 async def run_metering(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -141,6 +141,33 @@ async def run_authorization(kafka: str, database: str, args: argparse.Namespace)
     return {**api, "postgres_ceiling": ceiling, "ratios": {"hot_vs_postgres_ceiling": ratio}}
 
 
+async def run_restart(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
+    print(f"restart: metering killed, started again (session timeout {args.session_ms} ms)")
+    figures = await restart.after_a_crash(kafka, database, args.session_ms)
+    first, again = figures["first_start"], figures["after_sigkill"]
+    print()
+    print(
+        report.table(
+            "Restart after SIGKILL (seconds from spawning the process)",
+            [
+                ("measure", "after SIGKILL", "first start (baseline) / target"),
+                (
+                    "first authorization answered",
+                    f"{again['first_authorization_s']} s",
+                    f"{first['first_authorization_s']} s; target <= 2 s",
+                ),
+                (
+                    "both consumer groups joined",
+                    f"{again['groups_joined_s']} s",
+                    f"{first['groups_joined_s']} s; bound: the session timeout "
+                    f"({args.session_ms / 1000:g} s) of the dead member",
+                ),
+            ],
+        )
+    )
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--events", type=int, default=500_000)
@@ -156,7 +183,12 @@ def main() -> None:
     )
     parser.add_argument("--spread-seconds", type=float, default=15)
     parser.add_argument(
-        "--only", choices=("metering", "authorization"), help="run one suite (default: both)"
+        "--only",
+        choices=("metering", "authorization", "restart"),
+        help="run one suite (default: all)",
+    )
+    parser.add_argument(
+        "--session-ms", type=int, default=10_000, help="consumer session timeout for restart"
     )
     args = parser.parse_args()
     with embedded_stack(
@@ -169,6 +201,8 @@ def main() -> None:
             figures["metering"] = asyncio.run(run_metering(kafka, database, args))
         if args.only in (None, "authorization"):
             figures["authorization"] = asyncio.run(run_authorization(kafka, database, args))
+        if args.only in (None, "restart"):
+            figures["restart"] = asyncio.run(run_restart(kafka, database, args))
     path = report.write("bench", figures)
     print(f"\nfigures written to {path.relative_to(path.parents[2])}")
 

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services.metering.app import MIGRATIONS
+from services.metering.app import SERVICE
 from services.metering.settings import DEV_API_TOKEN
 from shared.db import apply_migrations
 from shared.testing import produce
@@ -178,7 +178,7 @@ async def postgres_ceiling(
     the same wallets table: the hot row from `connections` connections; then 1,000 rows at the
     spread rate, latency from the scheduled time."""
     schema = f"ceiling_{uuid.uuid4().hex[:8]}"
-    await apply_migrations(database, schema, MIGRATIONS)
+    await apply_migrations(database, schema, SERVICE.all_migrations)
     pool = await asyncpg.create_pool(
         database,
         min_size=connections,

@@ -30,7 +30,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from services.metering.app import MIGRATIONS
+from services.metering.app import SERVICE
 from services.metering.settings import DEV_API_TOKEN
 from shared.db import apply_migrations
 from shared.devstack import free_port
@@ -99,7 +99,15 @@ async def publish(bootstrap: str, topic: str, events: list[tuple[int, bytes, byt
 class MeteringProcess:
     """The metering service in its own process, as in production."""
 
-    def __init__(self, bootstrap: str, database_url: str, schema: str, prefix: str) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        database_url: str,
+        schema: str,
+        prefix: str,
+        *,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.env = {
             **os.environ,
@@ -109,27 +117,34 @@ class MeteringProcess:
             "METERING_DB_SCHEMA": schema,
             "METERING_HTTP_PORT": str(self.port),
             "LOG_LEVEL": "WARNING",
+            **(extra or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
 
-    async def __aenter__(self) -> MeteringProcess:
+    def spawn(self) -> None:
         log = os.environ.get("BENCH_SERVICE_LOG")  # keep the service's log, for diagnosis
-        self.process = subprocess.Popen(  # noqa: ASYNC220
+        self.process = subprocess.Popen(
             [sys.executable, "-m", "services.metering"],
             env=self.env,
-            stdout=open(log, "ab") if log else subprocess.DEVNULL,  # noqa: ASYNC230
+            stdout=open(log, "ab") if log else subprocess.DEVNULL,
         )
+
+    async def __aenter__(self) -> MeteringProcess:
+        self.spawn()
         deadline = time.monotonic() + 60
         async with httpx.AsyncClient() as client:
             while time.monotonic() < deadline:
                 try:
-                    if (
-                        await client.get(f"http://127.0.0.1:{self.port}/readyz")
-                    ).status_code == 200:
+                    response = await client.get(f"http://127.0.0.1:{self.port}/readyz")
+                    consumers = response.json().get("consumers", {}).values()
+                    # Ready, and the consumer groups joined: timing starts with consuming.
+                    if response.status_code == 200 and all(
+                        c["state"] == "running" for c in consumers
+                    ):
                         return self
                 except httpx.HTTPError:
                     pass
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.1)
         raise RuntimeError("metering did not become ready")
 
     async def __aexit__(self, *exc: object) -> None:
@@ -175,7 +190,7 @@ async def end_to_end(bootstrap: str, database_url: str, workload: Workload) -> d
 
 async def insert_ceiling(database_url: str, workload: Workload) -> dict[str, Any]:
     schema = f"ceiling_{uuid.uuid4().hex[:8]}"
-    await apply_migrations(database_url, schema, MIGRATIONS)
+    await apply_migrations(database_url, schema, SERVICE.all_migrations)
     conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
     try:
         now = datetime.now(UTC)

@@ -17,41 +17,41 @@ flight on its own database connection. Topics are keyed by organisation, so two 
 touch the same organisation's rows; a partition always maps to the same lane, so its batches are
 applied and committed in order, and a lane commits only its own partitions' offsets.
 
-Failures: transient ones (database or broker unavailable, serialization conflicts) are retried
-with backoff and stall the partition, which is correct: nothing is wrong with the messages.
-A message the database refuses (a poison message) is found by bisecting the batch and parked
-with reason `processing_failed`. If every message of a batch fails, or too many fail in a row,
-the failure is taken as systemic: nothing is parked, the batch is rewound and retried later.
+Failures are told apart by what failed (`classify`), never by how many records failed:
+- transient (the database or broker unreachable, a serialization conflict, a deadlock): the
+  step is retried in place with back-off, a few times;
+- poison (the database refused the data: SQLSTATE classes 22 and 23, or a value the driver
+  cannot encode): the batch is bisected until each refused record stands alone; it is parked
+  with reason `processing_failed` and every other record is applied. Any number of poison
+  records, anywhere, in any batch, ends that way;
+- systemic (anything else, e.g. a bug or a missing table; or a transient failure that outlasted
+  its retries): nothing is parked and nothing committed; the batch is rewound, its partitions
+  are paused and resumed after a growing delay. If the batch spans several partitions, each is
+  first tried alone (a systemic failure may come from one organisation's records), so only the
+  partitions that fail stall. Other partitions keep flowing. A partition that cannot advance
+  is reported by `stalled()` (readiness) and logged with its lag.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import (
-    CommitFailedError,
-    IllegalStateError,
-    KafkaConnectionError,
-    KafkaError,
-    KafkaTimeoutError,
-)
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from shared.deadletter import DeadLetters
 from shared.events import Event
 from shared.events.codec import Rejection, TopicCodec
+from shared.failures import Failure, classify, exponential
 from shared.logging import get_logger
 
 E = TypeVar("E", bound=Event)
 
 log = get_logger("shared.consumer")
-
-_TRANSIENT_SQLSTATE_CLASSES = {"08", "40", "53", "55", "57", "58"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,150 +64,231 @@ Apply = Callable[[Sequence[Decoded[E]]], Awaitable[Sequence[tuple[Decoded[E], Re
 """Applies decoded events in one go; returns those it refuses, with the reason."""
 
 
-class SystemicFailure(Exception):
-    """Every message fails: the fault is not in the messages. Rewind and retry later."""
-
-
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError)):
-        return True
-    if isinstance(exc, (KafkaConnectionError, KafkaTimeoutError)):
-        return True
-    if isinstance(exc, KafkaError):
-        return bool(getattr(exc, "retriable", False))
-    sqlstate = getattr(exc, "sqlstate", None)
-    return isinstance(sqlstate, str) and sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     first_delay: float = 0.1
     max_delay: float = 5.0
-    max_consecutive_parks: int = 50
+    transient_attempts: int = 6
+    """Attempts of one step before a transient failure counts as a stall (about 3 s)."""
 
     def delay(self, attempt: int) -> float:
-        return min(self.max_delay, self.first_delay * (2 ** min(attempt, 16)))
+        return exponential(attempt, first=self.first_delay, cap=self.max_delay)
+
+
+@dataclass(frozen=True, slots=True)
+class Stalled:
+    """A partition that has not advanced since `since` (monotonic seconds)."""
+
+    topic: str
+    partition: int
+    offset: int
+    """The first offset that could not be applied."""
+    lag: int | None
+    """Records behind the partition's end, as last seen by the consumer."""
+    failures: int
+    since: float
+    error: str
+
+
+@dataclass
+class _PartitionState:
+    failures: int = 0
+    stalled_since: float | None = None
+    offset: int = 0
+    error: str = ""
 
 
 @dataclass
 class _Lane:
     inflight: asyncio.Task[None] | None = None
     records: Sequence[ConsumerRecord] = ()
-    failures: int = 0
+    rewound: dict[TopicPartition, int] = field(default_factory=dict)
+    """Partitions the batch in flight rewound on failure, and to which offset."""
 
 
+@dataclass
 class BatchConsumer(Generic[E]):
     """Drives steps 1–4 for one topic. Call `handle` from a FastStream batch subscriber
-    declared with `AckPolicy.MANUAL`; pass `rebalance_listener()` as its listener."""
+    declared with `AckPolicy.MANUAL` (`shared.subscriber` does); pass `rebalance_listener()`
+    as its listener."""
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        codec: TopicCodec,
-        apply: Apply[E],
-        dead_letters: DeadLetters,
-        dead_letter_topic: str,
-        lanes: int = 1,
-        retry: RetryPolicy = RetryPolicy(),
-    ) -> None:
-        self.name = name
-        self._codec = codec
-        self._apply = apply
-        self._dead_letters = dead_letters
-        self._dead_letter_topic = dead_letter_topic
-        self._retry = retry
-        self._lanes = [_Lane() for _ in range(lanes)]
-        self._consecutive_parks = 0
+    name: str
+    codec: TopicCodec
+    apply: Apply[E]
+    dead_letters: DeadLetters
+    dead_letter_topic: str
+    lanes: int = 1
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    rebalance_flush_seconds: float = 5.0
+    """How long a rebalance waits for batches in flight before it abandons them (rolled back;
+    the partitions' next owner applies them again)."""
+    _lanes: list[_Lane] = field(init=False)
+    _partitions: dict[TopicPartition, _PartitionState] = field(init=False, default_factory=dict)
+    _consumer: AIOKafkaConsumer | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._lanes = [_Lane() for _ in range(self.lanes)]
 
     async def handle(self, records: Sequence[ConsumerRecord], consumer: AIOKafkaConsumer) -> None:
         if not records:
             return
-        outcomes = self._codec.decode_batch(records)
-        split: dict[int, tuple[list[ConsumerRecord], list[Decoded[E]], list[tuple[Any, Rejection]]]]
-        split = {}
+        self._consumer = consumer
+        outcomes = self.codec.decode_batch(records)
+        by_lane: dict[int, list[tuple[ConsumerRecord, E | Rejection]]] = {}
         lanes = len(self._lanes)
         for record, outcome in zip(records, outcomes, strict=True):
-            lane_records, decoded, rejected = split.setdefault(
-                record.partition % lanes, ([], [], [])
-            )
-            lane_records.append(record)
-            if isinstance(outcome, Rejection):
-                rejected.append((record, outcome))
-            else:
-                decoded.append(Decoded(record, outcome))  # type: ignore[arg-type]
-        for index, (lane_records, decoded, rejected) in sorted(split.items()):
+            by_lane.setdefault(record.partition % lanes, []).append((record, outcome))  # type: ignore[arg-type]
+        for index, items in sorted(by_lane.items()):
             lane = self._lanes[index]
-            if not await self._settle(lane, consumer, lane_records):
-                continue
+            failed = await self._settle(lane)
+            if failed:
+                fetched = _first_offsets([r for r, _ in items])
+                stale = {tp for tp, first in failed.items() if fetched.get(tp, first) != first}
+                items = [
+                    (r, o) for r, o in items if TopicPartition(r.topic, r.partition) not in stale
+                ]
+                if not items:
+                    continue
+            lane_records = [r for r, _ in items]
+            decoded = [Decoded(r, o) for r, o in items if not isinstance(o, Rejection)]
+            rejected = [(r, o) for r, o in items if isinstance(o, Rejection)]
             lane.records = lane_records
+            lane.rewound = {}
             lane.inflight = asyncio.create_task(
-                self._complete(lane_records, decoded, rejected, consumer)
+                self._complete(lane, lane_records, decoded, rejected, consumer),  # type: ignore[arg-type]
+                name=f"{self.name}-lane-{index}",
             )
 
-    async def flush(self) -> None:
-        """Wait for the batches in flight to be applied, parked and committed."""
-        for lane in self._lanes:
-            if lane.inflight is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(lane.inflight)
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait for the batches in flight to be applied, parked and committed. After `timeout`
+        seconds, cancel those still running (their transactions roll back) and return False."""
+        tasks = [lane.inflight for lane in self._lanes if lane.inflight is not None]
+        if not tasks:
+            return True
+        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in done:  # a failure is handled by the next `handle`; mark it seen here
+            if not task.cancelled():
+                task.exception()
+        if not pending:
+            return True
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=5)
+        log.warning(
+            "batches in flight abandoned", consumer=self.name, batches=len(pending), after=timeout
+        )
+        return False
 
     def rebalance_listener(self) -> ConsumerRebalanceListener:
         consumer = self
 
         class _Listener(ConsumerRebalanceListener):
             async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-                await consumer.flush()
+                await consumer.flush(consumer.rebalance_flush_seconds)
+                for tp in revoked:
+                    consumer._partitions.pop(tp, None)
 
             async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
                 return None
 
         return _Listener()
 
-    async def _settle(
-        self, lane: _Lane, consumer: AIOKafkaConsumer, next_records: Sequence[ConsumerRecord]
-    ) -> bool:
-        """Wait for the lane's previous batch. If it failed, rewind it and the batch just
-        fetched for this lane, and back off."""
+    def stalled(self) -> list[Stalled]:
+        """Partitions that cannot advance: their last batch failed, not as poison."""
+        found = []
+        for tp, state in self._partitions.items():
+            if state.stalled_since is None:
+                continue
+            found.append(
+                Stalled(
+                    tp.topic,
+                    tp.partition,
+                    state.offset,
+                    self._lag(tp, state.offset),
+                    state.failures,
+                    state.stalled_since,
+                    state.error,
+                )
+            )
+        return sorted(found, key=lambda s: (s.topic, s.partition))
+
+    def _lag(self, tp: TopicPartition, offset: int) -> int | None:
+        consumer = self._consumer
+        if consumer is None or tp not in consumer.assignment():
+            return None
+        highwater = consumer.highwater(tp)
+        return None if highwater is None else max(0, highwater - offset)
+
+    async def _settle(self, lane: _Lane) -> dict[TopicPartition, int]:
+        """Wait for the lane's previous batch. Return the partitions it rewound (on failure),
+        with the offset rewound to: records of those partitions fetched before the rewind start
+        later, and are dropped; they will be fetched again, in order."""
         task, lane.inflight = lane.inflight, None
         if task is None:
-            return True
+            return {}
         try:
             await task
         except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            lane.failures += 1
-            delay = self._retry.delay(lane.failures)
-            log.error(
-                "batch failed; rewinding", consumer=self.name, error=repr(exc), retry_in=delay
-            )
-            _rewind(consumer, [*lane.records, *next_records])
-            await asyncio.sleep(delay)
-            return False
-        lane.failures = 0
-        return True
+            if not task.cancelled():
+                raise
+        except Exception:
+            pass
+        if task.cancelled():  # abandoned at a rebalance: fetch it again if still ours
+            lane.rewound = _rewind(self._consumer, lane.records)  # type: ignore[arg-type]
+        return lane.rewound
 
     async def _complete(
         self,
+        lane: _Lane,
         records: Sequence[ConsumerRecord],
         decoded: list[Decoded[E]],
         rejected: list[tuple[Any, Rejection]],
         consumer: AIOKafkaConsumer,
     ) -> None:
         try:
-            refused = await self._apply_isolating(decoded)
-            parked = [*rejected, *((d.record, r) for d, r in refused)]
-            await self._with_retries(
-                "park", lambda: self._dead_letters.park(self._dead_letter_topic, parked)
-            )
-        except Exception:
-            # Fetch the batch again even if nothing else arrives; `handle` backs off.
-            _rewind(consumer, records)
-            raise
-        await self._commit(consumer, records)
+            await self._apply_and_park(records, decoded, rejected)
+        except Exception as exc:
+            partitions = sorted(_first_offsets(records))
+            if classify(exc) is not Failure.SYSTEMIC or len(partitions) == 1:
+                lane.rewound = self._stall(consumer, records, exc)
+                raise
+            failure = exc
+        else:
+            await self._commit(consumer, records)
+            return
+        # A systemic failure may belong to one partition's records (one organisation's):
+        # try each partition alone, so that only those that fail stall.
+        failed: list[ConsumerRecord] = []
+        for tp in partitions:
+            mine = [r for r in records if (r.topic, r.partition) == tp]
+            try:
+                await self._apply_and_park(
+                    mine,
+                    [d for d in decoded if (d.record.topic, d.record.partition) == tp],
+                    [(r, j) for r, j in rejected if (r.topic, r.partition) == tp],
+                )
+            except Exception as exc:
+                failed += mine
+                failure = exc
+                continue
+            await self._commit(consumer, mine)
+        if failed:
+            lane.rewound = self._stall(consumer, failed, failure)
+            raise failure
+
+    async def _apply_and_park(
+        self,
+        records: Sequence[ConsumerRecord],
+        decoded: list[Decoded[E]],
+        rejected: list[tuple[Any, Rejection]],
+    ) -> None:
+        refused = await self._apply_isolating(decoded)
+        parked = [*rejected, *((d.record, r) for d, r in refused)]
+        await self._with_retries(
+            "park", lambda: self.dead_letters.park(self.dead_letter_topic, parked)
+        )
         log.debug(
-            "batch committed",
+            "batch applied",
             consumer=self.name,
             records=len(records),
             applied=len(decoded) - len(refused),
@@ -218,27 +299,15 @@ class BatchConsumer(Generic[E]):
         if not items:
             return []
         try:
-            refused = list(await self._with_retries("apply", lambda: self._apply(items)))
-        except SystemicFailure:
-            raise
+            return list(await self._with_retries("apply", lambda: self.apply(items)))
         except Exception as exc:
+            if classify(exc) is not Failure.POISON:
+                raise
             if len(items) == 1:
-                self._consecutive_parks += 1
-                if self._consecutive_parks > self._retry.max_consecutive_parks:
-                    raise SystemicFailure(
-                        f"{self._consecutive_parks} messages failed in a row"
-                    ) from exc
                 return [(items[0], Rejection("processing_failed", repr(exc)[:500]))]
             middle = len(items) // 2
             refused = await self._apply_isolating(items[:middle])
-            refused += await self._apply_isolating(items[middle:])
-            if len(refused) == len(items) and all(
-                r.reason == "processing_failed" for _, r in refused
-            ):
-                raise SystemicFailure(f"all {len(items)} messages failed: {exc!r}") from exc
-            return refused
-        self._consecutive_parks = 0
-        return refused
+            return refused + await self._apply_isolating(items[middle:])
 
     async def _with_retries(self, step: str, action: Callable[[], Awaitable[Any]]) -> Any:
         attempt = 0
@@ -246,10 +315,13 @@ class BatchConsumer(Generic[E]):
             try:
                 return await action()
             except Exception as exc:
-                if not is_transient(exc):
-                    raise
                 attempt += 1
-                delay = self._retry.delay(attempt)
+                if (
+                    classify(exc) is not Failure.TRANSIENT
+                    or attempt >= self.retry.transient_attempts
+                ):
+                    raise
+                delay = self.retry.delay(attempt)
                 log.warning(
                     "transient failure; retrying",
                     consumer=self.name,
@@ -259,6 +331,37 @@ class BatchConsumer(Generic[E]):
                     error=repr(exc),
                 )
                 await asyncio.sleep(delay)
+
+    def _stall(
+        self, consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord], exc: BaseException
+    ) -> dict[TopicPartition, int]:
+        """Rewind the batch, pause its partitions and resume them after a growing delay.
+        Returns the partitions rewound, with their offsets."""
+        rewound = _rewind(consumer, records)
+        now = time.monotonic()
+        for tp, offset in rewound.items():
+            state = self._partitions.setdefault(tp, _PartitionState())
+            state.failures += 1
+            state.stalled_since = state.stalled_since or now
+            state.offset = offset
+            state.error = repr(exc)[:500]
+            delay = self.retry.delay(state.failures)
+            log.error(
+                "partition stalled; batch rewound",
+                consumer=self.name,
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=offset,
+                lag=self._lag(tp, offset),
+                failures=state.failures,
+                stalled_for=round(now - state.stalled_since, 1),
+                failure=classify(exc).value,
+                error=state.error,
+                retry_in=delay,
+            )
+            consumer.pause(tp)
+            asyncio.get_running_loop().call_later(delay, _resume, consumer, tp)
+        return rewound
 
     async def _commit(self, consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord]) -> None:
         offsets: dict[TopicPartition, int] = {}
@@ -273,14 +376,39 @@ class BatchConsumer(Generic[E]):
             log.warning(
                 "offset commit refused after rebalance", consumer=self.name, error=repr(exc)
             )
+            return
+        for tp in offsets:
+            state = self._partitions.get(tp)
+            if state is not None and state.stalled_since is not None:
+                log.info(
+                    "partition advancing again",
+                    consumer=self.name,
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    after_failures=state.failures,
+                )
+            self._partitions.pop(tp, None)
 
 
-def _rewind(consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord]) -> None:
-    earliest: dict[TopicPartition, int] = {}
+def _resume(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+    if tp in consumer.assignment() and tp in consumer.paused():
+        consumer.resume(tp)
+
+
+def _first_offsets(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:
+    first: dict[TopicPartition, int] = {}
     for record in records:
         tp = TopicPartition(record.topic, record.partition)
-        earliest[tp] = min(earliest.get(tp, record.offset), record.offset)
+        first[tp] = min(first.get(tp, record.offset), record.offset)
+    return first
+
+
+def _rewind(
+    consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord]
+) -> dict[TopicPartition, int]:
+    """Seek each partition of `records` that is still assigned back to its first record."""
     assigned = consumer.assignment()
-    for tp, offset in earliest.items():
-        if tp in assigned:
-            consumer.seek(tp, offset)
+    rewound = {tp: o for tp, o in _first_offsets(records).items() if tp in assigned}
+    for tp, offset in rewound.items():
+        consumer.seek(tp, offset)
+    return rewound

@@ -1,17 +1,21 @@
 """HTTP conventions: every error is `application/problem+json` (RFC 9457), 4xx for bad input
-with a clear title and detail, 5xx without internals. Bodies above a limit get 413."""
+with a clear title and detail, 5xx without internals. Bodies above a limit get 413; a
+dependency that does not answer gets 503 with Retry-After; a 500 is a bug."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shared.failures import FAILURE_TYPES, Failure, classify
 from shared.logging import get_logger
+from shared.settings import ServiceSettings
 
 log = get_logger("shared.http")
 
@@ -60,6 +64,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         (401, "Missing or invalid bearer token"),
         (404, "Not found"),
         (413, "Body too large"),
+        (503, "Temporarily unavailable; retry after the Retry-After header"),
     )
 }
 
@@ -95,14 +100,67 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
         return problem_response(exc.status_code, slug, str(exc.detail), "", request.url.path)
 
+    async def _classified(request: Request, exc: Exception) -> JSONResponse:
+        failure = classify(exc)
+        if failure is Failure.TRANSIENT:
+            log.warning("dependency unavailable", path=request.url.path, error=repr(exc))
+            response = problem_response(
+                503,
+                "unavailable",
+                "Temporarily unavailable",
+                "A dependency (database or broker) did not answer; try again.",
+                request.url.path,
+            )
+            response.headers["Retry-After"] = "1"
+            return response
+        if failure is Failure.POISON:
+            log.error("input refused by the database", path=request.url.path, error=repr(exc))
+            return problem_response(
+                400,
+                "refused-input",
+                "Input refused",
+                "A value of this request could not be stored.",
+                request.url.path,
+            )
+        log.error("unhandled error", path=request.url.path, error=repr(exc), exc_info=exc)
+        return problem_response(500, "internal-error", "Internal error", "", request.url.path)
+
+    # Registered per class (not for `Exception`, whose handler Starlette runs and then
+    # re-raises as a server error): what `classify` can tell apart.
+    for kind in FAILURE_TYPES:
+        app.add_exception_handler(kind, _classified)  # type: ignore[arg-type]
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", path=request.url.path)
         return problem_response(500, "internal-error", "Internal error", "", request.url.path)
 
 
+_bearer = HTTPBearer(auto_error=False, description="Token of an internal caller")
+
+
+async def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Route dependency: a bearer token from the service's `API_TOKENS`, else 401."""
+    settings: ServiceSettings = request.app.state.settings
+    if credentials is None or not settings.token_accepted(credentials.credentials):
+        prefix = settings.model_config.get("env_prefix", "")
+        raise Problem(
+            401,
+            "unauthorized",
+            "Missing or invalid bearer token",
+            f"Send `Authorization: Bearer <token>` with a token configured in {prefix}API_TOKENS.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
 class BodySizeLimit:
-    """Refuses request bodies above `max_bytes` with 413, whether announced or streamed."""
+    """Refuses request bodies above `max_bytes` with 413, whether announced or streamed.
+
+    The body is read here, up to the limit, before the route runs: a route's own body parsing
+    would turn any error while reading into a 400."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -116,21 +174,23 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, receive, send)
             return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited() -> dict[str, Any]:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message]), send)
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([body], then=receive), send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
@@ -143,5 +203,15 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+def _replay(messages: list[dict[str, Any]], then: Receive | None = None) -> Receive:
+    """A `receive` that hands out `messages`, then defers to `then` (e.g. for a disconnect)."""
+    pending = list(messages)
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive

@@ -40,7 +40,13 @@ def consumer_options(
 ) -> dict[str, Any]:
     """Options for every consumer: offsets committed by us, after the database commit."""
     session = settings.kafka_session_timeout_ms
+    static = (
+        {"group_instance_id": settings.kafka_group_instance_id}
+        if settings.kafka_group_instance_id
+        else {}
+    )
     return {
+        **static,
         "auto_offset_reset": "earliest",
         "session_timeout_ms": session,
         "heartbeat_interval_ms": max(100, session // 10),

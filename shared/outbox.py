@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 from shared.clock import Clock
 from shared.db import Migrations
 from shared.events import Event
+from shared.failures import Backoff
 from shared.kafka import KeyPlacement, send_batched
 from shared.logging import get_logger
 from shared.topics import spec_for
@@ -96,27 +97,32 @@ class OutboxRelay:
         self._idle_poll = idle_poll_seconds
         self._min_interval = min_interval_seconds
         self._wake = asyncio.Event()
+        self._sleep = asyncio.sleep
+        self.backoff = Backoff(first=0.2, cap=5.0)
         self.is_leader = False
 
     async def run(self) -> None:
-        """Publish forever. Cancel to stop."""
-        failures = 0
-        await self._producer.start()
+        """Publish forever; after a failure, start again after a delay that grows with each
+        failure in a row and resets once a drain succeeds. Cancel to stop."""
+        started = False
         try:
             while True:
                 try:
+                    if not started:
+                        await self._producer.start()
+                        started = True
                     await self._lead()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    failures += 1
-                    delay = min(5.0, 0.2 * 2**failures)
+                    delay = self.backoff.next_delay()
                     log.error("outbox relay failed; restarting", error=repr(exc), retry_in=delay)
                     self._partitions.clear()
                     self._placement.forget()
-                    await asyncio.sleep(delay)
+                    await self._sleep(delay)
         finally:
-            await asyncio.shield(self._producer.stop())
+            if started:
+                await asyncio.shield(self._producer.stop())
 
     async def _lead(self) -> None:
         conn = await asyncpg.connect(self._dsn, server_settings={"search_path": self._schema})
@@ -151,6 +157,7 @@ class OutboxRelay:
             self._batch_size,
         )
         if not rows:
+            self.backoff.reset()
             return 0
         await send_batched(
             self._producer,
@@ -171,6 +178,7 @@ class OutboxRelay:
         await self._pool.execute(
             "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
         )
+        self.backoff.reset()
         return len(rows)
 
     async def _partition(self, topic: str, key: bytes) -> int:

@@ -7,9 +7,11 @@ service (or the tests) at other servers; they are read without a service prefix.
 
 from __future__ import annotations
 
+import hmac
 import re
+from typing import Self
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
@@ -38,6 +40,14 @@ class CommonSettings(BaseSettings):
     kafka_session_timeout_ms: int = Field(
         10_000, ge=1_000, le=300_000, validation_alias=AliasChoices("KAFKA_SESSION_TIMEOUT_MS")
     )
+    kafka_group_instance_id: str | None = Field(
+        None,
+        validation_alias=AliasChoices("KAFKA_GROUP_INSTANCE_ID"),
+        pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="Static group membership (KIP-345): a restarted instance with the same id "
+        "takes its partitions back without waiting for its old session to time out. Unique per "
+        "running instance (e.g. the pod name); unset, membership is dynamic.",
+    )
     kafka_create_topics: bool = Field(
         True,
         validation_alias=AliasChoices("KAFKA_CREATE_TOPICS"),
@@ -65,3 +75,75 @@ def validate_schema_name(value: str) -> str:
     if not _SCHEMA_NAME.match(value):
         raise ValueError("schema names are lower-case identifiers: [a-z_][a-z0-9_]*")
     return value
+
+
+DEV_API_TOKEN = "dev-token"
+"""The bearer token `make run` and the `billing` command use. Accepted only on loopback."""
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class ServiceSettings(CommonSettings):
+    """What every service has: its schema, its HTTP listener and tokens, its consumers.
+
+    A service subclasses it with its own `env_prefix` (`METERING_`, …) and its own defaults for
+    `db_schema`, `http_port` and `consumer_group`."""
+
+    db_schema: str
+    db_pool_size: int = Field(10, ge=2, le=200)
+    migrate_on_start: bool = True
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(ge=0, le=65535)
+    consumer_group: str = Field(min_length=1, max_length=100)
+    run_consumers: bool = True
+    """False runs the HTTP API only (e.g. scaled apart from the consumers)."""
+    api_tokens: SecretStr = SecretStr(DEV_API_TOKEN)
+    """Bearer tokens accepted from internal callers, comma-separated, each ≥ 8 characters. The
+    development token is refused unless the service listens on loopback only."""
+    max_request_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    max_event_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+    batch_timeout_ms: int = Field(10, ge=1, le=5_000)
+    outbox_batch_size: int = Field(1000, ge=1, le=50_000)
+    stall_grace_seconds: float = Field(10.0, ge=0, le=3_600)
+    """A partition stalled longer than this makes `/readyz` answer 503."""
+    rebalance_flush_seconds: float = Field(5.0, gt=0, le=300)
+    """How long a rebalance waits for batches in flight before abandoning them."""
+
+    @field_validator("db_schema")
+    @classmethod
+    def _schema_name(cls, value: str) -> str:
+        return validate_schema_name(value)
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens_present(cls, value: SecretStr) -> SecretStr:
+        tokens = _split(value)
+        if not tokens or any(len(t) < 8 for t in tokens):
+            raise ValueError("give at least one API token, each of at least 8 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _dev_token_on_loopback_only(self) -> Self:
+        if DEV_API_TOKEN in _split(self.api_tokens) and self.http_host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"the development token is accepted only on loopback, and this service listens "
+                f"on {self.http_host}: set {self.model_config.get('env_prefix', '')}API_TOKENS"
+            )
+        return self
+
+    @property
+    def accepts_dev_token(self) -> bool:
+        return DEV_API_TOKEN in _split(self.api_tokens)
+
+    def token_accepted(self, presented: str) -> bool:
+        """Constant-time comparison against every configured token."""
+        given = presented.encode()
+        return any(hmac.compare_digest(given, token.encode()) for token in _split(self.api_tokens))
+
+    def group_id(self, consumer: str) -> str:
+        """One consumer group per subscription, so that subscriptions never rebalance each other."""
+        return f"{self.topic_prefix}{self.consumer_group}.{consumer}"
+
+
+def _split(tokens: SecretStr) -> list[str]:
+    return [t.strip() for t in tokens.get_secret_value().split(",") if t.strip()]

@@ -11,6 +11,13 @@ transaction per request.
 The write is a compare-and-set per organisation: an organisation whose wallet changed between
 the read and the write (a usage debit, a grant, the sweeper) writes nothing and is decided again
 in the same cycle, from the new state. No lock is held while Python decides.
+
+Isolation. A failure belongs to the request or organisation that caused it: when a cycle fails
+(other than by a transient outage), its requests are split, by organisation first, and decided
+again in smaller groups until the failing ones stand alone; only those get the error. An
+organisation whose wallet keeps changing through `max_conflicts` attempts gets
+`ConcurrentChange` for its own requests; the others are decided. The requests waiting for a
+cycle are bounded (`max_waiting`); beyond it `Overloaded` is raised at once.
 """
 
 from __future__ import annotations
@@ -26,8 +33,8 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from shared.clock import Clock
-from shared.consumer import is_transient
 from shared.events import AuthorizationDecision, CreditAuthorizationDecidedV1
+from shared.failures import is_transient
 from shared.logging import get_logger
 
 from . import PRODUCER, store
@@ -97,6 +104,10 @@ class ConcurrentChange(Exception):
     """The wallet kept changing between reading it and writing the decisions."""
 
 
+class Overloaded(Exception):
+    """Too many requests are waiting for a decision cycle."""
+
+
 class HoldClosed(Exception):
     def __init__(self, authorization: Authorization) -> None:
         super().__init__(f"hold is {authorization.status}")
@@ -118,6 +129,8 @@ class Authorizer:
         hold_ttl: timedelta,
         topic_prefix: str,
         lanes: int = 2,
+        max_waiting: int = 2_000,
+        max_conflicts: int = _CONFLICTS,
     ) -> None:
         self._pool = pool
         self._clock = clock
@@ -125,6 +138,10 @@ class Authorizer:
         self._prefix = topic_prefix
         self._lanes = [_Lane() for _ in range(lanes)]
         self._tasks: set[asyncio.Task[None]] = set()
+        self._max_waiting = max_waiting
+        self._max_conflicts = max_conflicts
+        self.waiting = 0
+        """Requests waiting for a decision cycle, across lanes."""
         self.cycles = 0
         """Decision cycles written: fewer than requests when group commit groups."""
         self.conflicts = 0
@@ -132,9 +149,12 @@ class Authorizer:
 
     async def authorize(self, ask: Ask) -> Authorization:
         """Decide once per (organisation, message id); asking again returns that decision."""
+        if self.waiting >= self._max_waiting:
+            raise Overloaded(f"{self.waiting} requests are waiting for a decision")
         lane = self._lanes[zlib.crc32(ask.organisation_id.encode()) % len(self._lanes)]
         future: asyncio.Future[Authorization] = asyncio.get_running_loop().create_future()
         lane.pending.append((ask, future))
+        self.waiting += 1
         if not lane.busy:
             lane.busy = True
             task = asyncio.create_task(self._drain(lane))
@@ -146,23 +166,58 @@ class Authorizer:
         try:
             while lane.pending:
                 group, lane.pending = lane.pending, []
+                self.waiting -= len(group)
                 try:
-                    decided = await self._decide_with_retries([a for a, _ in group])
-                except Exception as exc:
-                    log.exception("authorization failed", requests=len(group))
-                    for _, future in group:
-                        if not future.done():
-                            future.set_exception(exc)
-                else:
-                    for ask, future in group:
-                        if not future.done():
-                            future.set_result(decided[(ask.organisation_id, ask.message_id)])
+                    outcomes = await self._decide_isolating([a for a, _ in group])
+                except Exception as exc:  # a transient outage: every request of the cycle
+                    outcomes = {(a.organisation_id, a.message_id): exc for a, _ in group}
+                for ask, future in group:
+                    if future.done():
+                        continue
+                    outcome = outcomes[(ask.organisation_id, ask.message_id)]
+                    if isinstance(outcome, Exception):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
         finally:
             lane.busy = False
 
+    async def _decide_isolating(
+        self, asks: Sequence[Ask]
+    ) -> dict[tuple[str, str], Authorization | Exception]:
+        """Decide `asks`; a failure that is not transient is narrowed down to the requests
+        that cause it, which alone get it."""
+        try:
+            return await self._decide_with_retries(asks)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            if len(asks) == 1:
+                ask = asks[0]
+                log.warning(
+                    "authorization failed",
+                    organisation_id=ask.organisation_id,
+                    message_id=ask.message_id,
+                    error=repr(exc),
+                )
+                return {(ask.organisation_id, ask.message_id): exc}
+            organisations = sorted({a.organisation_id for a in asks})
+            if len(organisations) > 1:
+                half = set(organisations[: len(organisations) // 2])
+                parts = [
+                    [a for a in asks if a.organisation_id in half],
+                    [a for a in asks if a.organisation_id not in half],
+                ]
+            else:
+                parts = [list(asks[: len(asks) // 2]), list(asks[len(asks) // 2 :])]
+            outcomes: dict[tuple[str, str], Authorization | Exception] = {}
+            for part in parts:
+                outcomes.update(await self._decide_isolating(part))
+            return outcomes
+
     async def _decide_with_retries(
         self, asks: Sequence[Ask]
-    ) -> dict[tuple[str, str], Authorization]:
+    ) -> dict[tuple[str, str], Authorization | Exception]:
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 return await self._decide(asks)
@@ -172,16 +227,18 @@ class Authorizer:
                 await asyncio.sleep(0.005 * attempt)
         raise AssertionError("unreachable")
 
-    async def _decide(self, asks: Sequence[Ask]) -> dict[tuple[str, str], Authorization]:
+    async def _decide(
+        self, asks: Sequence[Ask]
+    ) -> dict[tuple[str, str], Authorization | Exception]:
         """One cycle: read the wallets, decide, write (compare and set); organisations whose
-        wallet changed meanwhile are read and decided again."""
+        wallet changed meanwhile are read and decided again, up to `max_conflicts` times."""
         waiting: dict[str, dict[str, Ask]] = {}
         for ask in asks:
             waiting.setdefault(ask.organisation_id, {}).setdefault(ask.message_id, ask)
-        decided: dict[tuple[str, str], Authorization] = {}
+        decided: dict[tuple[str, str], Authorization | Exception] = {}
         states: dict[str, store.DecisionState] = {}
         async with self._pool.acquire() as conn:
-            for _ in range(_CONFLICTS):
+            for _ in range(self._max_conflicts):
                 now = self._clock.now()
                 message_ids = [m for org in waiting.values() for m in org]
                 states = await store.decision_states(conn, list(waiting), message_ids, now)
@@ -191,6 +248,7 @@ class Authorizer:
                     for view in self._views(organisation, org_asks, states.get(organisation), now)
                 ]
                 if not views:
+                    waiting = {}
                     break
                 recorded = await store.record_decisions(
                     conn,
@@ -205,13 +263,20 @@ class Authorizer:
                     if key in recorded.inserted:
                         decided[key] = view
                 changed = set(waiting) - recorded.proceeded
-                if not changed:
+                waiting = {o: waiting[o] for o in changed}
+                if not waiting:
                     break
                 self.conflicts += len(changed)
-                waiting = {o: waiting[o] for o in changed}
-            else:
-                raise ConcurrentChange(", ".join(sorted(waiting)))
         self.cycles += 1
+        for organisation, org_asks in waiting.items():
+            log.warning(
+                "wallet kept changing; requests not decided",
+                organisation_id=organisation,
+                requests=len(org_asks),
+                attempts=self._max_conflicts,
+            )
+            for message_id in org_asks:
+                decided[(organisation, message_id)] = ConcurrentChange(organisation)
         replays = [
             (a.organisation_id, a.message_id)
             for a in asks
@@ -286,14 +351,14 @@ class Authorizer:
             raise HoldClosed(found)
         return found
 
-    async def sweep(self, *, limit: int = 1000) -> int:
-        """Expire every hold past its time. Returns how many expired."""
+    async def sweep(self, *, limit: int = 500) -> int:
+        """Expire the holds past their time. Returns how many expired."""
         total = 0
         while True:
-            async with self._pool.acquire() as conn:
-                expired = await store.expire_due_holds(conn, self._clock.now(), limit=limit)
+            async with self._pool.acquire() as conn, conn.transaction():
+                due, expired = await store.expire_due_holds(conn, self._clock.now(), limit=limit)
             total += expired
-            if expired < limit:
+            if due < limit or expired == 0:
                 return total
 
     async def run_sweeper(self, every_seconds: float) -> None:

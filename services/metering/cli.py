@@ -1,68 +1,45 @@
-"""`billing`: the operator's and newcomer's command line.
-
-It talks to the running system the way everyone else does: it publishes grant commands and
-sample usage events to the topics, and reads balances and ledgers from the HTTP API.
+"""Metering's `billing` commands (see `shared.cli`):
 
   billing grant org_acme 1000 --reason plan_start      # a period starts with 1000 credits
   billing usage org_acme --credits 7 --count 3         # three agent messages of 7 credits
   billing balance org_acme                             # the credit bar
   billing ledger org_acme                              # newest entries first
   billing authorize org_acme --estimate 20             # the chat gateway's question
-  billing dead-letters agent.usage                     # what consumers refused, and why
+  billing release <authorization id>                   # give a hold's credits back
+
+Grants and usage are published to the topics; the rest calls metering's HTTP API at
+`METERING_URL` (default: http://127.0.0.1:<METERING_HTTP_PORT>).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import sys
 from datetime import datetime
+from typing import Any
 from uuid import uuid4
 
-import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from pydantic import ValidationError
-
 from shared.calendar import add_months
+from shared.cli.client import PRODUCER, CliSettings, call, publish
 from shared.clock import SystemClock
 from shared.events import (
     AgentMessageProcessed,
     AgentMessageProcessedV1,
     CreditGrantRequested,
     CreditGrantRequestedV1,
-    Event,
     GrantReason,
 )
-from shared.kafka import make_broker
-from shared.topics import REGISTRY, spec_for
 
-from .settings import DEV_API_TOKEN, MeteringSettings
-
-PRODUCER = "billing-cli"
+from .settings import MeteringSettings
 
 
-def _api_url(settings: MeteringSettings) -> str:
-    return os.environ.get("METERING_URL", f"http://127.0.0.1:{settings.http_port}")
+def _api(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> int:
+    url = os.environ.get("METERING_URL", f"http://127.0.0.1:{MeteringSettings().http_port}")
+    return call(url, CliSettings().api_token, method, path, **kwargs)
 
 
-async def _publish(settings: MeteringSettings, events: list[Event]) -> None:
-    broker = make_broker(settings, client_id=PRODUCER)
-    await broker.connect()
-    try:
-        for event in events:
-            await broker.publish(
-                event.to_bytes(),
-                spec_for(type(event)).topic(settings.topic_prefix),
-                key=event.key,
-                headers={"content-type": "application/json", "event-type": event.type},
-            )
-    finally:
-        await broker.stop()
-
-
-def grant(args: argparse.Namespace, settings: MeteringSettings) -> int:
+def grant(args: argparse.Namespace) -> int:
     now = SystemClock().now()
     reason = GrantReason(args.reason)
     period_start = args.period_start or (now if reason.starts_period else None)
@@ -86,12 +63,12 @@ def grant(args: argparse.Namespace, settings: MeteringSettings) -> int:
             note=args.note,
         ),
     )
-    asyncio.run(_publish(settings, [event]))
+    asyncio.run(publish(CliSettings(), [event]))
     print(f"published {event.type} {event.event_id} (period key {period_key!r})")
     return 0
 
 
-def usage(args: argparse.Namespace, settings: MeteringSettings) -> int:
+def usage(args: argparse.Namespace) -> int:
     now = SystemClock().now()
     conversation = args.conversation or f"conv_{uuid4().hex[:8]}"
     events = [
@@ -109,48 +86,23 @@ def usage(args: argparse.Namespace, settings: MeteringSettings) -> int:
         )
         for _ in range(args.count)
     ]
-    asyncio.run(_publish(settings, events))
+    asyncio.run(publish(CliSettings(), events))
     print(
         f"published {len(events)} usage event(s) of {args.credits} credits for {args.organisation}"
     )
     return 0
 
 
-def _call(
-    settings: MeteringSettings,
-    method: str,
-    path: str,
-    *,
-    params: dict | None = None,
-    body: dict | None = None,
-) -> int:
-    token = os.environ.get("METERING_API_TOKEN", DEV_API_TOKEN)
-    try:
-        response = httpx.request(
-            method,
-            f"{_api_url(settings)}{path}",
-            params=params,
-            json=body,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=5,
-        )
-    except httpx.HTTPError as exc:
-        print(f"cannot reach metering at {_api_url(settings)}: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(response.json(), indent=2))
-    return 0 if response.is_success else 1
+def balance(args: argparse.Namespace) -> int:
+    return _api(args, "GET", f"/v1/organisations/{args.organisation}/credits")
 
 
-def balance(args: argparse.Namespace, settings: MeteringSettings) -> int:
-    return _call(settings, "GET", f"/v1/organisations/{args.organisation}/credits")
-
-
-def ledger(args: argparse.Namespace, settings: MeteringSettings) -> int:
+def ledger(args: argparse.Namespace) -> int:
     params = {"limit": args.limit, **({"before": args.before} if args.before else {})}
-    return _call(settings, "GET", f"/v1/organisations/{args.organisation}/ledger", params=params)
+    return _api(args, "GET", f"/v1/organisations/{args.organisation}/ledger", params=params)
 
 
-def authorize(args: argparse.Namespace, settings: MeteringSettings) -> int:
+def authorize(args: argparse.Namespace) -> int:
     body = {
         "organisation_id": args.organisation,
         "member_id": args.member,
@@ -158,57 +110,11 @@ def authorize(args: argparse.Namespace, settings: MeteringSettings) -> int:
         "agent_id": args.agent,
         **({"estimate": args.estimate} if args.estimate is not None else {}),
     }
-    return _call(settings, "POST", "/v1/authorizations", body=body)
+    return _api(args, "POST", "/v1/authorizations", body=body)
 
 
-def release(args: argparse.Namespace, settings: MeteringSettings) -> int:
-    return _call(settings, "POST", f"/v1/authorizations/{args.authorization_id}/release")
-
-
-def dead_letters(args: argparse.Namespace, settings: MeteringSettings) -> int:
-    async def read() -> list[dict]:
-        topic = f"{settings.topic_prefix}{args.topic}.dlq"
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
-        )
-        await consumer.start()
-        try:
-            partitions = [
-                TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
-            ]
-            if not partitions:
-                return []
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            ends = await consumer.end_offsets(partitions)
-            found: list[dict] = []
-
-            async def behind() -> bool:
-                return any([await consumer.position(tp) < ends[tp] for tp in partitions])
-
-            while await behind():
-                batch = await consumer.getmany(timeout_ms=1000)
-                for records in batch.values():
-                    for r in records:
-                        headers = {k: v.decode("utf-8", "replace") for k, v in r.headers}
-                        found.append(
-                            {
-                                "reason": headers.get("dlq.reason"),
-                                "detail": headers.get("dlq.detail"),
-                                "original": f"{headers.get('dlq.original_topic')}"
-                                f"[{headers.get('dlq.original_partition')}]"
-                                f"@{headers.get('dlq.original_offset')}",
-                                "parked_at": headers.get("dlq.parked_at"),
-                                "value": (r.value or b"")[:300].decode("utf-8", "replace"),
-                            }
-                        )
-            return found[-args.limit :]
-        finally:
-            await consumer.stop()
-
-    for item in asyncio.run(read()):
-        print(json.dumps(item))
-    return 0
+def release(args: argparse.Namespace) -> int:
+    return _api(args, "POST", f"/v1/authorizations/{args.authorization_id}/release")
 
 
 def _instant(text: str) -> datetime:
@@ -218,12 +124,8 @@ def _instant(text: str) -> datetime:
     return value
 
 
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
-        prog="billing", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    commands = root.add_subparsers(dest="command", required=True)
-
+def register(commands: Any) -> None:
+    """Add metering's commands to `billing`."""
     p = commands.add_parser("grant", help="publish a credit grant command")
     p.add_argument("organisation")
     p.add_argument("amount", type=int)
@@ -267,25 +169,3 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("release", help="give a hold's credits back (message never sent)")
     p.add_argument("authorization_id")
     p.set_defaults(run=release)
-
-    p = commands.add_parser("dead-letters", help="show what consumers parked, and why")
-    p.add_argument("topic", choices=[spec.name for spec in REGISTRY])
-    p.add_argument("--limit", type=int, default=20)
-    p.set_defaults(run=dead_letters)
-    return root
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return args.run(args, MeteringSettings())
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        print(f"refused: {problems}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 import asyncpg
@@ -18,7 +18,14 @@ from shared.events.codec import Rejection
 from shared.logging import get_logger
 
 from . import PRODUCER, store
-from .domain.credits import CreditPolicy, GrantRefused, Wallet, announcements, apply_grant
+from .domain.credits import (
+    CreditPolicy,
+    GrantRefused,
+    Wallet,
+    admit_grant,
+    announcements,
+    apply_grant,
+)
 
 log = get_logger("metering.service")
 
@@ -45,29 +52,40 @@ class Metering:
         policy: CreditPolicy,
         *,
         topic_prefix: str,
+        max_grant_lead: timedelta = timedelta(days=7),
     ) -> None:
         self._pool = pool
         self._clock = clock
         self.policy = policy
         self._prefix = topic_prefix
+        self.max_grant_lead = max_grant_lead
 
     async def record_usage(
         self, items: Sequence[Decoded[AgentMessageProcessedV1]]
     ) -> list[tuple[Decoded[AgentMessageProcessedV1], Rejection]]:
-        """Debit every usage event exactly once. Refuses an event whose id was already used
-        for a different organisation or amount (`event_id_conflict`)."""
+        """Debit every usage event exactly once, and every message at most once. Refuses an
+        event whose id was already used for another effect (`event_id_conflict`) and a second
+        event for an already debited message (`duplicate_message`); an identical redelivery is
+        ignored."""
         unique: dict[UUID, Decoded[AgentMessageProcessedV1]] = {}
         refused: list[tuple[Decoded[AgentMessageProcessedV1], Rejection]] = []
         for item in items:
             first = unique.setdefault(item.event.event_id, item)
             if first is not item and _effect(first.event) != _effect(item.event):
-                refused.append((item, _conflict(item.event, *_effect(first.event))))
+                refused.append(
+                    (
+                        item,
+                        _conflict(
+                            item.event, first.event.organisation_id, *_effect(first.event)[1:]
+                        ),
+                    )
+                )
         events = [item.event for item in unique.values()]
         now = self._clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
             debited = await store.debit(conn, events, now)
             if sum(d.entries for d in debited) < len(events):
-                refused += await self._conflicts(conn, list(unique.values()))
+                refused += await self._not_debited(conn, list(unique.values()))
             await self._announce(
                 conn,
                 [
@@ -84,17 +102,46 @@ class Metering:
             )
         return refused
 
-    async def _conflicts(
+    async def _not_debited(
         self, conn: asyncpg.Connection, items: Sequence[Decoded[AgentMessageProcessedV1]]
     ) -> list[tuple[Decoded[AgentMessageProcessedV1], Rejection]]:
-        """Among events that were already in the ledger, those whose id was reused for
-        another effect. The rest are redeliveries, rightly ignored."""
-        stored = await store.debits_by_entry(conn, [i.event.event_id for i in items])
+        """Why events were not appended: a redelivery (rightly ignored), an event id reused for
+        another effect, or a message already debited under another event id."""
+        by_id = await store.entries_by_id(conn, [i.event.event_id for i in items])
+        missing = [i for i in items if i.event.event_id not in by_id]
+        by_message = await store.debits_by_message(
+            conn, [(i.event.organisation_id, i.event.data.message_id) for i in missing]
+        )
         refused = []
         for item in items:
-            organisation, kind, amount = stored[item.event.event_id]
-            if kind != "debit" or _effect(item.event) != (organisation, -amount):
-                refused.append((item, _conflict(item.event, organisation, -amount)))
+            event = item.event
+            stored = by_id.get(event.event_id)
+            if stored is not None:
+                if stored.kind != "debit" or (
+                    stored.organisation_id,
+                    stored.credits,
+                    stored.message_id,
+                ) != _effect(event):
+                    refused.append(
+                        (
+                            item,
+                            _conflict(
+                                event, stored.organisation_id, stored.credits, stored.message_id
+                            ),
+                        )
+                    )
+                continue
+            debit = by_message[(event.organisation_id, event.data.message_id)]
+            refused.append(
+                (
+                    item,
+                    Rejection(
+                        "duplicate_message",
+                        f"message {event.data.message_id!r} of {event.organisation_id} was "
+                        f"already debited ({debit.credits} credits, event {debit.entry_id})",
+                    ),
+                )
+            )
         return refused
 
     async def apply_grants(
@@ -109,34 +156,43 @@ class Metering:
         return refused
 
     async def apply_grant(self, command: CreditGrantRequestedV1) -> bool:
-        """Apply a grant command once per (organisation, period key). False if already applied."""
+        """Apply a grant command once per (organisation, period key). False if that grant was
+        already applied; raises `GrantRefused` (and changes nothing) if it is refused."""
         grant = command.data
         organisation = command.organisation_id
         now = self._clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
-            await store.create_wallets(conn, [organisation], now)
             before = await store.lock_wallet(conn, organisation)
-            if not await store.record_grant(conn, command, now):
+            if before is None:
+                await store.create_wallets(conn, [organisation], now)
+                before = await store.lock_wallet(conn, organisation)
+                assert before is not None
+            applied = await store.find_grant(conn, organisation, grant.period_key)
+            if not admit_grant(
+                grant, grant.period_key, applied=applied, now=now, max_lead=self.max_grant_lead
+            ):
                 log.info(
                     "grant already applied",
                     organisation_id=organisation,
                     period_key=grant.period_key,
+                    event_id=str(command.event_id),
                 )
                 return False
-            applied = apply_grant(before, grant, grant.period_key)
+            result = apply_grant(before, grant, grant.period_key)
+            await store.record_grant(conn, command, now)
             await store.append_entries(
                 conn,
                 organisation,
                 [
                     (grant_entry_id(organisation, grant.period_key, e.kind.value), e)
-                    for e in applied.entries
+                    for e in result.entries
                 ],
                 source_event_id=command.event_id,
                 period_key=grant.period_key,
                 occurred_at=command.occurred_at,
                 now=now,
             )
-            after = await store.save_wallet(conn, applied.wallet, now)
+            after = await store.save_wallet(conn, result.wallet, now)
             await self._announce(
                 conn,
                 announcements(
@@ -166,19 +222,22 @@ class Metering:
 
     async def ledger(
         self, organisation_id: str, *, limit: int, before: int | None
-    ) -> list[asyncpg.Record]:
+    ) -> list[store.LedgerEntry]:
         return await store.ledger_page(self._pool, organisation_id, limit=limit, before=before)
 
     async def _announce(self, conn: asyncpg.Connection, events: Sequence[Event]) -> None:
         await outbox.enqueue(conn, events, prefix=self._prefix, clock=self._clock)
 
 
-def _effect(event: AgentMessageProcessedV1) -> tuple[str, int]:
-    return event.organisation_id, event.data.credits
+def _effect(event: AgentMessageProcessedV1) -> tuple[str, int, str]:
+    return event.organisation_id, event.data.credits, event.data.message_id
 
 
-def _conflict(event: AgentMessageProcessedV1, organisation: str, credits: int) -> Rejection:
+def _conflict(
+    event: AgentMessageProcessedV1, organisation: str, credits: int, message_id: str | None
+) -> Rejection:
     return Rejection(
         "event_id_conflict",
-        f"event id {event.event_id} was already used for {organisation} ({credits} credits)",
+        f"event id {event.event_id} was already used for {organisation}, message "
+        f"{message_id!r} ({credits} credits)",
     )

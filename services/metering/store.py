@@ -1,4 +1,9 @@
-"""SQL for the metering schema. Functions take a connection; the caller owns the transaction."""
+"""SQL for the metering schema. Functions take a connection; the caller owns the transaction.
+
+Lock order, everywhere: an organisation's wallet row first (several wallets in ascending
+organisation id), then its hold rows (`authorizations`), then inserts. Every path that changes
+holds or wallets (usage debits, decision cycles, releases, expiry sweeps, grants) follows it, so
+no two of them can deadlock."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import asyncpg
 from shared import outbox
 from shared.events import AgentMessageProcessedV1, CreditGrantRequestedV1, Event
 
-from .domain.credits import Entry, Wallet
+from .domain.credits import Entry, GrantTerms, Wallet
 
 _WALLET_COLUMNS = (
     "organisation_id, balance, allotment, used, revision, held, period_key, period_start, renews_at"
@@ -53,12 +58,13 @@ class Debited(NamedTuple):
 
 
 _USAGE_BATCH = """
-CREATE TEMP TABLE IF NOT EXISTS usage_batch (
-    entry_id uuid, organisation_id text, credits bigint, member_id text, agent_id text,
+CREATE TEMP TABLE IF NOT EXISTS usage_batch_v2 (
+    n int, entry_id uuid, organisation_id text, credits bigint, member_id text, agent_id text,
     conversation_id text, message_id text, occurred_at timestamptz
 ) ON COMMIT DELETE ROWS
 """
 _USAGE_COLUMNS = (
+    "n",
     "entry_id",
     "organisation_id",
     "credits",
@@ -68,11 +74,11 @@ _USAGE_COLUMNS = (
     "message_id",
     "occurred_at",
 )
-_NEW_WALLETS = """
-INSERT INTO wallets (organisation_id, created_at, updated_at)
-SELECT DISTINCT organisation_id, $1::timestamptz, $1::timestamptz FROM usage_batch
+_LOCK_BATCH_WALLETS = """
+SELECT organisation_id FROM wallets
+WHERE organisation_id IN (SELECT organisation_id FROM usage_batch_v2)
 ORDER BY organisation_id
-ON CONFLICT (organisation_id) DO NOTHING
+FOR UPDATE
 """
 _DEBIT = f"""
 WITH inserted AS (
@@ -80,8 +86,9 @@ WITH inserted AS (
                         agent_id, conversation_id, message_id, occurred_at, recorded_at)
     SELECT entry_id, organisation_id, 'debit', -credits, entry_id, member_id, agent_id,
            conversation_id, message_id, occurred_at, $1
-    FROM usage_batch
-    ON CONFLICT (entry_id) DO NOTHING
+    FROM usage_batch_v2
+    ORDER BY n
+    ON CONFLICT DO NOTHING
     RETURNING organisation_id, message_id, -amount AS credits
 ),
 settled AS (
@@ -98,31 +105,42 @@ debited AS (
 ),
 released AS (
     SELECT organisation_id, sum(estimate)::bigint AS released FROM settled GROUP BY organisation_id
+),
+upserted AS (
+    INSERT INTO wallets AS w (organisation_id, balance, used, revision, created_at, updated_at)
+    SELECT organisation_id, -debited, debited, 1, $1, $1 FROM debited ORDER BY organisation_id
+    ON CONFLICT (organisation_id) DO UPDATE
+    SET balance = w.balance - excluded.used,
+        used = w.used + excluded.used,
+        held = w.held - coalesce(
+            (SELECT r.released FROM released r WHERE r.organisation_id = w.organisation_id), 0),
+        revision = w.revision + 1,
+        updated_at = $1
+    RETURNING {", ".join("w." + c.strip() for c in _WALLET_COLUMNS.split(","))}
 )
-UPDATE wallets w
-SET balance = w.balance - d.debited, used = w.used + d.debited,
-    held = w.held - coalesce(r.released, 0), revision = w.revision + 1, updated_at = $1
-FROM debited d LEFT JOIN released r USING (organisation_id)
-WHERE w.organisation_id = d.organisation_id
-RETURNING {", ".join("w." + c.strip() for c in _WALLET_COLUMNS.split(","))}, d.debited, d.entries
+SELECT u.*, d.debited, d.entries FROM upserted u JOIN debited d USING (organisation_id)
 """
 
 
 async def debit(
     conn: asyncpg.Connection, events: Sequence[AgentMessageProcessedV1], now: datetime
 ) -> list[Debited]:
-    """Append one debit per event not yet in the ledger, settle the hold of each newly debited
-    message, and debit each wallet once by the sum. Events already in the ledger (redeliveries)
-    change nothing, holds included. An organisation without a wallet gets one, at zero.
+    """Append one debit per event that is new by both its event id and its (organisation,
+    message id), the first in `events` order winning; settle the hold of each message debited;
+    debit each wallet once by the sum. Events not appended change nothing, holds and wallets
+    included: a wallet is created (at zero, then debited) only for an organisation that got a
+    debit.
 
     The batch travels by binary COPY into a temporary table (emptied at commit), which costs
-    both sides less than array parameters; then one statement inserts and debits."""
+    both sides less than array parameters. Then the batch's existing wallets are locked in
+    order, and one statement appends, settles and debits."""
     await conn.execute(_USAGE_BATCH)
     await conn.copy_records_to_table(
-        "usage_batch",
+        "usage_batch_v2",
         columns=_USAGE_COLUMNS,
         records=[
             (
+                n,
                 e.event_id,
                 e.organisation_id,
                 e.data.credits,
@@ -132,32 +150,56 @@ async def debit(
                 e.data.message_id,
                 e.occurred_at,
             )
-            for e in events
+            for n, e in enumerate(events)
         ],
     )
-    await conn.execute(_NEW_WALLETS, now)
+    await conn.execute(_LOCK_BATCH_WALLETS)
     rows = await conn.fetch(_DEBIT, now)
     return [Debited(_wallet(r), r["debited"], r["entries"]) for r in rows]
 
 
-async def debits_by_entry(
+class StoredDebit(NamedTuple):
+    entry_id: UUID
+    organisation_id: str
+    kind: str
+    credits: int
+    """The amount, as a positive number of credits for a debit."""
+    message_id: str | None
+
+
+async def entries_by_id(
     conn: asyncpg.Connection, entry_ids: Sequence[UUID]
-) -> dict[UUID, tuple[str, str, int]]:
-    """(organisation, kind, amount) of the ledger entries with these ids."""
+) -> dict[UUID, StoredDebit]:
+    """The ledger entries with these ids."""
     rows = await conn.fetch(
-        """SELECT entry_id, organisation_id, kind, amount
+        """SELECT entry_id, organisation_id, kind, -amount AS credits, message_id
            FROM ledger WHERE entry_id = ANY($1::uuid[])""",
         list(entry_ids),
     )
-    return {r["entry_id"]: (r["organisation_id"], r["kind"], r["amount"]) for r in rows}
+    return {r["entry_id"]: StoredDebit(*r.values()) for r in rows}
 
 
-async def lock_wallet(conn: asyncpg.Connection, organisation_id: str) -> Wallet:
+async def debits_by_message(
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], StoredDebit]:
+    """The debits recorded for these (organisation, message id) pairs."""
+    rows = await conn.fetch(
+        """SELECT entry_id, organisation_id, kind, -amount AS credits, message_id
+           FROM ledger
+           WHERE kind = 'debit' AND (organisation_id, message_id) IN
+                 (SELECT * FROM unnest($1::text[], $2::text[]))""",
+        [o for o, _ in keys],
+        [m for _, m in keys],
+    )
+    return {(r["organisation_id"], r["message_id"]): StoredDebit(*r.values()) for r in rows}
+
+
+async def lock_wallet(conn: asyncpg.Connection, organisation_id: str) -> Wallet | None:
     row = await conn.fetchrow(
         f"SELECT {_WALLET_COLUMNS} FROM wallets WHERE organisation_id = $1 FOR UPDATE",
         organisation_id,
     )
-    return _wallet(row)
+    return None if row is None else _wallet(row)
 
 
 async def save_wallet(conn: asyncpg.Connection, wallet: Wallet, now: datetime) -> Wallet:
@@ -179,17 +221,28 @@ async def save_wallet(conn: asyncpg.Connection, wallet: Wallet, now: datetime) -
     return _wallet(row)
 
 
+async def find_grant(
+    conn: asyncpg.Connection, organisation_id: str, period_key: str
+) -> GrantTerms | None:
+    """The terms of the grant applied under (organisation, period key), if any."""
+    row = await conn.fetchrow(
+        """SELECT reason, amount, period_start, period_end, plan FROM grants
+           WHERE organisation_id = $1 AND period_key = $2""",
+        organisation_id,
+        period_key,
+    )
+    return None if row is None else GrantTerms(*row.values())
+
+
 async def record_grant(
     conn: asyncpg.Connection, command: CreditGrantRequestedV1, now: datetime
-) -> bool:
-    """Remember the grant; False if this (organisation, period key) was applied before."""
+) -> None:
+    """Remember the grant under (organisation, period key); the caller checked it is new."""
     g = command.data
-    inserted = await conn.fetchval(
+    await conn.execute(
         """INSERT INTO grants (organisation_id, period_key, event_id, reason, amount, period_start,
                                period_end, plan, note, applied_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-           ON CONFLICT (organisation_id, period_key) DO NOTHING
-           RETURNING true""",
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
         command.organisation_id,
         g.period_key,
         command.event_id,
@@ -201,7 +254,6 @@ async def record_grant(
         g.note,
         now,
     )
-    return bool(inserted)
 
 
 async def append_entries(
@@ -245,26 +297,41 @@ async def get_wallet(
     return None if row is None else (_wallet(row), row["updated_at"])
 
 
+class LedgerEntry(NamedTuple):
+    seq: int
+    entry_id: UUID
+    kind: str
+    amount: int
+    reason: str | None
+    period_key: str | None
+    source_event_id: UUID
+    member_id: str | None
+    agent_id: str | None
+    conversation_id: str | None
+    message_id: str | None
+    occurred_at: datetime
+    recorded_at: datetime
+
+
 async def ledger_page(
     conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str, *, limit: int, before: int | None
-) -> list[asyncpg.Record]:
+) -> list[LedgerEntry]:
     """Entries newest first; `before` is the `seq` of the last entry of the previous page."""
-    return await conn.fetch(
-        """SELECT seq, entry_id, kind, amount, reason, period_key, source_event_id, member_id,
-                  agent_id, conversation_id, message_id, occurred_at, recorded_at
-           FROM ledger
-           WHERE organisation_id = $1 AND ($2::bigint IS NULL OR seq < $2)
-           ORDER BY seq DESC
-           LIMIT $3""",
+    rows = await conn.fetch(
+        f"""SELECT {", ".join(LedgerEntry._fields)}
+            FROM ledger
+            WHERE organisation_id = $1 AND ($2::bigint IS NULL OR seq < $2)
+            ORDER BY seq DESC
+            LIMIT $3""",
         organisation_id,
         before,
         limit,
     )
+    return [LedgerEntry(*r.values()) for r in rows]
 
 
-# Authorizations. A statement that changes existing hold rows and wallet rows (settlement in
-# `_DEBIT`, release, expiry) locks the hold rows first; recording decisions locks wallets and
-# only inserts new hold rows.
+# Authorizations. Every statement that changes hold rows locks their wallets first (see the
+# module docstring).
 
 _DECISION_STATES = """
 SELECT w.organisation_id, w.balance, w.held, w.renews_at,
@@ -345,7 +412,7 @@ inserted AS (
            CASE WHEN r IS NULL THEN 'held' ELSE 'denied' END, $1, x
     FROM batch
     WHERE o IN (SELECT organisation_id FROM proceeding)
-    ORDER BY n
+    ORDER BY o, m
     ON CONFLICT (organisation_id, message_id) DO NOTHING
     RETURNING organisation_id, message_id,
               CASE WHEN status = 'held' THEN estimate ELSE 0 END AS held
@@ -442,36 +509,56 @@ async def get_authorization(
 
 
 async def release_hold(conn: asyncpg.Connection, authorization_id: UUID, now: datetime) -> None:
-    """Release the hold if it is active, and give its credits back; otherwise change nothing."""
+    """Release the hold if it is active, and give its credits back; otherwise change nothing.
+    Run it in a transaction: the wallet is locked first."""
+    organisation_id = await conn.fetchval(
+        "SELECT organisation_id FROM authorizations WHERE authorization_id = $1", authorization_id
+    )
+    if organisation_id is None:
+        return
+    await conn.execute(
+        "SELECT 1 FROM wallets WHERE organisation_id = $1 FOR UPDATE", organisation_id
+    )
     await conn.execute(
         """WITH released AS (
                UPDATE authorizations SET status = 'released', closed_at = $2
                WHERE authorization_id = $1 AND status = 'held'
                RETURNING organisation_id, estimate
-           ),
-           wallet AS (
-               UPDATE wallets w SET held = w.held - r.estimate
-               FROM released r WHERE w.organisation_id = r.organisation_id
            )
-           SELECT count(*) FROM released""",
+           UPDATE wallets w SET held = w.held - r.estimate
+           FROM released r WHERE w.organisation_id = r.organisation_id""",
         authorization_id,
         now,
     )
 
 
-async def expire_due_holds(conn: asyncpg.Connection, now: datetime, *, limit: int) -> int:
-    """Expire up to `limit` holds past their time, across organisations. Returns how many."""
-    return await conn.fetchval(
-        """WITH due AS (
-               SELECT authorization_id FROM authorizations
-               WHERE status = 'held' AND expires_at <= $1
-               ORDER BY expires_at LIMIT $2
-               FOR UPDATE SKIP LOCKED
-           ),
-           expired AS (
-               UPDATE authorizations a SET status = 'expired', closed_at = $1
-               FROM due WHERE a.authorization_id = due.authorization_id
-               RETURNING a.organisation_id, a.estimate
+async def expire_due_holds(
+    conn: asyncpg.Connection, now: datetime, *, limit: int
+) -> tuple[int, int]:
+    """Expire the holds past their time of up to `limit` organisations. Run it in a
+    transaction. Wallets busy in another transaction are skipped (their holds already count as
+    free for decisions; the next sweep expires them). Returns (organisations due, holds expired).
+    """
+    due = await conn.fetch(
+        """SELECT DISTINCT organisation_id FROM authorizations
+           WHERE status = 'held' AND expires_at <= $1
+           LIMIT $2""",
+        now,
+        limit,
+    )
+    locked = await conn.fetch(
+        """SELECT organisation_id FROM wallets WHERE organisation_id = ANY($1::text[])
+           ORDER BY organisation_id
+           FOR UPDATE SKIP LOCKED""",
+        [r["organisation_id"] for r in due],
+    )
+    if not locked:
+        return len(due), 0
+    expired = await conn.fetchval(
+        """WITH expired AS (
+               UPDATE authorizations SET status = 'expired', closed_at = $1
+               WHERE organisation_id = ANY($2::text[]) AND status = 'held' AND expires_at <= $1
+               RETURNING organisation_id, estimate
            ),
            per_organisation AS (
                SELECT organisation_id, sum(estimate)::bigint AS freed
@@ -483,5 +570,6 @@ async def expire_due_holds(conn: asyncpg.Connection, now: datetime, *, limit: in
            )
            SELECT count(*) FROM expired""",
         now,
-        limit,
+        [r["organisation_id"] for r in locked],
     )
+    return len(due), expired

@@ -4,6 +4,12 @@ Starts the embedded broker and database (unless KAFKA_BOOTSTRAP_SERVERS / DATABA
 elsewhere; DEVSTACK_KAFKA_PORT / DEVSTACK_POSTGRES_PORT move them off 9092 / 55432), creates
 the topics, applies every service's migrations, starts every service, prints where each
 listens, and on Ctrl-C (or SIGTERM) stops all of it, services first.
+
+The services are found through the `billing.services` entry-point group (see pyproject.toml),
+so this package never imports them. While running it supervises them as a process supervisor
+would: a service that exits is started again after a delay that doubles with each exit in a
+row (1 s up to 30 s, back to 1 s once it has run for a minute), and the broker and database
+stay up, so nothing published meanwhile is lost.
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from services import LOCAL
+from shared.failures import Backoff
 from shared.settings import DEV_DATABASE_URL, DEV_KAFKA_BOOTSTRAP
 from shared.topics import REGISTRY, ensure_topics
 
@@ -29,6 +38,8 @@ from .postgres import EmbeddedPostgres
 from .processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
+SERVICES = "billing.services"
+STABLE_SECONDS = 60.0
 
 
 def _say(message: str) -> None:
@@ -39,6 +50,12 @@ def _port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/", 1)[0])
 
 
+def discover() -> list[Any]:
+    """Every registered service (`shared.service.Service`), by name."""
+    found = [entry.load() for entry in entry_points(group=SERVICES)]
+    return sorted(found, key=lambda service: service.name)
+
+
 class _Stop(Exception):
     pass
 
@@ -47,10 +64,53 @@ def _on_signal(signum: int, _frame: object) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
+@dataclass
+class Supervised:
+    """One service process, started again whenever it exits."""
+
+    name: str
+    module: str
+    port: int
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restart_at: float | None = None
+    backoff: Backoff = field(default_factory=lambda: Backoff(first=1.0, cap=30.0))
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", self.module],
+            env=self.env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        self.started_at = time.monotonic()
+        self.restart_at = None
+        _say(f"started {self.name} (pid {self.process.pid})")
+
+    def watch(self) -> None:
+        """Call often: notices an exit, and starts the service again when its delay is over."""
+        now = time.monotonic()
+        if self.process is not None and self.process.poll() is None:
+            if now - self.started_at >= STABLE_SECONDS:
+                self.backoff.reset()
+            return
+        if self.restart_at is None:
+            delay = self.backoff.next_delay()
+            code = self.process.returncode if self.process is not None else None
+            _say(f"{self.name} exited with {code}; starting it again in {delay:.0f} s")
+            self.restart_at = now + delay
+        elif now >= self.restart_at:
+            self.start()
+
+    def stop(self) -> None:
+        stop_process(self.process, signal.SIGTERM, timeout=15)
+
+
 def run(data_dir: Path) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    services = discover()
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     with ExitStack() as stack:
@@ -84,7 +144,7 @@ def run(data_dir: Path) -> int:
                 ensure_topics(env["KAFKA_BOOTSTRAP_SERVERS"], env.get("TOPIC_PREFIX", ""), REGISTRY)
             )
             _say(f"topics   {', '.join(topics)}")
-            for service in LOCAL:
+            for service in services:
                 subprocess.run(
                     [sys.executable, "-m", service.module, "migrate"],
                     env=env,
@@ -92,38 +152,37 @@ def run(data_dir: Path) -> int:
                     stdout=subprocess.DEVNULL,
                 )
                 _say(f"migrated {service.name}")
-            for service in LOCAL:
-                service_env = {
-                    **env,
-                    service.port_variable: env.get(service.port_variable, str(service.port)),
-                }
-                process = subprocess.Popen(
-                    [sys.executable, "-m", service.module],
-                    env=service_env,
-                    cwd=ROOT,
-                    start_new_session=True,
+            children = []
+            for service in services:
+                port = int(env.get(service.port_variable, service.default_port))
+                child = Supervised(
+                    service.name,
+                    service.module,
+                    port,
+                    {
+                        **env,
+                        service.port_variable: str(port),
+                        # One instance per service here: after a crash, the restarted one
+                        # takes its partitions back without waiting for the old session.
+                        "KAFKA_GROUP_INSTANCE_ID": f"{service.name}-devstack",
+                    },
                 )
-                children.append((service.name, process))
-                stack.callback(_stopping(service.name, lambda p=process: _terminate(p)))
-            lines = []
-            for (name, process), service in zip(children, LOCAL, strict=True):
-                port = int(env.get(service.port_variable, service.port))
-                _wait_ready(name, process, f"http://127.0.0.1:{port}/readyz")
-                lines.append(
-                    f"{name:<9}http://127.0.0.1:{port}  (API docs: http://127.0.0.1:{port}/docs)"
-                )
+                child.start()
+                children.append(child)
+                stack.callback(_stopping(service.name, child.stop))
+            for child in children:
+                _wait_ready(child)
             print("\nEverything is up. Where things listen:", flush=True)
             print(f"  broker   {kafka_where}")
             print(f"  database {db_where}")
-            for line in lines:
-                print(f"  {line}")
+            for child in children:
+                url = f"http://127.0.0.1:{child.port}"
+                print(f"  {child.name:<9}{url}  (API docs: {url}/docs)")
             print("\nTry:  .venv/bin/billing --help      Stop: Ctrl-C\n", flush=True)
             while True:
-                for name, process in children:
-                    if process.poll() is not None:
-                        _say(f"{name} exited with {process.returncode}; stopping everything")
-                        return 1
-                time.sleep(0.5)
+                for child in children:
+                    child.watch()
+                time.sleep(0.2)
         except _Stop as stop:
             _say(f"{stop}: stopping")
             return 0
@@ -138,22 +197,22 @@ def _stopping(name: str, stop):  # type: ignore[no-untyped-def]
     return callback
 
 
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    stop_process(process, signal.SIGTERM, timeout=15)
-
-
-def _wait_ready(name: str, process: subprocess.Popen[bytes], url: str) -> None:
+def _wait_ready(child: Supervised) -> None:
+    """The first start must succeed: a service that cannot start at all is a configuration
+    problem to fix, not to retry."""
+    url = f"http://127.0.0.1:{child.port}/readyz"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode} while starting")
+        assert child.process is not None
+        if child.process.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with {child.process.returncode} at start")
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"{name} not ready after 60s ({url})")
+    raise RuntimeError(f"{child.name} not ready after 60s ({url})")
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import Field, NonNegativeInt, model_validator
 
-from .envelope import Body, Event, Identifier, UtcDatetime
+from .envelope import TEXT_PATTERN, Body, Event, Identifier, UtcDatetime
 
 MAX_GRANT_CREDITS = 1_000_000_000_000
 """Above this, a grant or adjustment is refused as absurd."""
@@ -34,7 +34,7 @@ class CreditGrantRequested(Body):
     period_end: UtcDatetime | None = None
     """When the new period ends: the next renewal. Required with `plan_start`/`renewal_reset`."""
     plan: Identifier | None = None
-    note: Annotated[str, Field(max_length=500)] | None = None
+    note: Annotated[str, Field(max_length=500, pattern=TEXT_PATTERN)] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -56,7 +56,7 @@ class CreditGrantRequestedV1(Event):
     """Command to metering: grant (or adjust) an organisation's credits. Issued by the
     subscription service, or by an operator through the `billing` command line."""
 
-    type: Literal["credit_grant.requested.v1"] = "credit_grant.requested.v1"
+    type: Literal["credit_grant.requested.v1"]
     data: CreditGrantRequested
 
 
@@ -82,21 +82,21 @@ class CreditBalance(Body):
 class CreditBalanceChangedV1(Event):
     """The organisation's credits after a change (a batch of usage, a grant, an expiry)."""
 
-    type: Literal["credit_balance.changed.v1"] = "credit_balance.changed.v1"
+    type: Literal["credit_balance.changed.v1"]
     data: CreditBalance
 
 
 class CreditsLowV1(Event):
     """Published once each time the balance crosses into `low`."""
 
-    type: Literal["credit_balance.low.v1"] = "credit_balance.low.v1"
+    type: Literal["credit_balance.low.v1"]
     data: CreditBalance
 
 
 class CreditsExhaustedV1(Event):
     """Published once each time the balance crosses into `exhausted` (at or below zero, R9)."""
 
-    type: Literal["credit_balance.exhausted.v1"] = "credit_balance.exhausted.v1"
+    type: Literal["credit_balance.exhausted.v1"]
     data: CreditBalance
 
 
@@ -122,5 +122,5 @@ class AuthorizationDecision(Body):
 class CreditAuthorizationDecidedV1(Event):
     """The chat gateway asked whether a member's message may be sent to an agent."""
 
-    type: Literal["credit_authorization.decided.v1"] = "credit_authorization.decided.v1"
+    type: Literal["credit_authorization.decided.v1"]
     data: AuthorizationDecision

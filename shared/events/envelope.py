@@ -2,30 +2,63 @@
 
 An event is a frozen pydantic model: `event_id`, `type`, `organisation_id`, `occurred_at`,
 `producer`, and a typed `data` body. The `type` names the schema and its version
-(`agent_message.processed.v1`); a published schema is never changed in place, a changed one is a
-new class with a new version. Unknown fields are refused, so a change cannot slip in silently.
+(`agent_message.processed.v1`); it is required on the wire. A published schema is never changed
+in place, a changed one is a new class with a new version. Unknown fields are refused, so a
+change cannot slip in silently.
+
+What the database would refuse is refused here, at the edge, so that a record is either valid
+or rejected with a reason and never fails later in a transaction:
+- identifiers and text carry no control characters (PostgreSQL refuses NUL in text; the other
+  C0/C1 controls and DEL have no business in ids and break logs);
+- instants lie in the window [`EARLIEST`, `LATEST`): 2000-01-01 to 2100-01-01 UTC. Outside it a
+  timestamp is a producer's bug (and at the calendar's edges, with an offset, not even
+  representable in UTC);
+- numbers are bounded by each schema (credits, amounts), far inside PostgreSQL's `bigint`.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import typing
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Self
 from uuid import UUID, uuid4
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, StringConstraints
 
 ORGANISATION_ID_PATTERN = r"^org_[A-Za-z0-9_-]{1,64}$"
 
 OrganisationId = Annotated[str, StringConstraints(pattern=ORGANISATION_ID_PATTERN)]
 """`org_` and 1–64 letters, digits, `_` or `-`. It is also the Kafka key of every topic."""
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f-\x9f]*$"
+
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=NO_CONTROL_CHARACTERS)
+]
+"""1–128 characters, none of them a control character."""
 
 
-UtcDatetime = AwareDatetime
-"""A timezone-aware instant; naive datetimes are refused. Producers send UTC (`Z`); what the
-services store and publish is UTC (`timestamptz`, the injected clock)."""
+TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+"""Free text: tabs and line breaks allowed, no other control characters."""
+
+
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def _in_window(value: datetime) -> datetime:
+    if not EARLIEST <= value < LATEST:
+        raise ValueError(
+            f"instant outside the accepted window [{EARLIEST.isoformat()}, {LATEST.isoformat()})"
+        )
+    return value
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_window)]
+"""A timezone-aware instant within [2000-01-01, 2100-01-01) UTC; naive datetimes are refused.
+Producers send UTC (`Z`); what the services store and publish is UTC (`timestamptz`, the
+injected clock)."""
 
 
 class Body(BaseModel):
@@ -52,9 +85,9 @@ class Event(BaseModel):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
-        default = cls.model_fields["type"].default
-        if isinstance(default, str):
-            cls.type_name = default
+        annotation = cls.model_fields["type"].annotation
+        if typing.get_origin(annotation) is typing.Literal:
+            (cls.type_name,) = typing.get_args(annotation)
 
     @classmethod
     def new(

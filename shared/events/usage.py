@@ -26,5 +26,5 @@ class AgentMessageProcessed(Body):
 class AgentMessageProcessedV1(Event):
     """An agent processed one member message and consumed `data.credits` credits."""
 
-    type: Literal["agent_message.processed.v1"] = "agent_message.processed.v1"
+    type: Literal["agent_message.processed.v1"]
     data: AgentMessageProcessed

@@ -80,3 +80,16 @@ async def read_topic(
                 raise AssertionError(f"{topic}: {len(found)} records, expected at least {at_least}")
     finally:
         await consumer.stop()
+
+
+async def committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """The offsets `group` committed on `topic`, summed over its partitions: once every record
+    is applied or parked, the number of records published. (End offsets are not a reliable
+    count on the embedded broker; see shared/facts.)"""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        offsets = [await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)]
+    finally:
+        await consumer.stop()
+    return sum(offset or 0 for offset in offsets)

@@ -34,15 +34,21 @@ class Isolation:
     schema: str
     topic_prefix: str
 
-    def env(self, infrastructure: Infrastructure) -> dict[str, str]:
-        """Environment for a service under test: same servers, its own schema and topics."""
+    def env(self, infrastructure: Infrastructure, env_prefix: str) -> dict[str, str]:
+        """Environment for the service whose variables start with `env_prefix` (`METERING_`):
+        the same servers, the test's schema and topic prefix. Services tested together each
+        need their own schema: give the others `schema_for(name)`."""
         return {
             "KAFKA_BOOTSTRAP_SERVERS": infrastructure.kafka_bootstrap,
             "DATABASE_URL": infrastructure.database_url,
             "TOPIC_PREFIX": self.topic_prefix,
             "KAFKA_SESSION_TIMEOUT_MS": "2000",
-            "METERING_DB_SCHEMA": self.schema,
+            f"{env_prefix}DB_SCHEMA": self.schema,
         }
+
+    def schema_for(self, name: str) -> str:
+        """Another schema of this test's (dropped with it)."""
+        return f"{self.schema}_{name}"
 
 
 def _testcontainers(stack: ExitStack) -> Infrastructure:
@@ -75,7 +81,12 @@ async def isolation(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
     yield isolation
     conn = await asyncpg.connect(infrastructure.database_url)
     try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{isolation.schema}" CASCADE')
+        schemas = await conn.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname = $1 OR nspname LIKE $1 || '\\_%'",
+            isolation.schema,
+        )
+        for row in schemas:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{row["nspname"]}" CASCADE')
     finally:
         await conn.close()
 

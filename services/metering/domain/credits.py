@@ -5,13 +5,17 @@ Invariants (the store keeps them in one transaction with each ledger entry):
 - `used` is what was debited since the current period started;
 - a period-starting grant (plan start, renewal) resets the balance to exactly the new allotment:
   a positive remainder expires, a negative remainder is written off, each with a ledger entry;
-- a period-starting grant older than the wallet's current period is refused (`stale_period`).
+- a grant applies once per (organisation, period key): the same terms again are a redelivery
+  (ignored), other terms under a used key are refused (`grant_conflict`);
+- a period-starting grant older than the wallet's current period is refused (`stale_period`),
+  and so is one whose period starts more than the allowed lead ahead of now
+  (`period_too_far_ahead`): accepted, it would make every normal renewal look stale.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from shared.events import (
@@ -121,6 +125,62 @@ def announcements(
         )
         for kind in kinds
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class GrantTerms:
+    """What a grant changes. Two commands under the same (organisation, period key) must agree
+    on all of it; the event id, producer and note may differ (a re-issued command)."""
+
+    reason: str
+    amount: int
+    period_start: datetime | None
+    period_end: datetime | None
+    plan: str | None
+
+    @classmethod
+    def of(cls, grant: CreditGrantRequested) -> GrantTerms:
+        return cls(
+            grant.reason.value, grant.amount, grant.period_start, grant.period_end, grant.plan
+        )
+
+    def describe(self) -> str:
+        period = (
+            f", {self.period_start.isoformat()}..{self.period_end.isoformat()}"
+            if self.period_start and self.period_end
+            else ""
+        )
+        return f"{self.reason} of {self.amount}{period}" + (
+            f", plan {self.plan}" if self.plan else ""
+        )
+
+
+def admit_grant(
+    grant: CreditGrantRequested,
+    period_key: str,
+    *,
+    applied: GrantTerms | None,
+    now: datetime,
+    max_lead: timedelta,
+) -> bool:
+    """True if the grant is to be applied now; False if it is a redelivery of the grant already
+    applied under its key. Raises `GrantRefused` for a conflict or a period too far ahead."""
+    terms = GrantTerms.of(grant)
+    if applied is not None:
+        if applied == terms:
+            return False
+        raise GrantRefused(
+            "grant_conflict",
+            f"period key {period_key!r} was applied as {applied.describe()}; "
+            f"this command asks for {terms.describe()}",
+        )
+    if grant.period_start is not None and grant.period_start > now + max_lead:
+        raise GrantRefused(
+            "period_too_far_ahead",
+            f"the period starts {grant.period_start.isoformat()}, more than "
+            f"{max_lead.days} days after now ({now.isoformat()})",
+        )
+    return True
 
 
 def apply_grant(wallet: Wallet, grant: CreditGrantRequested, period_key: str) -> GrantApplied:

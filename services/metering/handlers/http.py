@@ -9,34 +9,25 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events import MAX_CREDITS_PER_MESSAGE, CreditLevel
 from shared.events.envelope import ORGANISATION_ID_PATTERN, Identifier, OrganisationId
-from shared.http import PROBLEM_RESPONSES, Problem
+from shared.http import PROBLEM_RESPONSES, Problem, require_token
 
-from ..authorizer import Ask, Authorization, Authorizer, HoldClosed, HoldNotFound
+from ..authorizer import (
+    Ask,
+    Authorization,
+    Authorizer,
+    ConcurrentChange,
+    HoldClosed,
+    HoldNotFound,
+    Overloaded,
+)
 from ..service import Metering
 from ..settings import MeteringSettings
 
-_bearer = HTTPBearer(auto_error=False, description="Token of an internal caller")
-
-
-async def require_token(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    settings: MeteringSettings = request.app.state.settings
-    if credentials is None or not settings.token_accepted(credentials.credentials):
-        raise Problem(
-            401,
-            "unauthorized",
-            "Missing or invalid bearer token",
-            "Send `Authorization: Bearer <token>` with a token configured in METERING_API_TOKENS.",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
+BIGINT_MAX = 2**63 - 1
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=PROBLEM_RESPONSES)
 
@@ -47,11 +38,11 @@ OrganisationPath = Annotated[
 
 
 def _metering(request: Request) -> Metering:
-    return request.app.state.runtime.metering
+    return request.app.state.parts.metering
 
 
 def _authorizer(request: Request) -> Authorizer:
-    return request.app.state.runtime.authorizer
+    return request.app.state.parts.authorizer
 
 
 # Authorizations -------------------------------------------------------------------------------
@@ -99,23 +90,46 @@ def _out(authorization: Authorization) -> AuthorizationOut:
     return AuthorizationOut.model_validate(authorization, from_attributes=True)
 
 
-@router.post("/authorizations", response_model=AuthorizationOut, tags=["authorizations"])
+@router.post(
+    "/authorizations",
+    response_model=AuthorizationOut,
+    tags=["authorizations"],
+    responses={503: {"description": "Too many requests waiting, or the wallet kept changing"}},
+)
 async def authorize(
     body: AuthorizationIn, request: Request, response: Response
 ) -> AuthorizationOut:
     """May this member's message go to the agent? If so, its estimate is held until the usage
     event for the same message settles it, the gateway releases it, or it expires. Asking again
-    for the same message returns the same decision and hold (header `Idempotent-Replayed`)."""
+    for the same message returns the same decision and hold (header `Idempotent-Replayed`).
+    503 with `Retry-After` when the service is saturated: ask again."""
     settings: MeteringSettings = request.app.state.settings
-    decided = await _authorizer(request).authorize(
-        Ask(
-            organisation_id=body.organisation_id,
-            member_id=body.member_id,
-            message_id=body.message_id,
-            agent_id=body.agent_id,
-            estimate=settings.estimate_for(body.agent_id, body.estimate),
+    try:
+        decided = await _authorizer(request).authorize(
+            Ask(
+                organisation_id=body.organisation_id,
+                member_id=body.member_id,
+                message_id=body.message_id,
+                agent_id=body.agent_id,
+                estimate=settings.estimate_for(body.agent_id, body.estimate),
+            )
         )
-    )
+    except Overloaded:
+        raise Problem(
+            503,
+            "overloaded",
+            "Too many authorizations waiting",
+            "The decision queue is full; ask again shortly.",
+            headers={"Retry-After": "1"},
+        ) from None
+    except ConcurrentChange:
+        raise Problem(
+            503,
+            "wallet-busy",
+            "The wallet kept changing",
+            "The organisation's credits changed during every attempt to decide; ask again.",
+            headers={"Retry-After": "1"},
+        ) from None
     if decided.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return _out(decided)
@@ -237,7 +251,8 @@ async def get_ledger(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[
-        int | None, Query(ge=1, description="`next_before` of the previous page")
+        int | None,
+        Query(ge=1, le=BIGINT_MAX, description="`next_before` of the previous page"),
     ] = None,
 ) -> LedgerPageOut:
     """Ledger entries, newest first, paginated."""
@@ -248,6 +263,6 @@ async def get_ledger(
     page = rows[:limit]
     return LedgerPageOut(
         organisation_id=organisation_id,
-        entries=[LedgerEntryOut(**dict(r)) for r in page],
-        next_before=page[-1]["seq"] if len(rows) > limit else None,
+        entries=[LedgerEntryOut.model_validate(e, from_attributes=True) for e in page],
+        next_before=page[-1].seq if len(rows) > limit else None,
     )

@@ -6,10 +6,12 @@ from __future__ import annotations
 from uuid import uuid4
 
 import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shared.testing import produce, read_topic
 from shared.topics import AGENT_USAGE
-from tests.conftest import MeteringHarness, grant_command, usage_event
+from tests.metering.conftest import MeteringHarness, grant_command, usage_event
 
 ORG = "org_dlq"
 
@@ -47,7 +49,14 @@ BAD_INPUT: list[tuple[str, bytes, str]] = [
     ("naive timestamp", envelope(occurred_at="2026-11-01T00:00:00"), "invalid_event"),
     ("unknown field", envelope(data={"discount": 1}), "invalid_event"),
     ("oversized", envelope(data={"message_id": "x" * 100_000}), "payload_too_large"),
-    ("NUL in an id", envelope(data={"message_id": "msg\u0000"}), "processing_failed"),
+    ("NUL in an id", envelope(data={"message_id": "msg\u0000"}), "invalid_event"),
+    ("control character in an id", envelope(data={"member_id": "m\u001b[31m"}), "invalid_event"),
+    (
+        "instant at the calendar's edge",
+        envelope(occurred_at="0001-01-01T00:00:00+05:00"),
+        "invalid_event",
+    ),
+    ("instant far ahead", envelope(occurred_at="9999-12-31T23:00:00-05:00"), "invalid_event"),
 ]
 
 
@@ -110,3 +119,72 @@ async def test_the_http_api_answers_bad_requests_with_problem_json(
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["status"] == status
         assert response.json()["title"]
+
+
+async def test_a_ledger_cursor_beyond_64_bits_is_a_400(metering: MeteringHarness) -> None:
+    for before in (2**63, 10**30, -1):
+        response = await metering.http.get(
+            "/v1/organisations/org_x/ledger", params={"before": before}
+        )
+        assert response.status_code == 400, before
+        assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_streamed_body_over_the_limit_gets_413(metering: MeteringHarness) -> None:
+    limit = metering.settings.max_request_bytes
+
+    async def chunks():  # no Content-Length: the body arrives in pieces
+        for _ in range(limit // 1000 + 2):
+            yield b" " * 1000
+
+    response = await metering.http.post(
+        "/v1/authorizations", content=chunks(), headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "content-length" not in response.request.headers
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(), children, max_size=3)
+    ),
+    max_leaves=5,
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    body=st.fixed_dictionaries(
+        {},
+        optional={
+            "organisation_id": st.text(max_size=80)
+            | st.from_regex(r"org_[a-z0-9]{1,8}", fullmatch=True),
+            "member_id": st.text(max_size=140),
+            "message_id": st.text(max_size=140),
+            "agent_id": st.none() | st.text(max_size=140),
+            "estimate": st.none() | st.integers() | JSON_VALUES,
+            "extra": JSON_VALUES,
+        },
+    )
+)
+async def test_generated_authorization_requests_get_a_decision_or_a_4xx(
+    metering: MeteringHarness, body: dict
+) -> None:
+    response = await metering.http.post("/v1/authorizations", json=body)
+
+    assert response.status_code in {200, 400, 413}, (response.status_code, response.text)
+    if response.status_code == 200:
+        assert response.json()["decision"] in {"allowed", "denied"}
+    else:
+        assert response.headers["content-type"] == "application/problem+json"

@@ -1,4 +1,5 @@
-"""Exactly-once debits across a SIGKILL in the middle of a batch and across a rebalance."""
+"""Exactly-once debits across a SIGKILL in the middle of a batch, across a rebalance, and
+across a rebalance while the database is down."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import asyncpg
 import httpx
 import pytest
 
-from services.metering.app import Runtime
+from services.metering.app import SERVICE
 from services.metering.settings import DEV_API_TOKEN, MeteringSettings
 from shared.clock import SystemClock
-from shared.devstack import free_port
+from shared.devstack import EmbeddedPostgres, free_port
+from shared.service import Kernel
 from shared.testing import eventually, produce
 from shared.topics import AGENT_USAGE
-from tests.conftest import usage_event
+from tests.metering.conftest import usage_event
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +103,7 @@ async def test_sigkill_in_the_middle_of_a_batch_leaves_the_exact_balance(meterin
         process.wait()
 
 
-async def _owns_all(runtime: Runtime, topic: str) -> bool:
+async def _owns_all(runtime: Kernel, topic: str) -> bool:
     return runtime.assignments().get(topic) == list(range(AGENT_USAGE.partitions))
 
 
@@ -119,14 +121,14 @@ async def test_a_rebalance_between_two_instances_debits_exactly_once(metering_en
     with mock.patch.dict(os.environ, {**metering_env, "METERING_BATCH_MAX_RECORDS": "200"}):
         settings = MeteringSettings()
     events, expected = workload(organisations=40, events=12_000, seed=11)
-    first = await Runtime.start(settings, SystemClock())
+    first = await Kernel.start(SERVICE, settings, SystemClock())
     second = None
     try:
         topic = AGENT_USAGE.topic(settings.topic_prefix)
         await produce(
             settings.kafka_bootstrap_servers, topic, [(e.key, e.to_bytes()) for e in events[:6_000]]
         )
-        second = await Runtime.start(settings, SystemClock())  # joins: partitions are split
+        second = await Kernel.start(SERVICE, settings, SystemClock())  # joins: partitions are split
 
         async def split() -> bool:
             mine, theirs = first.assignments().get(topic, []), second.assignments().get(topic, [])
@@ -158,3 +160,66 @@ async def test_a_rebalance_between_two_instances_debits_exactly_once(metering_en
         for runtime in (first, second):
             if runtime is not None:
                 await runtime.stop()
+
+
+async def test_a_rebalance_while_the_database_is_down_completes_and_loses_nothing(
+    metering_env, tmp_path
+) -> None:
+    postgres = EmbeddedPostgres(tmp_path / "postgres", port=free_port())
+    postgres.start()
+    url = postgres.create_database("rebalance")
+    env = {
+        **metering_env,
+        "DATABASE_URL": url,
+        "METERING_BATCH_MAX_RECORDS": "200",
+        "METERING_REBALANCE_FLUSH_SECONDS": "1",
+    }
+    with mock.patch.dict(os.environ, env):
+        settings = MeteringSettings()
+    events, expected = workload(organisations=40, events=6_000, seed=5)
+    topic = AGENT_USAGE.topic(settings.topic_prefix)
+    first = await Kernel.start(SERVICE, settings, SystemClock())
+    second = await Kernel.start(SERVICE, settings, SystemClock())
+    try:
+
+        async def split() -> bool:
+            mine, theirs = first.assignments().get(topic, []), second.assignments().get(topic, [])
+            return bool(mine) and bool(theirs)
+
+        await eventually(split, timeout=30, what="partitions split between the two instances")
+        await produce(
+            settings.kafka_bootstrap_servers, topic, [(e.key, e.to_bytes()) for e in events[:3_000]]
+        )
+
+        async def some_applied() -> bool:
+            return await second.pool.fetchval("SELECT count(*) FROM ledger") > 0
+
+        await eventually(some_applied, what="some batches applied")
+        postgres.stop()
+        await produce(
+            settings.kafka_bootstrap_servers, topic, [(e.key, e.to_bytes()) for e in events[3_000:]]
+        )
+        await first.stop()  # leaves the group while its batches cannot reach the database
+        first = None
+        await eventually(
+            lambda: _owns_all(second, topic),
+            timeout=30,
+            what="the rebalance completes while the database is down",
+        )
+        postgres.start()
+        db = await asyncpg.connect(url, server_settings={"search_path": settings.db_schema})
+        try:
+
+            async def all_applied() -> bool:
+                return await db.fetchval("SELECT count(*) FROM ledger") >= len(events)
+
+            await eventually(all_applied, timeout=90, what="all events applied after the outage")
+            await asyncio.sleep(1)
+            await assert_exact(db, expected, len(events))
+        finally:
+            await db.close()
+    finally:
+        for kernel in (first, second):
+            if kernel is not None:
+                await kernel.stop()
+        postgres.stop()

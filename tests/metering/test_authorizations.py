@@ -4,17 +4,22 @@ settlement, expiry, release, idempotence, group commit, and blocking when credit
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from datetime import timedelta
 from uuid import uuid4
 
 import asyncpg
 import httpx
+import pytest
 
+from services.metering.authorizer import Ask, Authorization, Authorizer, ConcurrentChange
+from services.metering.settings import MeteringSettings
 from shared.clock import FrozenClock
 from shared.events import CreditAuthorizationDecidedV1, GrantReason
-from shared.testing import read_topic
+from shared.failures import Failure, classify
+from shared.testing import eventually, read_topic
 from shared.topics import CREDIT_AUTHORIZATIONS
-from tests.conftest import MeteringHarness, grant_command, usage_event
+from tests.metering.conftest import MeteringHarness, grant_command, running_metering, usage_event
 
 ESTIMATE = 10
 
@@ -65,7 +70,7 @@ async def test_a_thousand_concurrent_requests_on_a_wallet_for_a_hundred_approve_
     assert {d["reason"] for d in decisions if d["decision"] == "denied"} == {"insufficient_credits"}
     assert min(d["available"] for d in allowed) == 0
     assert await holds_are_consistent(db, "org_rush") == (1_000, 1_000, 1_000)
-    assert metering.runtime.authorizer.cycles < 500, "requests were not group-committed"
+    assert metering.authorizer.cycles < 500, "requests were not group-committed"
 
 
 async def test_asking_twice_for_the_same_message_gives_one_hold(
@@ -114,9 +119,9 @@ async def test_a_hold_expires_and_frees_its_credits(
 
     ttl = timedelta(seconds=metering.settings.hold_ttl_seconds)
     clock.advance(ttl - timedelta(seconds=1))
-    assert await metering.runtime.authorizer.sweep() == 0
+    assert await metering.authorizer.sweep() == 0
     clock.advance(timedelta(seconds=2))
-    assert await metering.runtime.authorizer.sweep() == 2
+    assert await metering.authorizer.sweep() == 2
     assert await holds_are_consistent(db, "org_lapse") == (20, 0, 0)
 
     for hold in (first, second):
@@ -135,7 +140,7 @@ async def test_a_decision_does_not_wait_for_the_sweeper(
     assert (await ask(metering, "org_lapse2")).json()["decision"] == "allowed"
     # The lapsed hold is still on the wallet until the sweeper marks it expired.
     assert await holds_are_consistent(db, "org_lapse2") == (ESTIMATE, 2 * ESTIMATE, 2 * ESTIMATE)
-    assert await metering.runtime.authorizer.sweep() == 1
+    assert await metering.authorizer.sweep() == 1
     assert await holds_are_consistent(db, "org_lapse2") == (ESTIMATE, ESTIMATE, ESTIMATE)
 
 
@@ -285,3 +290,149 @@ async def test_an_oversized_request_gets_413(metering: MeteringHarness) -> None:
     response = await ask(metering, "org_bad", member_id="m" * 20_000)
     assert response.status_code == 413
     assert response.json()["title"] == "Request body too large"
+
+
+STRING_FIELDS = ["organisation_id", "member_id", "message_id", "agent_id"]
+
+
+@pytest.mark.parametrize("field", STRING_FIELDS)
+async def test_a_nul_in_a_field_gets_400_and_its_neighbours_their_decision(
+    metering: MeteringHarness, db: asyncpg.Connection, field: str
+) -> None:
+    neighbours = [f"org_near{n}" for n in range(8)]
+    for organisation in neighbours:
+        await metering.publish_grants(grant_command(organisation, 100))
+    for organisation in neighbours:
+        await metering.wait_for(organisation, balance=100)
+
+    responses = await asyncio.gather(
+        *(ask(metering, organisation) for organisation in neighbours),
+        ask(metering, "org_bad", **{field: "x\x00y"}),
+        *(ask(metering, organisation) for organisation in neighbours),
+    )
+
+    refused = responses[len(neighbours)]
+    assert refused.status_code == 400
+    assert refused.headers["content-type"] == "application/problem+json"
+    others = responses[: len(neighbours)] + responses[len(neighbours) + 1 :]
+    assert [r.status_code for r in others] == [200] * len(others)
+    assert {r.json()["decision"] for r in others} == {"allowed"}
+    for organisation in neighbours:
+        assert await holds_are_consistent(db, organisation) == (100, 20, 20)
+
+
+async def test_a_request_the_database_refuses_fails_alone_in_its_group(
+    metering: MeteringHarness,
+) -> None:
+    """Below the HTTP validation: the group commit itself isolates a request PostgreSQL refuses
+    (a NUL in text) from the others committed with it, other organisations' included."""
+    organisations = [f"org_group{n}" for n in range(6)]
+    for organisation in organisations:
+        await metering.publish_grants(grant_command(organisation, 50))
+    for organisation in organisations:
+        await metering.wait_for(organisation, balance=50)
+
+    def request(organisation: str, message_id: str) -> Ask:
+        return Ask(organisation, "member_1", message_id, None, ESTIMATE)
+
+    asks = [request(o, f"msg_{n}") for n, o in enumerate(organisations)]
+    asks.insert(3, request(organisations[3], "msg_bad\x00"))
+    outcomes = await asyncio.gather(
+        *(metering.authorizer.authorize(a) for a in asks), return_exceptions=True
+    )
+
+    failed = [
+        (a.message_id, o) for a, o in zip(asks, outcomes, strict=True) if isinstance(o, Exception)
+    ]
+    assert [m for m, _ in failed] == ["msg_bad\x00"]
+    assert classify(failed[0][1]) is Failure.POISON
+    decided = [o for o in outcomes if not isinstance(o, Exception)]
+    assert len(decided) == len(organisations)
+    assert {d.decision for d in decided} == {"allowed"}
+
+
+async def test_an_organisation_whose_writes_fail_does_not_fail_the_others(
+    metering: MeteringHarness, db: asyncpg.Connection
+) -> None:
+    for organisation in ("org_cursed", "org_fine1", "org_fine2"):
+        await metering.publish_grants(grant_command(organisation, 100))
+        await metering.wait_for(organisation, balance=100)
+    await db.execute(
+        """CREATE FUNCTION refuse_cursed() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'; END $$;
+           CREATE TRIGGER refuse_cursed BEFORE INSERT ON authorizations FOR EACH ROW
+               WHEN (NEW.organisation_id = 'org_cursed') EXECUTE FUNCTION refuse_cursed();"""
+    )
+
+    responses = await asyncio.gather(
+        *(ask(metering, o) for o in ("org_fine1", "org_cursed", "org_fine2", "org_fine1"))
+    )
+
+    assert [r.status_code for r in responses] == [200, 400, 200, 200]
+    assert responses[1].headers["content-type"] == "application/problem+json"
+    assert all(responses[i].json()["decision"] == "allowed" for i in (0, 2, 3))
+    assert await holds_are_consistent(db, "org_cursed") == (100, 0, 0)
+
+
+async def test_a_wallet_that_keeps_changing_fails_only_its_own_requests(
+    metering: MeteringHarness, clock: FrozenClock, db: asyncpg.Connection, infrastructure
+) -> None:
+    for organisation in ("org_busy", "org_calm"):
+        await metering.publish_grants(grant_command(organisation, 100))
+        await metering.wait_for(organisation, balance=100)
+    authorizer = Authorizer(
+        metering.kernel.pool,
+        clock,
+        hold_ttl=timedelta(minutes=5),
+        topic_prefix=metering.settings.topic_prefix,
+        lanes=1,
+        max_conflicts=1,
+    )
+    # Another transaction changes org_busy's wallet while the cycle waits for its row lock.
+    other = await asyncpg.connect(
+        infrastructure.database_url, server_settings={"search_path": metering.settings.db_schema}
+    )
+    try:
+        change = other.transaction()
+        await change.start()
+        await other.execute("UPDATE wallets SET balance = 90 WHERE organisation_id = 'org_busy'")
+        busy = asyncio.ensure_future(authorizer.authorize(Ask("org_busy", "m", "msg_1", None, 10)))
+        calm = asyncio.ensure_future(authorizer.authorize(Ask("org_calm", "m", "msg_2", None, 10)))
+
+        async def waiting_for_the_lock() -> bool:
+            return bool(
+                await db.fetchval(
+                    """SELECT count(*) FROM pg_stat_activity
+                       WHERE wait_event_type = 'Lock' AND datname = current_database()"""
+                )
+            )
+
+        await eventually(waiting_for_the_lock, what="the decision cycle waits for the row")
+        await change.commit()
+        outcomes = await asyncio.gather(busy, calm, return_exceptions=True)
+    finally:
+        await other.close()
+        await authorizer.close()
+
+    assert isinstance(outcomes[0], ConcurrentChange)
+    assert isinstance(outcomes[1], Authorization) and outcomes[1].decision == "allowed"
+    response = await ask(metering, "org_busy", "msg_1")  # asking again succeeds
+    assert response.status_code == 200 and response.json()["balance"] == 90
+
+
+async def test_requests_beyond_the_waiting_bound_get_503_with_retry_after(
+    metering_settings: MeteringSettings, clock: FrozenClock, db: asyncpg.Connection
+) -> None:
+    settings = metering_settings.model_copy(update={"max_waiting_authorizations": 3})
+    async with running_metering(settings, clock) as metering:
+        await funded(metering, "org_crowd", 1_000 * ESTIMATE)
+        responses = await asyncio.gather(*(ask(metering, "org_crowd") for _ in range(200)))
+
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) == {200, 503}, statuses
+    for response in responses:
+        if response.status_code == 503:
+            assert response.headers["retry-after"] == "1"
+            assert response.headers["content-type"] == "application/problem+json"
+    allowed = statuses[200]
+    assert await holds_are_consistent(db, "org_crowd") == (10_000, allowed * 10, allowed * 10)

@@ -3,14 +3,17 @@ payloads applied by the real consumers."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import asyncpg
 import pytest
 
+from shared.clock import FrozenClock
 from shared.events import CreditsExhaustedV1, CreditsLowV1, GrantReason
 from shared.events.examples import example
 from shared.testing import produce, read_topic
 from shared.topics import AGENT_USAGE, CREDIT_ALERTS, CREDIT_GRANT_REQUESTS
-from tests.conftest import MeteringHarness, grant_command, usage_event
+from tests.metering.conftest import MeteringHarness, grant_command, usage_event
 
 
 async def test_low_and_exhausted_are_announced_once_per_crossing(metering: MeteringHarness) -> None:
@@ -73,7 +76,10 @@ async def test_the_ledger_is_append_only(metering: MeteringHarness, db: asyncpg.
     assert await db.fetchval("SELECT amount FROM ledger WHERE organisation_id = 'org_locked'") == -3
 
 
-async def test_the_published_examples_are_applied(metering: MeteringHarness) -> None:
+async def test_the_published_examples_are_applied(
+    metering: MeteringHarness, clock: FrozenClock
+) -> None:
+    clock.set(datetime(2026, 12, 1, 0, 0, 3, tzinfo=UTC))  # when the example renewal is sent
     await produce(
         metering.bootstrap,
         metering.topic(CREDIT_GRANT_REQUESTS),

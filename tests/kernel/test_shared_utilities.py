@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import UTC, datetime
@@ -10,9 +11,12 @@ import pytest
 import structlog
 from pydantic import ValidationError
 
+from services.metering.app import SERVICE
 from services.metering.settings import MeteringSettings
 from shared.calendar import add_months
 from shared.logging import configure_logging, get_logger, mask_secrets
+from shared.outbox import OutboxRelay
+from shared.service import load_settings
 
 
 @pytest.mark.parametrize(
@@ -85,3 +89,67 @@ def test_defaults_point_at_the_embedded_stack(monkeypatch) -> None:
     assert settings.database_url.get_secret_value().startswith("postgresql://")
     assert "postgres@" not in repr(settings)
     assert settings.group_id("usage") == "metering.usage"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::"])
+def test_the_development_token_is_refused_off_loopback(monkeypatch, host: str) -> None:
+    monkeypatch.setenv("METERING_HTTP_HOST", host)
+    with pytest.raises(ValidationError, match="development token"):
+        MeteringSettings()
+    monkeypatch.setenv("METERING_API_TOKENS", "a-real-secret-token")
+    settings = MeteringSettings()
+    assert settings.token_accepted("a-real-secret-token")
+    assert not settings.token_accepted("dev-token")
+
+
+def test_the_development_token_is_accepted_on_loopback(monkeypatch) -> None:
+    monkeypatch.setenv("METERING_HTTP_HOST", "127.0.0.1")
+    assert MeteringSettings().token_accepted("dev-token")
+
+
+def test_a_bad_setting_is_reported_without_echoing_secrets(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("METERING_HTTP_HOST", "0.0.0.0")
+    monkeypatch.setenv("METERING_API_TOKENS", "dev-token,s3cret-production-token")
+    with pytest.raises(SystemExit):
+        load_settings(SERVICE)
+    err = capsys.readouterr().err
+    assert "development token" in err
+    assert "s3cret" not in err
+
+
+async def test_the_outbox_relay_delay_starts_again_small_after_a_success() -> None:
+    class EmptyOutbox:
+        async def fetch(self, *args: object) -> list:
+            return []
+
+    class Producer:
+        async def start(self) -> None:
+            return None
+
+        async def stop(self) -> None:
+            return None
+
+    relay = OutboxRelay(EmptyOutbox(), bootstrap_servers="127.0.0.1:1", dsn="", schema="s")  # type: ignore[arg-type]
+    await relay._producer.stop()
+    relay._producer = Producer()  # type: ignore[assignment]
+    script = iter(["fail", "fail", "fail", "drain", "fail", "stop"])
+    delays: list[float] = []
+
+    async def lead() -> None:
+        step = next(script)
+        if step == "drain":
+            await relay.drain_once()
+            raise ConnectionError("lost after draining")
+        if step == "stop":
+            raise asyncio.CancelledError
+        raise ConnectionError("broker unreachable")
+
+    async def no_sleep(delay: float) -> None:
+        delays.append(delay)
+
+    relay._lead = lead  # type: ignore[method-assign]
+    relay._sleep = no_sleep  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        await relay.run()
+
+    assert delays == [0.2, 0.4, 0.8, 0.2, 0.4]

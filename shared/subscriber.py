@@ -1,5 +1,6 @@
-"""FastStream subscribers. Each hands the raw batch to its `BatchConsumer`, which applies,
-parks and commits; offsets are committed by it, never by FastStream (AckPolicy.MANUAL)."""
+"""FastStream plumbing for `BatchConsumer`: a batch subscriber that hands the raw records
+through untouched. Offsets are committed by the `BatchConsumer`, never by FastStream
+(`AckPolicy.MANUAL`)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,12 @@ from faststream.kafka.message import FAKE_CONSUMER, KafkaAckableMessage
 
 from shared.consumer import BatchConsumer
 from shared.kafka import consumer_options
-from shared.topics import AGENT_USAGE, CREDIT_GRANT_REQUESTS, TopicSpec
-
-from ..settings import MeteringSettings
+from shared.settings import ServiceSettings
 
 
 async def _raw_batch(records: tuple[ConsumerRecord, ...]) -> KafkaAckableMessage:
-    """Hand the records through untouched: `BatchConsumer` decodes the whole batch at once, so
-    FastStream's per-record copying of bodies and headers is skipped."""
+    """`BatchConsumer` decodes the whole batch itself, so FastStream's per-record copying of
+    bodies and headers is skipped."""
     first = records[0]
     return KafkaAckableMessage(
         raw_message=records,
@@ -35,18 +34,20 @@ def _raw_body(message: Any) -> Any:
     return message.raw_message
 
 
-def _subscribe(
+def subscribe(
     broker: KafkaBroker,
-    settings: MeteringSettings,
-    spec: TopicSpec,
+    settings: ServiceSettings,
+    topic: str,
     consumer: BatchConsumer,
     *,
     max_records: int,
-    fetch_bytes: int,
+    fetch_bytes: int = 1024 * 1024,
+    title: str,
     description: str,
 ) -> None:
+    """Subscribe `consumer` to `topic` in its own consumer group (`settings.group_id`)."""
     subscriber = broker.subscriber(
-        spec.topic(settings.topic_prefix),
+        topic,
         group_id=settings.group_id(consumer.name),
         batch=True,
         max_records=max_records,
@@ -55,7 +56,7 @@ def _subscribe(
         listener=consumer.rebalance_listener(),
         parser=_raw_batch,
         decoder=_raw_body,
-        title=f"metering.{consumer.name}",
+        title=title,
         description=description,
         **consumer_options(settings, fetch_bytes=fetch_bytes),
     )
@@ -63,26 +64,3 @@ def _subscribe(
     @subscriber
     async def handle(body: Any, message: KafkaMessage) -> None:
         await consumer.handle(message.raw_message, subscriber.consumer)
-
-
-def register(
-    broker: KafkaBroker, settings: MeteringSettings, *, usage: BatchConsumer, grants: BatchConsumer
-) -> None:
-    _subscribe(
-        broker,
-        settings,
-        AGENT_USAGE,
-        usage,
-        max_records=settings.batch_max_records,
-        fetch_bytes=1024 * 1024,
-        description="Debits one ledger entry per usage event, exactly once.",
-    )
-    _subscribe(
-        broker,
-        settings,
-        CREDIT_GRANT_REQUESTS,
-        grants,
-        max_records=100,
-        fetch_bytes=1024 * 1024,
-        description="Applies each grant command once per (organisation, period key).",
-    )

@@ -1,0 +1,131 @@
+"""`make run`'s own code path: embedded broker and database started by the project, topics,
+migrations, every service; a usage event from a plain Kafka client changes the balance the HTTP
+API shows; a service killed is started again by itself, and what was published meanwhile is
+applied; Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from shared.devstack import free_port
+from shared.devstack.processes import port_in_use
+from shared.testing import eventually, produce
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Output:
+    """The launcher's output, read line by line in the background."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen[bytes]) -> None:
+        for line in iter(process.stdout.readline, b""):  # type: ignore[union-attr]
+            self.lines.append(line.decode(errors="replace"))
+
+    async def wait_for(self, pattern: str, *, after: int = 0, timeout: float = 90) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines[after:]:
+                if found := re.search(pattern, line):
+                    return found
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(self.lines)}")
+
+
+def usage(organisation: str, credits: int) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": str(uuid.uuid4()),
+            "type": "agent_message.processed.v1",
+            "organisation_id": organisation,
+            "occurred_at": "2026-11-27T10:00:00Z",
+            "producer": "agent-runtime",
+            "data": {
+                "member_id": "member_1",
+                "agent_id": "agent_1",
+                "conversation_id": "conv_1",
+                "message_id": f"msg_{uuid.uuid4().hex[:8]}",
+                "credits": credits,
+            },
+        }
+    )
+
+
+async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
+    kafka_port, postgres_port, http_port = free_port(), free_port(), free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "TOPIC_PREFIX"}
+    }
+    env.update(
+        DEVSTACK_KAFKA_PORT=str(kafka_port),
+        DEVSTACK_POSTGRES_PORT=str(postgres_port),
+        METERING_HTTP_PORT=str(http_port),
+        KAFKA_SESSION_TIMEOUT_MS="2000",
+    )
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "shared.devstack", "run", "--data", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    output = Output(launcher)
+    kafka = f"127.0.0.1:{kafka_port}"
+    try:
+        await output.wait_for("Everything is up")
+        await output.wait_for(rf"broker\s+127\.0\.0\.1:{kafka_port}")
+        await output.wait_for(rf"metering\s+http://127\.0\.0\.1:{http_port}")
+        first_pid = int((await output.wait_for(r"started metering \(pid (\d+)\)")).group(1))
+
+        await produce(kafka, "agent.usage", [(b"org_outside", usage("org_outside", 42))])
+
+        async def balance() -> int | None:
+            try:
+                async with httpx.AsyncClient(headers={"Authorization": "Bearer dev-token"}) as c:
+                    response = await c.get(
+                        f"http://127.0.0.1:{http_port}/v1/organisations/org_outside/credits"
+                    )
+            except httpx.HTTPError:
+                return None
+            return response.json()["balance"] if response.status_code == 200 else None
+
+        assert await eventually(balance, what="balance of org_outside") == -42
+
+        seen = len(output.lines)
+        os.kill(first_pid, signal.SIGKILL)
+        await output.wait_for(r"metering exited with -9; starting it again", after=seen)
+        await produce(kafka, "agent.usage", [(b"org_outside", usage("org_outside", 8))])
+        second = await output.wait_for(r"started metering \(pid (\d+)\)", after=seen)
+        assert int(second.group(1)) != first_pid
+
+        async def settled() -> bool:
+            return await balance() == -50
+
+        await eventually(settled, timeout=60, what="the event published while down is applied")
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        code = launcher.wait(timeout=60)
+    assert code == 0
+    for port in (kafka_port, postgres_port, http_port):
+        assert not port_in_use("127.0.0.1", port)
