@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.devstack import embedded_stack
 
-from . import authorization, metering, report, restart
+from . import authorization, metering, report, restart, webhooks
 
 
 async def run_metering(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -168,6 +168,44 @@ async def run_restart(kafka: str, database: str, args: argparse.Namespace) -> di
     return figures
 
 
+async def run_webhooks(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
+    rate, seconds = args.webhook_rate, args.webhook_seconds
+    print(f"webhooks: {rate}/s for {seconds:g} s, signed, to the Stripe gateway")
+    gateway = await webhooks.through_the_gateway(kafka, database, rate=rate, seconds=seconds)
+    verify = webhooks.verification_ceiling()
+    insert = await webhooks.insert_ceiling(database, rate=rate, seconds=seconds)
+    print()
+    print(
+        report.table(
+            "Stripe webhooks (verified, stored once, answered; processed afterwards)",
+            [
+                ("measure", "figure", "baseline / target"),
+                (
+                    f"answered at {rate}/s, p50 / p99",
+                    f"{gateway['p50_ms']} / {gateway['p99_ms']} ms",
+                    "target p99 <= 50 ms",
+                ),
+                (
+                    "bare insert of the same rows, same rate",
+                    f"{insert['p50_ms']} / {insert['p99_ms']} ms",
+                    f"gateway p99 = {gateway['p99_ms'] / max(insert['p99_ms'], 0.01):.1f} x",
+                ),
+                (
+                    "signature verification alone",
+                    f"{verify['per_verification_us']} us each",
+                    "",
+                ),
+                (
+                    "processed (async) after the last answer",
+                    f"{gateway['processing_behind_seconds']} s",
+                    f"{gateway['processed']:,} of {gateway['stored']:,} done",
+                ),
+            ],
+        )
+    )
+    return {"gateway": gateway, "verification": verify, "insert_ceiling": insert}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--events", type=int, default=500_000)
@@ -184,12 +222,14 @@ def main() -> None:
     parser.add_argument("--spread-seconds", type=float, default=15)
     parser.add_argument(
         "--only",
-        choices=("metering", "authorization", "restart"),
+        choices=("metering", "authorization", "restart", "webhooks"),
         help="run one suite (default: all)",
     )
     parser.add_argument(
         "--session-ms", type=int, default=10_000, help="consumer session timeout for restart"
     )
+    parser.add_argument("--webhook-rate", type=int, default=500)
+    parser.add_argument("--webhook-seconds", type=float, default=15)
     args = parser.parse_args()
     with embedded_stack(
         "billing_bench",
@@ -203,6 +243,8 @@ def main() -> None:
             figures["authorization"] = asyncio.run(run_authorization(kafka, database, args))
         if args.only in (None, "restart"):
             figures["restart"] = asyncio.run(run_restart(kafka, database, args))
+        if args.only in (None, "webhooks"):
+            figures["webhooks"] = asyncio.run(run_webhooks(kafka, database, args))
     path = report.write("bench", figures)
     print(f"\nfigures written to {path.relative_to(path.parents[2])}")
 

@@ -14,11 +14,8 @@ same run on the same machine:
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,9 +30,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from services.metering.app import SERVICE
 from services.metering.settings import DEV_API_TOKEN
 from shared.db import apply_migrations
-from shared.devstack import free_port
 from shared.kafka import KeyPlacement, send_batched
 from shared.topics import AGENT_USAGE, ensure_topics
+
+from .process import ServiceProcess
 
 BATCH = 10_000
 
@@ -96,7 +94,7 @@ async def publish(bootstrap: str, topic: str, events: list[tuple[int, bytes, byt
         await producer.stop()
 
 
-class MeteringProcess:
+class MeteringProcess(ServiceProcess):
     """The metering service in its own process, as in production."""
 
     def __init__(
@@ -108,49 +106,9 @@ class MeteringProcess:
         *,
         extra: dict[str, str] | None = None,
     ) -> None:
-        self.port = free_port()
-        self.env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "DATABASE_URL": database_url,
-            "TOPIC_PREFIX": prefix,
-            "METERING_DB_SCHEMA": schema,
-            "METERING_HTTP_PORT": str(self.port),
-            "LOG_LEVEL": "WARNING",
-            **(extra or {}),
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def spawn(self) -> None:
-        log = os.environ.get("BENCH_SERVICE_LOG")  # keep the service's log, for diagnosis
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.metering"],
-            env=self.env,
-            stdout=open(log, "ab") if log else subprocess.DEVNULL,
+        super().__init__(
+            "services.metering", "METERING_", bootstrap, database_url, schema, prefix, extra=extra
         )
-
-    async def __aenter__(self) -> MeteringProcess:
-        self.spawn()
-        deadline = time.monotonic() + 60
-        async with httpx.AsyncClient() as client:
-            while time.monotonic() < deadline:
-                try:
-                    response = await client.get(f"http://127.0.0.1:{self.port}/readyz")
-                    consumers = response.json().get("consumers", {}).values()
-                    # Ready, and the consumer groups joined: timing starts with consuming.
-                    if response.status_code == 200 and all(
-                        c["state"] == "running" for c in consumers
-                    ):
-                        return self
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise RuntimeError("metering did not become ready")
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
 
 async def end_to_end(bootstrap: str, database_url: str, workload: Workload) -> dict[str, Any]:

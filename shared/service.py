@@ -27,6 +27,7 @@ import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -61,6 +62,21 @@ P = TypeVar("P")
 
 
 @dataclass(frozen=True)
+class DevResources:
+    """What a service's development helpers give it under `make run`."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    """Variables set for the service (e.g. where its fake third party listens)."""
+    lines: tuple[str, ...] = ()
+    """Shown in `make run`'s banner."""
+
+
+Development = Callable[[Path, dict[str, str], int], AbstractContextManager[DevResources]]
+"""`(data directory, environment, the service's HTTP port)` -> a context that runs what the
+service needs under `make run` only (a fake Stripe, …) and stops it on exit."""
+
+
+@dataclass(frozen=True)
 class Service(Generic[S, P]):
     """What a service declares; the kernel does the rest."""
 
@@ -74,6 +90,7 @@ class Service(Generic[S, P]):
     migrations: Path
     build: Callable[[Kernel[S]], Awaitable[P]]
     routers: Sequence[APIRouter] = ()
+    development: Development | None = None
 
     @property
     def env_prefix(self) -> str:

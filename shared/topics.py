@@ -22,6 +22,23 @@ from shared.events import (
     CreditsLowV1,
     Event,
 )
+from shared.events.stripe import (
+    CancelAtPeriodEndRequestedV1,
+    CheckoutRequestedV1,
+    CreateCustomerRequestedV1,
+    PortalRequestedV1,
+    PriceChangeRequestedV1,
+    QuantityChangeRequestedV1,
+    StripeCheckoutCompletedV1,
+    StripeCommandFailedV1,
+    StripeCommandSucceededV1,
+    StripeInvoicePaidV1,
+    StripeInvoicePaymentFailedV1,
+    StripeSubscriptionActivatedV1,
+    StripeSubscriptionDeletedV1,
+    StripeSubscriptionRenewedV1,
+    StripeSubscriptionUpdatedV1,
+)
 
 KEY = "organisation_id"
 
@@ -89,12 +106,48 @@ CREDIT_AUTHORIZATIONS = TopicSpec(
     partitions=6,
 )
 
+STRIPE_COMMANDS = TopicSpec(
+    name="stripe.commands",
+    schemas=(
+        CreateCustomerRequestedV1,
+        CheckoutRequestedV1,
+        PortalRequestedV1,
+        PriceChangeRequestedV1,
+        CancelAtPeriodEndRequestedV1,
+        QuantityChangeRequestedV1,
+    ),
+    description="Commands to the Stripe gateway; the event id is the Stripe idempotency key.",
+    producers=("subscriptions", "seats"),
+    consumers=("stripe gateway",),
+    partitions=3,
+)
+STRIPE_EVENTS = TopicSpec(
+    name="stripe.events",
+    schemas=(
+        StripeCheckoutCompletedV1,
+        StripeSubscriptionActivatedV1,
+        StripeSubscriptionRenewedV1,
+        StripeSubscriptionUpdatedV1,
+        StripeSubscriptionDeletedV1,
+        StripeInvoicePaidV1,
+        StripeInvoicePaymentFailedV1,
+        StripeCommandSucceededV1,
+        StripeCommandFailedV1,
+    ),
+    description="What happened in Stripe (from verified webhooks), and how each command ended.",
+    producers=("stripe gateway",),
+    consumers=("subscriptions", "seats", "dashboards"),
+    partitions=6,
+)
+
 REGISTRY: tuple[TopicSpec, ...] = (
     AGENT_USAGE,
     CREDIT_GRANT_REQUESTS,
     CREDIT_BALANCE,
     CREDIT_ALERTS,
     CREDIT_AUTHORIZATIONS,
+    STRIPE_COMMANDS,
+    STRIPE_EVENTS,
 )
 
 _BY_TYPE: dict[type[Event], TopicSpec] = {

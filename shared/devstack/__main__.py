@@ -153,14 +153,22 @@ def run(data_dir: Path) -> int:
                 )
                 _say(f"migrated {service.name}")
             children = []
+            helpers: list[str] = []
             for service in services:
                 port = int(env.get(service.port_variable, service.default_port))
+                extra: dict[str, str] = {}
+                if service.development is not None:
+                    resources = stack.enter_context(service.development(data_dir, env, port))
+                    extra, helpers = resources.env, [*helpers, *resources.lines]
+                    for line in resources.lines:
+                        _say(line)
                 child = Supervised(
                     service.name,
                     service.module,
                     port,
                     {
                         **env,
+                        **extra,
                         service.port_variable: str(port),
                         # One instance per service here: after a crash, the restarted one
                         # takes its partitions back without waiting for the old session.
@@ -173,11 +181,13 @@ def run(data_dir: Path) -> int:
             for child in children:
                 _wait_ready(child)
             print("\nEverything is up. Where things listen:", flush=True)
-            print(f"  broker   {kafka_where}")
-            print(f"  database {db_where}")
+            print(f"  {'broker':<15}{kafka_where}")
+            print(f"  {'database':<15}{db_where}")
             for child in children:
                 url = f"http://127.0.0.1:{child.port}"
-                print(f"  {child.name:<9}{url}  (API docs: {url}/docs)")
+                print(f"  {child.name:<15}{url}  (API docs: {url}/docs)")
+            for line in helpers:
+                print(f"  {line}")
             print("\nTry:  .venv/bin/billing --help      Stop: Ctrl-C\n", flush=True)
             while True:
                 for child in children:

@@ -72,6 +72,7 @@ def usage(organisation: str, credits: int) -> bytes:
 
 async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
     kafka_port, postgres_port, http_port = free_port(), free_port(), free_port()
+    gateway_port, devstripe_port = free_port(), free_port()
     env = {
         key: value
         for key, value in os.environ.items()
@@ -81,6 +82,8 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
         DEVSTACK_KAFKA_PORT=str(kafka_port),
         DEVSTACK_POSTGRES_PORT=str(postgres_port),
         METERING_HTTP_PORT=str(http_port),
+        STRIPE_GATEWAY_HTTP_PORT=str(gateway_port),
+        DEVSTACK_DEVSTRIPE_PORT=str(devstripe_port),
         KAFKA_SESSION_TIMEOUT_MS="2000",
     )
     launcher = subprocess.Popen(
@@ -96,6 +99,10 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
         await output.wait_for("Everything is up")
         await output.wait_for(rf"broker\s+127\.0\.0\.1:{kafka_port}")
         await output.wait_for(rf"metering\s+http://127\.0\.0\.1:{http_port}")
+        await output.wait_for(rf"stripe-gateway\s+http://127\.0\.0\.1:{gateway_port}")
+        await output.wait_for(
+            rf"stripe webhook\s+http://127\.0\.0\.1:{gateway_port}/stripe/webhook"
+        )
         first_pid = int((await output.wait_for(r"started metering \(pid (\d+)\)")).group(1))
 
         await produce(kafka, "agent.usage", [(b"org_outside", usage("org_outside", 42))])
@@ -127,5 +134,5 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
         launcher.send_signal(signal.SIGINT)
         code = launcher.wait(timeout=60)
     assert code == 0
-    for port in (kafka_port, postgres_port, http_port):
+    for port in (kafka_port, postgres_port, http_port, gateway_port, devstripe_port):
         assert not port_in_use("127.0.0.1", port)

@@ -1,0 +1,107 @@
+"""Wiring: the Stripe gateway on the shared kernel (`shared.service`)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.service import DevResources, Kernel, Service
+from shared.topics import STRIPE_COMMANDS
+
+from . import PRODUCER
+from .commands import Commands
+from .devstripe import Devstripe
+from .handlers import http
+from .inbox import Inbox
+from .settings import DEV_API_KEY, DEV_WEBHOOK_SECRET, StripeGatewaySettings
+from .stripe_api import StripeApi
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the HTTP handlers use (`request.app.state.parts`)."""
+
+    api: StripeApi
+    inbox: Inbox
+    commands: Commands
+
+
+async def build(kernel: Kernel[StripeGatewaySettings]) -> Parts:
+    settings = kernel.settings
+    api = StripeApi(
+        api_key=settings.api_key.get_secret_value(),
+        api_base=settings.api_base_url,
+        timeout=settings.api_timeout_seconds,
+        attempts=settings.api_attempts,
+    )
+    inbox = Inbox(
+        kernel.pool,
+        kernel.clock,
+        api,
+        webhook_secret=settings.webhook_secret.get_secret_value(),
+        tolerance_seconds=settings.webhook_tolerance_seconds,
+        topic_prefix=settings.topic_prefix,
+        max_attempts=settings.inbox_max_attempts,
+        retry_seconds=settings.inbox_retry_seconds,
+        batch_size=settings.inbox_batch_size,
+    )
+    commands = Commands(kernel.pool, kernel.clock, api, topic_prefix=settings.topic_prefix)
+    kernel.consume(
+        STRIPE_COMMANDS,
+        "commands",
+        commands.apply,
+        max_records=50,
+        description="Executes each command once, with its id as the Stripe idempotency key.",
+    )
+    if settings.process_inbox:
+        kernel.background(
+            "webhook-inbox",
+            lambda: inbox.run(settings.database_url.get_secret_value(), settings.db_schema),
+        )
+    return Parts(api, inbox, commands)
+
+
+@contextlib.contextmanager
+def development(data_dir: Path, env: dict[str, str], port: int) -> Iterator[DevResources]:
+    """Under `make run`: devstripe (localstripe plus Checkout and the Billing Portal) as the
+    Stripe API, its webhooks delivered here; unless a Stripe key is configured."""
+    webhook = f"http://127.0.0.1:{port}/stripe/webhook"
+    if "STRIPE_GATEWAY_API_KEY" in env:
+        yield DevResources(lines=(f"stripe webhooks: point your endpoint at {webhook}",))
+        return
+    devstripe = Devstripe(
+        port=int(env.get("DEVSTACK_DEVSTRIPE_PORT", "8420")), log_file=data_dir / "devstripe.log"
+    )
+    devstripe.start()
+    try:
+        devstripe.register_webhook("stripe-gateway", webhook, DEV_WEBHOOK_SECRET)
+        yield DevResources(
+            env={
+                "STRIPE_GATEWAY_API_BASE": devstripe.url,
+                "STRIPE_GATEWAY_API_KEY": DEV_API_KEY,
+                "STRIPE_GATEWAY_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET,
+            },
+            lines=(
+                f"{'devstripe':<15}{devstripe.url}  (localstripe + Checkout and Billing Portal "
+                f"pages; log {data_dir / 'devstripe.log'})",
+                f"{'stripe webhook':<15}{webhook}",
+            ),
+        )
+    finally:
+        devstripe.stop()
+
+
+SERVICE = Service(
+    name=PRODUCER,
+    module="services.stripe_gateway",
+    title="Stripe gateway",
+    summary="Stripe's webhooks verified and processed once; Checkout, Billing Portal and "
+    "subscription commands with idempotency keys.",
+    settings=StripeGatewaySettings,
+    migrations=Path(__file__).parent / "migrations",
+    build=build,
+    routers=(http.webhooks, http.router),
+    development=development,
+)

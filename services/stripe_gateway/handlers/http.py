@@ -1,0 +1,207 @@
+"""The gateway's HTTP API:
+- `POST /stripe/webhook`: Stripe's deliveries, authenticated by their signature;
+- `/v1/…` for internal callers with a bearer token: Checkout and Billing Portal sessions (a
+  person waits for the redirect), the subscriptions Stripe reported, and the inbox (parked
+  events and their replay)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+
+from shared.events.envelope import ORGANISATION_ID_PATTERN, Identifier, OrganisationId
+from shared.events.stripe import CheckoutRequest, PortalRequest, Quantity, StripeId
+from shared.http import PROBLEM_RESPONSES, Problem, require_token
+
+from .. import store
+from ..commands import CommandRefused, Commands
+from ..inbox import Inbox, WebhookRejected
+
+webhooks = APIRouter(tags=["stripe"])
+
+
+@webhooks.post(
+    "/stripe/webhook",
+    responses={400: {"description": "Signature missing, wrong or stale; or not an event"}},
+)
+async def receive_webhook(request: Request) -> dict[str, bool]:
+    """Stripe's webhook endpoint. Verified with `Stripe-Signature` and the endpoint secret,
+    stored once under Stripe's event id, answered 200, processed afterwards. A redelivery is
+    answered 200 again (`duplicate`) and not processed twice."""
+    inbox: Inbox = request.app.state.parts.inbox
+    try:
+        new = await inbox.receive(await request.body(), request.headers.get("stripe-signature"))
+    except WebhookRejected as rejected:
+        raise Problem(
+            400, "webhook-refused", "Webhook refused", rejected.detail, reason=rejected.reason
+        ) from None
+    return {"received": True, "duplicate": not new}
+
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=PROBLEM_RESPONSES)
+
+OrganisationPath = Annotated[str, Path(pattern=ORGANISATION_ID_PATTERN)]
+
+
+def _commands(request: Request) -> Commands:
+    return request.app.state.parts.commands
+
+
+class CheckoutIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    organisation_id: OrganisationId
+    request_id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    """The caller's id of this request: asking again with it returns the same session."""
+    price_id: StripeId
+    quantity: Quantity
+    success_url: AnyHttpUrl
+    cancel_url: AnyHttpUrl
+    customer_email: Annotated[str, Field(max_length=254)] | None = None
+
+
+class PortalIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    organisation_id: OrganisationId
+    request_id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    return_url: AnyHttpUrl
+
+
+class SessionOut(BaseModel):
+    id: str
+    url: str
+
+
+_REFUSALS = {
+    "no_customer": (409, "no-customer", "The organisation has no Stripe customer"),
+    "no_subscription": (409, "no-subscription", "The organisation has no live subscription"),
+    "stripe_invalid_request": (422, "stripe-refused", "Stripe refused the request"),
+    "stripe_unavailable": (503, "stripe-unavailable", "Stripe did not answer"),
+}
+
+
+def _problem(refused: CommandRefused) -> Problem:
+    status, slug, title = _REFUSALS.get(refused.reason, (422, "refused", "Refused"))
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return Problem(status, slug, title, refused.detail, headers=headers, reason=refused.reason)
+
+
+@router.post("/checkout-sessions", response_model=SessionOut, tags=["sessions"])
+async def create_checkout_session(body: CheckoutIn, request: Request) -> SessionOut:
+    """A Checkout session (subscription mode) for the organisation: redirect the owner to
+    `url` (R4). The plan is in force when `stripe_checkout.completed.v1` arrives."""
+    try:
+        result = await _commands(request).checkout(
+            body.organisation_id,
+            body.request_id,
+            CheckoutRequest(
+                price_id=body.price_id,
+                quantity=body.quantity,
+                success_url=body.success_url,
+                cancel_url=body.cancel_url,
+                customer_email=body.customer_email,
+            ),
+        )
+    except CommandRefused as refused:
+        raise _problem(refused) from None
+    return SessionOut(id=str(result["checkout_session_id"]), url=str(result["url"]))
+
+
+@router.post("/portal-sessions", response_model=SessionOut, tags=["sessions"])
+async def create_portal_session(body: PortalIn, request: Request) -> SessionOut:
+    """A Billing Portal session for the organisation's customer: payment methods, invoices,
+    billing details (R11)."""
+    try:
+        result = await _commands(request).portal(
+            body.organisation_id, body.request_id, PortalRequest(return_url=body.return_url)
+        )
+    except CommandRefused as refused:
+        raise _problem(refused) from None
+    return SessionOut(id=str(result["portal_session_id"]), url=str(result["url"]))
+
+
+class SubscriptionOut(BaseModel):
+    subscription_id: str
+    customer_id: str
+    status: str
+    price_id: str | None
+    quantity: int
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    deleted: bool
+    stripe_event_id: str
+    stripe_event_created: datetime
+
+
+@router.get(
+    "/organisations/{organisation_id}/subscriptions",
+    response_model=list[SubscriptionOut],
+    tags=["subscriptions"],
+)
+async def subscriptions(
+    organisation_id: OrganisationPath, request: Request
+) -> list[SubscriptionOut]:
+    """The organisation's subscriptions as Stripe last reported them, newest first."""
+    known = await store.subscriptions_of(request.app.state.runtime.pool, organisation_id)
+    return [
+        SubscriptionOut(
+            subscription_id=k.subscription.subscription_id,
+            customer_id=k.subscription.customer_id,
+            status=k.subscription.status.value,
+            price_id=k.subscription.price_id,
+            quantity=k.subscription.quantity,
+            current_period_start=k.subscription.period_start,
+            current_period_end=k.subscription.period_end,
+            cancel_at_period_end=k.subscription.cancel_at_period_end,
+            deleted=k.deleted,
+            stripe_event_id=k.version.event_id,
+            stripe_event_created=k.version.created,
+        )
+        for k in known
+    ]
+
+
+class InboxEventOut(BaseModel):
+    event_id: str
+    type: str
+    created: datetime
+    status: str
+    attempts: int
+    last_error: str | None
+    received_at: datetime
+    processed_at: datetime | None
+
+
+@router.get("/inbox", response_model=list[InboxEventOut], tags=["inbox"])
+async def inbox_events(
+    request: Request,
+    status: Literal["pending", "done", "parked", "ignored"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> list[InboxEventOut]:
+    """Received webhook events, newest first; `status=parked` lists those that need a look."""
+    found = await store.list_events(request.app.state.runtime.pool, status=status, limit=limit)
+    return [InboxEventOut.model_validate(e, from_attributes=True) for e in found]
+
+
+@router.post(
+    "/inbox/{event_id}/replay",
+    response_model=InboxEventOut,
+    tags=["inbox"],
+    responses={409: {"description": "The event is not parked"}},
+)
+async def replay(event_id: Annotated[Identifier, Path()], request: Request) -> InboxEventOut:
+    """Process a parked event again, with a fresh count of attempts."""
+    inbox: Inbox = request.app.state.parts.inbox
+    pool = request.app.state.runtime.pool
+    if not await inbox.replay(event_id):
+        found = await store.get_event(pool, event_id)
+        if found is None:
+            raise Problem(404, "event-not-found", "No such event")
+        raise Problem(409, "not-parked", f"The event is {found.status}", status_detail=found.status)
+    found = await store.get_event(pool, event_id)
+    return InboxEventOut.model_validate(found, from_attributes=True)

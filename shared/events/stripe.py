@@ -1,0 +1,245 @@
+"""The Stripe gateway's contract: commands other services send it (`stripe.commands`), and
+what it reports (`stripe.events`): what happened in Stripe, and how each command ended.
+
+Every subscription event carries the subscription's whole state as Stripe last reported it,
+with `stripe_event_created` (Stripe's clock, seconds) as its version: a consumer keeps, per
+subscription, the state with the newest version and drops older ones, whatever order the
+events arrive in. A deleted subscription stays deleted.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, Field, NonNegativeInt
+
+from .envelope import Body, Event, Identifier, UtcDatetime
+
+StripeId = Annotated[str, Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_]+$")]
+"""A Stripe object id (`sub_…`, `cus_…`, `price_…`, `evt_…`, `cs_…`)."""
+
+Quantity = Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
+
+
+class SubscriptionStatus(StrEnum):
+    INCOMPLETE = "incomplete"
+    INCOMPLETE_EXPIRED = "incomplete_expired"
+    TRIALING = "trialing"
+    ACTIVE = "active"
+    PAST_DUE = "past_due"
+    CANCELED = "canceled"
+    UNPAID = "unpaid"
+    PAUSED = "paused"
+
+
+class StripeSubscription(Body):
+    """A subscription as Stripe last reported it."""
+
+    subscription_id: StripeId
+    customer_id: StripeId
+    status: SubscriptionStatus
+    price_id: StripeId | None
+    quantity: Quantity
+    current_period_start: UtcDatetime | None
+    current_period_end: UtcDatetime | None
+    cancel_at_period_end: bool
+    stripe_event_id: StripeId
+    stripe_event_created: UtcDatetime
+    """The version of this state: Stripe's time of the event that reported it."""
+
+
+class StripeSubscriptionChange(StrEnum):
+    PRICE = "price"
+    QUANTITY = "quantity"
+    CANCEL_AT_PERIOD_END = "cancel_at_period_end"
+    STATUS = "status"
+    PERIOD = "period"
+
+
+class StripeSubscriptionUpdate(StripeSubscription):
+    changes: tuple[StripeSubscriptionChange, ...]
+    """What differs from the previous state the gateway saw (empty if it saw none)."""
+
+
+class StripeSubscriptionActivatedV1(Event):
+    """A subscription became active (or trialing) for the first time."""
+
+    type: Literal["stripe_subscription.activated.v1"]
+    data: StripeSubscription
+
+
+class StripeSubscriptionRenewedV1(Event):
+    """A subscription entered a new billing period."""
+
+    type: Literal["stripe_subscription.renewed.v1"]
+    data: StripeSubscription
+
+
+class StripeSubscriptionUpdatedV1(Event):
+    """A subscription's price, quantity, cancellation at period end or status changed."""
+
+    type: Literal["stripe_subscription.updated.v1"]
+    data: StripeSubscriptionUpdate
+
+
+class StripeSubscriptionDeletedV1(Event):
+    """A subscription ended (Stripe deleted it); it never comes back."""
+
+    type: Literal["stripe_subscription.deleted.v1"]
+    data: StripeSubscription
+
+
+class StripeCheckout(Body):
+    checkout_session_id: StripeId
+    customer_id: StripeId | None
+    subscription_id: StripeId | None
+    price_id: StripeId | None
+    quantity: Quantity | None
+    request_id: Identifier | None
+    """The id the requesting service gave the checkout (from the session's metadata)."""
+    stripe_event_id: StripeId
+    stripe_event_created: UtcDatetime
+
+
+class StripeCheckoutCompletedV1(Event):
+    """A customer completed a Checkout session: the subscription exists and is paid (R4)."""
+
+    type: Literal["stripe_checkout.completed.v1"]
+    data: StripeCheckout
+
+
+class StripeInvoice(Body):
+    invoice_id: StripeId
+    customer_id: StripeId
+    subscription_id: StripeId | None
+    amount: NonNegativeInt
+    """Amount paid (`paid`) or due (`payment_failed`), in the currency's smallest unit."""
+    currency: Annotated[str, Field(min_length=3, max_length=3)]
+    billing_reason: Identifier | None
+    period_start: UtcDatetime | None
+    period_end: UtcDatetime | None
+    attempt_count: NonNegativeInt
+    next_payment_attempt: UtcDatetime | None
+    stripe_event_id: StripeId
+    stripe_event_created: UtcDatetime
+
+
+class StripeInvoicePaidV1(Event):
+    type: Literal["stripe_invoice.paid.v1"]
+    data: StripeInvoice
+
+
+class StripeInvoicePaymentFailedV1(Event):
+    """A payment for an invoice failed; Stripe retries it (see `next_payment_attempt`)."""
+
+    type: Literal["stripe_invoice.payment_failed.v1"]
+    data: StripeInvoice
+
+
+# Commands ---------------------------------------------------------------------------------------
+
+
+class CustomerRequest(Body):
+    email: Annotated[str, Field(max_length=254)] | None = None
+    name: Annotated[str, Field(max_length=200)] | None = None
+
+
+class CreateCustomerRequestedV1(Event):
+    """Create the organisation's Stripe customer (once; later requests return it)."""
+
+    type: Literal["stripe_customer.create_requested.v1"]
+    data: CustomerRequest
+
+
+class CheckoutRequest(Body):
+    price_id: StripeId
+    quantity: Quantity
+    success_url: AnyHttpUrl
+    cancel_url: AnyHttpUrl
+    customer_email: Annotated[str, Field(max_length=254)] | None = None
+
+
+class CheckoutRequestedV1(Event):
+    """Create a Checkout session (subscription mode) for the organisation; its URL is reported
+    by `stripe_command.succeeded.v1` (also served over HTTP)."""
+
+    type: Literal["stripe_checkout.requested.v1"]
+    data: CheckoutRequest
+
+
+class PortalRequest(Body):
+    return_url: AnyHttpUrl
+
+
+class PortalRequestedV1(Event):
+    """Create a Billing Portal session for the organisation's customer (R11)."""
+
+    type: Literal["stripe_portal.requested.v1"]
+    data: PortalRequest
+
+
+class PriceChangeTiming(StrEnum):
+    NOW = "now"
+    """An upgrade: the new price at once, the difference prorated and invoiced now (R5)."""
+    PERIOD_END = "period_end"
+    """A downgrade: no proration; the next period is billed at the new price (R5)."""
+
+
+class PriceChange(Body):
+    price_id: StripeId
+    timing: PriceChangeTiming
+
+
+class PriceChangeRequestedV1(Event):
+    type: Literal["stripe_subscription.price_change_requested.v1"]
+    data: PriceChange
+
+
+class CancelAtPeriodEnd(Body):
+    cancel_at_period_end: bool
+    """True cancels at the end of the paid period (R12); False withdraws that (R13)."""
+
+
+class CancelAtPeriodEndRequestedV1(Event):
+    type: Literal["stripe_subscription.cancel_at_period_end_requested.v1"]
+    data: CancelAtPeriodEnd
+
+
+class QuantityChange(Body):
+    quantity: Quantity
+    revision: NonNegativeInt
+    """Increases with every seat count of the organisation: an older one never overwrites a
+    newer one."""
+
+
+class QuantityChangeRequestedV1(Event):
+    type: Literal["stripe_subscription.quantity_change_requested.v1"]
+    data: QuantityChange
+
+
+class CommandOutcome(Body):
+    command_id: Annotated[str, Field(min_length=1, max_length=64)]
+    """The command's event id (HTTP requests: their request id)."""
+    command_type: Identifier
+    result: dict[str, str | int | bool | None] = Field(default_factory=dict)
+    """What the command produced: ids, the Checkout or Portal `url`, `skipped` if it had no
+    effect to make (e.g. an older quantity)."""
+
+
+class CommandFailure(Body):
+    command_id: Annotated[str, Field(min_length=1, max_length=64)]
+    command_type: Identifier
+    reason: Identifier
+    """`no_customer`, `no_subscription`, `stripe_invalid_request`, `stripe_unavailable`, …"""
+    detail: Annotated[str, Field(max_length=500)]
+
+
+class StripeCommandSucceededV1(Event):
+    type: Literal["stripe_command.succeeded.v1"]
+    data: CommandOutcome
+
+
+class StripeCommandFailedV1(Event):
+    type: Literal["stripe_command.failed.v1"]
+    data: CommandFailure
