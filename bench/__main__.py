@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.devstack import embedded_stack
 
-from . import authorization, metering, report, restart, webhooks
+from . import authorization, metering, renewals, report, restart, webhooks
 
 
 async def run_metering(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -206,6 +206,39 @@ async def run_webhooks(kafka: str, database: str, args: argparse.Namespace) -> d
     return {"gateway": gateway, "verification": verify, "insert_ceiling": insert}
 
 
+async def run_renewals(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
+    count = args.renewals
+    print(f"renewals: {count:,} organisations whose credit period ends at the same instant")
+    services = await renewals.through_the_services(kafka, database, count)
+    ceiling = await renewals.grant_ceiling(kafka, database, count)
+    ratio = round(services["per_second"] / ceiling["per_second"], 2)
+    print()
+    print(
+        report.table(
+            "Monthly renewal (subscriptions -> metering, both in their own processes)",
+            [
+                ("measure", "figure", "ceiling / target"),
+                (
+                    f"{count:,} renewed, credits in metering",
+                    f"{services['seconds']} s ({services['per_second']:,}/s)",
+                    "target <= 30 s",
+                ),
+                (
+                    "resets in metering's ledger",
+                    f"{services['resets_in_ledger']:,}",
+                    f"target exactly {count:,}",
+                ),
+                (
+                    "metering's grant-apply ceiling (grants published directly)",
+                    f"{ceiling['seconds']} s ({ceiling['per_second']:,}/s)",
+                    f"renewal = {ratio:.2f} x the ceiling",
+                ),
+            ],
+        )
+    )
+    return {"services": services, "grant_ceiling": ceiling, "ratio": ratio}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--events", type=int, default=500_000)
@@ -222,13 +255,14 @@ def main() -> None:
     parser.add_argument("--spread-seconds", type=float, default=15)
     parser.add_argument(
         "--only",
-        choices=("metering", "authorization", "restart", "webhooks"),
+        choices=("metering", "authorization", "restart", "webhooks", "renewals"),
         help="run one suite (default: all)",
     )
     parser.add_argument(
         "--session-ms", type=int, default=10_000, help="consumer session timeout for restart"
     )
     parser.add_argument("--webhook-rate", type=int, default=500)
+    parser.add_argument("--renewals", type=int, default=100_000)
     parser.add_argument("--webhook-seconds", type=float, default=15)
     args = parser.parse_args()
     with embedded_stack(
@@ -245,6 +279,8 @@ def main() -> None:
             figures["restart"] = asyncio.run(run_restart(kafka, database, args))
         if args.only in (None, "webhooks"):
             figures["webhooks"] = asyncio.run(run_webhooks(kafka, database, args))
+        if args.only in (None, "renewals"):
+            figures["renewals"] = asyncio.run(run_renewals(kafka, database, args))
     path = report.write("bench", figures)
     print(f"\nfigures written to {path.relative_to(path.parents[2])}")
 

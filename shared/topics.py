@@ -22,6 +22,7 @@ from shared.events import (
     CreditsLowV1,
     Event,
 )
+from shared.events.members import MEMBER_EVENTS, OrganisationCreatedV1
 from shared.events.stripe import (
     CancelAtPeriodEndRequestedV1,
     CheckoutRequestedV1,
@@ -39,6 +40,7 @@ from shared.events.stripe import (
     StripeSubscriptionRenewedV1,
     StripeSubscriptionUpdatedV1,
 )
+from shared.events.subscriptions import SubscriptionChangedV1
 
 KEY = "organisation_id"
 
@@ -140,6 +142,24 @@ STRIPE_EVENTS = TopicSpec(
     partitions=6,
 )
 
+WORKSPACE_MEMBERS = TopicSpec(
+    name="workspace.members",
+    schemas=(OrganisationCreatedV1, *MEMBER_EVENTS),
+    description="The member directory's organisations and members (another team's system): "
+    "each member event carries the member's state and a per-member sequence.",
+    producers=("member directory",),
+    consumers=("subscriptions", "seats"),
+    partitions=6,
+)
+SUBSCRIPTION_STATE = TopicSpec(
+    name="subscriptions.state",
+    schemas=(SubscriptionChangedV1,),
+    description="Every change of an organisation's subscription, with its whole state.",
+    producers=("subscriptions",),
+    consumers=("seats", "dashboards"),
+    partitions=6,
+)
+
 REGISTRY: tuple[TopicSpec, ...] = (
     AGENT_USAGE,
     CREDIT_GRANT_REQUESTS,
@@ -148,6 +168,8 @@ REGISTRY: tuple[TopicSpec, ...] = (
     CREDIT_AUTHORIZATIONS,
     STRIPE_COMMANDS,
     STRIPE_EVENTS,
+    WORKSPACE_MEMBERS,
+    SUBSCRIPTION_STATE,
 )
 
 _BY_TYPE: dict[type[Event], TopicSpec] = {

@@ -54,7 +54,8 @@ async def build(kernel: Kernel[MeteringSettings]) -> Parts:
         CREDIT_GRANT_REQUESTS,
         "grants",
         metering.apply_grants,
-        max_records=100,
+        lanes=settings.write_lanes,
+        max_records=1000,
         description="Applies each grant command once per (organisation, period key).",
     )
     kernel.background("hold-sweeper", lambda: authorizer.run_sweeper(settings.hold_sweep_seconds))

@@ -21,6 +21,7 @@ from . import PRODUCER, store
 from .domain.credits import (
     CreditPolicy,
     GrantRefused,
+    GrantTerms,
     Wallet,
     admit_grant,
     announcements,
@@ -147,71 +148,90 @@ class Metering:
     async def apply_grants(
         self, items: Sequence[Decoded[CreditGrantRequestedV1]]
     ) -> list[tuple[Decoded[CreditGrantRequestedV1], Rejection]]:
-        refused = []
-        for item in items:
-            try:
-                await self.apply_grant(item.event)
-            except GrantRefused as exc:
-                refused.append((item, Rejection(exc.reason, exc.detail)))
-        return refused
+        """The `BatchConsumer` step for `credits.grant-requests` (see `grant`)."""
+        refused = await self.grant([item.event for item in items])
+        return [(items[n], rejection) for n, rejection in refused]
 
-    async def apply_grant(self, command: CreditGrantRequestedV1) -> bool:
-        """Apply a grant command once per (organisation, period key). False if that grant was
-        already applied; raises `GrantRefused` (and changes nothing) if it is refused."""
-        grant = command.data
-        organisation = command.organisation_id
+    async def grant(
+        self, commands: Sequence[CreditGrantRequestedV1]
+    ) -> list[tuple[int, Rejection]]:
+        """Apply grant commands in order, each once per (organisation, period key), a batch in
+        one transaction: the batch's wallets are locked (in order), each grant is decided in
+        Python against the wallet as the grants before it left it, and the entries, grants and
+        wallets are written in a few statements. A refused grant changes nothing and creates
+        nothing. Each organisation's balance is announced once, after the batch. Returns the
+        refused commands' positions, with the reason."""
         now = self._clock.now()
+        refused: list[tuple[int, Rejection]] = []
         async with self._pool.acquire() as conn, conn.transaction():
-            before = await store.lock_wallet(conn, organisation)
-            if before is None:
-                await store.create_wallets(conn, [organisation], now)
-                before = await store.lock_wallet(conn, organisation)
-                assert before is not None
-            applied = await store.find_grant(conn, organisation, grant.period_key)
-            if not admit_grant(
-                grant, grant.period_key, applied=applied, now=now, max_lead=self.max_grant_lead
-            ):
-                log.info(
-                    "grant already applied",
-                    organisation_id=organisation,
-                    period_key=grant.period_key,
-                    event_id=str(command.event_id),
-                )
-                return False
-            result = apply_grant(before, grant, grant.period_key)
-            await store.record_grant(conn, command, now)
-            await store.append_entries(
-                conn,
-                organisation,
-                [
-                    (grant_entry_id(organisation, grant.period_key, e.kind.value), e)
+            organisations = sorted({c.organisation_id for c in commands})
+            wallets = await store.lock_wallets(conn, organisations)
+            before = dict(wallets)
+            known = await store.find_grants(
+                conn, [(c.organisation_id, c.data.period_key) for c in commands]
+            )
+            grants: list[CreditGrantRequestedV1] = []
+            entries: list[store.NewEntry] = []
+            for position, command in enumerate(commands):
+                grant = command.data
+                organisation = command.organisation_id
+                wallet = wallets.get(organisation) or Wallet(organisation)
+                try:
+                    if not admit_grant(
+                        grant,
+                        grant.period_key,
+                        applied=known.get((organisation, grant.period_key)),
+                        now=now,
+                        max_lead=self.max_grant_lead,
+                    ):
+                        log.info(
+                            "grant already applied",
+                            organisation_id=organisation,
+                            period_key=grant.period_key,
+                            event_id=str(command.event_id),
+                        )
+                        continue
+                    result = apply_grant(wallet, grant, grant.period_key)
+                except GrantRefused as exc:
+                    refused.append((position, Rejection(exc.reason, exc.detail)))
+                    continue
+                wallets[organisation] = result.wallet
+                known[(organisation, grant.period_key)] = GrantTerms.of(grant)
+                grants.append(command)
+                entries += [
+                    store.NewEntry(
+                        grant_entry_id(organisation, grant.period_key, e.kind.value),
+                        organisation,
+                        e,
+                        command.event_id,
+                        grant.period_key,
+                        command.occurred_at,
+                    )
                     for e in result.entries
-                ],
-                source_event_id=command.event_id,
-                period_key=grant.period_key,
-                occurred_at=command.occurred_at,
-                now=now,
-            )
-            after = await store.save_wallet(conn, result.wallet, now)
-            await self._announce(
-                conn,
-                announcements(
-                    self.policy.level(before.balance, before.allotment),
-                    after,
-                    self.policy,
-                    producer=PRODUCER,
-                    now=now,
-                ),
-            )
-        log.info(
-            "grant applied",
-            organisation_id=organisation,
-            period_key=grant.period_key,
-            reason=grant.reason.value,
-            amount=grant.amount,
-            balance=after.balance,
-        )
-        return True
+                ]
+            if grants:
+                changed = sorted({g.organisation_id for g in grants})
+                await store.create_wallets(conn, [o for o in changed if o not in before], now)
+                await store.record_grants(conn, grants, now)
+                await store.append_grant_entries(conn, entries, now)
+                saved = await store.save_wallets(conn, [wallets[o] for o in changed], now)
+                await self._announce(
+                    conn,
+                    [
+                        event
+                        for wallet in saved
+                        for event in announcements(
+                            self.policy.level(*_level_inputs(before.get(wallet.organisation_id))),
+                            wallet,
+                            self.policy,
+                            producer=PRODUCER,
+                            now=now,
+                        )
+                    ],
+                )
+        if grants:
+            log.info("grants applied", grants=len(grants), refused=len(refused))
+        return refused
 
     async def credits(self, organisation_id: str) -> Credits | None:
         found = await store.get_wallet(self._pool, organisation_id)
@@ -227,6 +247,10 @@ class Metering:
 
     async def _announce(self, conn: asyncpg.Connection, events: Sequence[Event]) -> None:
         await outbox.enqueue(conn, events, prefix=self._prefix, clock=self._clock)
+
+
+def _level_inputs(wallet: Wallet | None) -> tuple[int, int]:
+    return (wallet.balance, wallet.allotment) if wallet is not None else (0, 0)
 
 
 def _effect(event: AgentMessageProcessedV1) -> tuple[str, int, str]:

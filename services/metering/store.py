@@ -194,96 +194,114 @@ async def debits_by_message(
     return {(r["organisation_id"], r["message_id"]): StoredDebit(*r.values()) for r in rows}
 
 
-async def lock_wallet(conn: asyncpg.Connection, organisation_id: str) -> Wallet | None:
-    row = await conn.fetchrow(
-        f"SELECT {_WALLET_COLUMNS} FROM wallets WHERE organisation_id = $1 FOR UPDATE",
-        organisation_id,
+async def lock_wallets(conn: asyncpg.Connection, organisations: Sequence[str]) -> dict[str, Wallet]:
+    """Lock the existing wallets of `organisations`, in ascending order."""
+    rows = await conn.fetch(
+        f"""SELECT {_WALLET_COLUMNS} FROM wallets WHERE organisation_id = ANY($1::text[])
+            ORDER BY organisation_id FOR UPDATE""",
+        sorted(organisations),
     )
-    return None if row is None else _wallet(row)
+    return {r["organisation_id"]: _wallet(r) for r in rows}
 
 
-async def save_wallet(conn: asyncpg.Connection, wallet: Wallet, now: datetime) -> Wallet:
-    row = await conn.fetchrow(
-        f"""UPDATE wallets
-            SET balance = $2, allotment = $3, used = $4, period_key = $5, period_start = $6,
-                renews_at = $7, revision = revision + 1, updated_at = $8
-            WHERE organisation_id = $1
-            RETURNING {_WALLET_COLUMNS}""",
-        wallet.organisation_id,
-        wallet.balance,
-        wallet.allotment,
-        wallet.used,
-        wallet.period_key,
-        wallet.period_start,
-        wallet.renews_at,
+async def save_wallets(
+    conn: asyncpg.Connection, wallets: Sequence[Wallet], now: datetime
+) -> list[Wallet]:
+    rows = await conn.fetch(
+        f"""UPDATE wallets w
+            SET balance = s.balance, allotment = s.allotment, used = s.used,
+                period_key = s.period_key, period_start = s.period_start,
+                renews_at = s.renews_at, revision = w.revision + 1, updated_at = $8
+            FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
+                        $6::timestamptz[], $7::timestamptz[])
+                AS s(organisation_id, balance, allotment, used, period_key, period_start,
+                     renews_at)
+            WHERE w.organisation_id = s.organisation_id
+            RETURNING {", ".join("w." + c.strip() for c in _WALLET_COLUMNS.split(","))}""",
+        [w.organisation_id for w in wallets],
+        [w.balance for w in wallets],
+        [w.allotment for w in wallets],
+        [w.used for w in wallets],
+        [w.period_key for w in wallets],
+        [w.period_start for w in wallets],
+        [w.renews_at for w in wallets],
         now,
     )
-    return _wallet(row)
+    return sorted((_wallet(r) for r in rows), key=lambda w: w.organisation_id)
 
 
-async def find_grant(
-    conn: asyncpg.Connection, organisation_id: str, period_key: str
-) -> GrantTerms | None:
-    """The terms of the grant applied under (organisation, period key), if any."""
-    row = await conn.fetchrow(
-        """SELECT reason, amount, period_start, period_end, plan FROM grants
-           WHERE organisation_id = $1 AND period_key = $2""",
-        organisation_id,
-        period_key,
+async def find_grants(
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], GrantTerms]:
+    """The terms of the grants applied under these (organisation, period key) pairs."""
+    rows = await conn.fetch(
+        """SELECT organisation_id, period_key, reason, amount, period_start, period_end, plan
+           FROM grants WHERE (organisation_id, period_key) IN
+               (SELECT * FROM unnest($1::text[], $2::text[]))""",
+        [o for o, _ in keys],
+        [k for _, k in keys],
     )
-    return None if row is None else GrantTerms(*row.values())
+    return {
+        (r["organisation_id"], r["period_key"]): GrantTerms(
+            r["reason"], r["amount"], r["period_start"], r["period_end"], r["plan"]
+        )
+        for r in rows
+    }
 
 
-async def record_grant(
-    conn: asyncpg.Connection, command: CreditGrantRequestedV1, now: datetime
+async def record_grants(
+    conn: asyncpg.Connection, commands: Sequence[CreditGrantRequestedV1], now: datetime
 ) -> None:
-    """Remember the grant under (organisation, period key); the caller checked it is new."""
-    g = command.data
+    """Remember the grants under (organisation, period key); the caller checked they are new."""
     await conn.execute(
-        """INSERT INTO grants (organisation_id, period_key, event_id, reason, amount, period_start,
-                               period_end, plan, note, applied_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
-        command.organisation_id,
-        g.period_key,
-        command.event_id,
-        g.reason.value,
-        g.amount,
-        g.period_start,
-        g.period_end,
-        g.plan,
-        g.note,
+        """INSERT INTO grants (organisation_id, period_key, event_id, reason, amount,
+                               period_start, period_end, plan, note, applied_at)
+           SELECT o, k, e, r, a, s, n, p, t, $10
+           FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::bigint[],
+                       $6::timestamptz[], $7::timestamptz[], $8::text[], $9::text[])
+               AS g(o, k, e, r, a, s, n, p, t)""",
+        [c.organisation_id for c in commands],
+        [c.data.period_key for c in commands],
+        [c.event_id for c in commands],
+        [c.data.reason.value for c in commands],
+        [c.data.amount for c in commands],
+        [c.data.period_start for c in commands],
+        [c.data.period_end for c in commands],
+        [c.data.plan for c in commands],
+        [c.data.note for c in commands],
         now,
     )
 
 
-async def append_entries(
-    conn: asyncpg.Connection,
-    organisation_id: str,
-    entries: Sequence[tuple[UUID, Entry]],
-    *,
-    source_event_id: UUID,
-    period_key: str | None,
-    occurred_at: datetime,
-    now: datetime,
+class NewEntry(NamedTuple):
+    entry_id: UUID
+    organisation_id: str
+    entry: Entry
+    source_event_id: UUID
+    period_key: str | None
+    occurred_at: datetime
+
+
+async def append_grant_entries(
+    conn: asyncpg.Connection, entries: Sequence[NewEntry], now: datetime
 ) -> None:
-    await conn.executemany(
+    if not entries:
+        return
+    await conn.execute(
         """INSERT INTO ledger (entry_id, organisation_id, kind, amount, source_event_id, reason,
                                period_key, occurred_at, recorded_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-        [
-            (
-                entry_id,
-                organisation_id,
-                e.kind.value,
-                e.amount,
-                source_event_id,
-                e.reason,
-                period_key,
-                occurred_at,
-                now,
-            )
-            for entry_id, e in entries
-        ],
+           SELECT i, o, k, a, s, r, p, t, $8::timestamptz
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::uuid[], $6::text[],
+                       $7::text[], $9::timestamptz[]) AS e(i, o, k, a, s, r, p, t)""",
+        [e.entry_id for e in entries],
+        [e.organisation_id for e in entries],
+        [e.entry.kind.value for e in entries],
+        [e.entry.amount for e in entries],
+        [e.source_event_id for e in entries],
+        [e.entry.reason for e in entries],
+        [e.period_key for e in entries],
+        now,
+        [e.occurred_at for e in entries],
     )
 
 

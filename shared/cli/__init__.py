@@ -2,7 +2,8 @@
 
 It talks to the running system the way everyone else does: it publishes to the topics and
 calls the services' HTTP APIs. The commands common to every service live here (`dead-letters`,
-`topics`); each service adds its own through the `billing.cli` entry-point group (a function
+`topics`, and `org-created` / `member`, a stand-in for the member directory); each service adds
+its own through the `billing.cli` entry-point group (a function
 that takes the sub-command registry), e.g. metering's `grant`, `usage`, `balance`, `ledger`,
 `authorize`, `release`.
 
@@ -18,7 +19,7 @@ from importlib.metadata import entry_points
 
 from pydantic import ValidationError
 
-from . import common
+from . import common, directory
 
 ENTRY_POINTS = "billing.cli"
 
@@ -31,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
     for entry in sorted(entry_points(group=ENTRY_POINTS), key=lambda e: e.name):
         entry.load()(commands)
     common.register(commands)
+    directory.register(commands)
     return root
 
 

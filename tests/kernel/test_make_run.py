@@ -72,7 +72,7 @@ def usage(organisation: str, credits: int) -> bytes:
 
 async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
     kafka_port, postgres_port, http_port = free_port(), free_port(), free_port()
-    gateway_port, devstripe_port = free_port(), free_port()
+    gateway_port, devstripe_port, subscriptions_port = free_port(), free_port(), free_port()
     env = {
         key: value
         for key, value in os.environ.items()
@@ -84,6 +84,7 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
         METERING_HTTP_PORT=str(http_port),
         STRIPE_GATEWAY_HTTP_PORT=str(gateway_port),
         DEVSTACK_DEVSTRIPE_PORT=str(devstripe_port),
+        SUBSCRIPTIONS_HTTP_PORT=str(subscriptions_port),
         KAFKA_SESSION_TIMEOUT_MS="2000",
     )
     launcher = subprocess.Popen(
@@ -100,6 +101,7 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
         await output.wait_for(rf"broker\s+127\.0\.0\.1:{kafka_port}")
         await output.wait_for(rf"metering\s+http://127\.0\.0\.1:{http_port}")
         await output.wait_for(rf"stripe-gateway\s+http://127\.0\.0\.1:{gateway_port}")
+        await output.wait_for(rf"subscriptions\s+http://127\.0\.0\.1:{subscriptions_port}")
         await output.wait_for(
             rf"stripe webhook\s+http://127\.0\.0\.1:{gateway_port}/stripe/webhook"
         )
@@ -134,5 +136,12 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
         launcher.send_signal(signal.SIGINT)
         code = launcher.wait(timeout=60)
     assert code == 0
-    for port in (kafka_port, postgres_port, http_port, gateway_port, devstripe_port):
+    for port in (
+        kafka_port,
+        postgres_port,
+        http_port,
+        gateway_port,
+        devstripe_port,
+        subscriptions_port,
+    ):
         assert not port_in_use("127.0.0.1", port)

@@ -11,7 +11,7 @@ import copy
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,14 +145,6 @@ def signed(
 ) -> tuple[bytes, str]:
     payload = orjson.dumps(event)
     return payload, sign(payload, secret, timestamp if timestamp is not None else int(time.time()))
-
-
-@pytest.fixture(scope="session")
-def devstripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devstripe]:
-    server = Devstripe(port=free_port(), log_file=tmp_path_factory.mktemp("devstripe") / "log")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

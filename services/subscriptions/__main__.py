@@ -1,0 +1,8 @@
+"""`python -m services.subscriptions [serve|migrate]`."""
+
+from shared.service import main
+
+from .app import SERVICE
+
+if __name__ == "__main__":
+    main(SERVICE)

@@ -1,0 +1,312 @@
+"""The subscription API for the web app (behind the trusted front proxy, which sets who acts
+for which organisation in two headers) and for operators.
+
+Reading is for any member; changing the plan, cancelling, reactivating and opening the Billing
+Portal are for owners only (R3): anyone else gets 403 with a reason."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Path, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.events.envelope import ORGANISATION_ID_PATTERN, Identifier
+from shared.events.subscriptions import Cycle, Plan, Standing
+from shared.http import PROBLEM_RESPONSES, Problem, require_token
+
+from ..domain.catalogue import EnterpriseTerms
+from ..domain.subscription import Refused, Subscription
+from ..service import Denied, GatewayUnavailable, NoSubscription, Subscriptions
+from ..settings import SubscriptionSettings
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=PROBLEM_RESPONSES)
+
+
+class Identity(BaseModel):
+    organisation_id: Annotated[str, Field(pattern=ORGANISATION_ID_PATTERN)]
+    member_id: Identifier
+
+
+def identity(request: Request) -> Identity:
+    """Who acts, for which organisation: headers set by the trusted front proxy."""
+    settings: SubscriptionSettings = request.app.state.settings
+    organisation = request.headers.get(settings.organisation_header)
+    member = request.headers.get(settings.member_header)
+    if not organisation or not member:
+        raise Problem(
+            401,
+            "missing-identity",
+            "Who acts is unknown",
+            f"The front proxy sets {settings.organisation_header} and {settings.member_header}.",
+        )
+    try:
+        return Identity(organisation_id=organisation, member_id=member)
+    except ValidationError:
+        raise Problem(400, "invalid-identity", "Malformed identity headers") from None
+
+
+Acting = Annotated[Identity, Depends(identity)]
+
+
+def _service(request: Request) -> Subscriptions:
+    return request.app.state.parts.subscriptions
+
+
+class SubscriptionOut(BaseModel):
+    organisation_id: str
+    plan: Plan
+    plan_name: str
+    cycle: Cycle | None
+    standing: Standing
+    monthly_credits: int
+    seat_limit: int | None
+    """None: unlimited."""
+    features: list[str]
+    credit_period_start: datetime
+    credit_period_end: datetime
+    """When credits renew next."""
+    paid_period_end: datetime | None
+    cancel_at_period_end: bool
+    pending_plan: Plan | None
+    pending_cycle: Cycle | None
+    """A downgrade in force from `paid_period_end`."""
+    revision: int
+
+
+def _out(service: Subscriptions, sub: Subscription) -> SubscriptionOut:
+    terms = service.catalogue.terms(sub.plan, sub.enterprise)
+    return SubscriptionOut(
+        organisation_id=sub.organisation_id,
+        plan=sub.plan,
+        plan_name=terms.name,
+        cycle=sub.cycle,
+        standing=sub.standing,
+        monthly_credits=terms.monthly_credits,
+        seat_limit=terms.seat_limit,
+        features=list(terms.features),
+        credit_period_start=sub.credit_period_start,
+        credit_period_end=sub.credit_period_end,
+        paid_period_end=sub.paid_period_end,
+        cancel_at_period_end=sub.cancel_at_period_end,
+        pending_plan=sub.pending_plan,
+        pending_cycle=sub.pending_cycle,
+        revision=sub.revision,
+    )
+
+
+_UNPROCESSABLE = {"cycle_not_offered", "enterprise_by_contract", "cancel_instead"}
+
+
+def _problem(exc: Exception) -> Problem:
+    match exc:
+        case Denied():
+            return Problem(
+                403, exc.reason.replace("_", "-"), "Not allowed", exc.detail, reason=exc.reason
+            )
+        case Refused():
+            status = 422 if exc.reason in _UNPROCESSABLE else 409
+            return Problem(
+                status, exc.reason.replace("_", "-"), "Refused", exc.detail, reason=exc.reason
+            )
+        case NoSubscription():
+            return Problem(
+                404,
+                "no-subscription",
+                "No subscription for this organisation",
+                f"{exc} is not known (yet) to the member directory's feed",
+            )
+        case GatewayUnavailable():
+            return Problem(
+                503,
+                "stripe-unavailable",
+                "Billing is unavailable, try again",
+                headers={"Retry-After": "5"},
+            )
+    raise exc
+
+
+@router.get("/subscription", response_model=SubscriptionOut, tags=["subscription"])
+async def read(acting: Acting, request: Request) -> SubscriptionOut:
+    """The acting organisation's subscription: plan, cycle, credits, seats, periods, a pending
+    downgrade, a cancellation."""
+    service = _service(request)
+    try:
+        return _out(service, await service.read(acting.organisation_id))
+    except NoSubscription as exc:
+        raise _problem(exc) from None
+
+
+class ChangeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plan: Plan
+    cycle: Cycle | None = None
+    """`monthly` (default) or `annual` (Pro and Max only)."""
+
+
+class ChangeOut(BaseModel):
+    action: Literal["checkout", "upgraded", "downgrade_scheduled", "downgrade_withdrawn"]
+    checkout_url: str | None
+    """For `checkout`: redirect the owner there (Stripe Checkout, R4)."""
+    subscription: SubscriptionOut
+
+
+@router.post(
+    "/subscription/change",
+    response_model=ChangeOut,
+    tags=["subscription"],
+    responses={403: {"description": "Not an owner"}, 409: {"description": "Does not apply"}},
+)
+async def change(body: ChangeIn, acting: Acting, request: Request) -> ChangeOut:
+    """Change the plan (owners only, R3). From Free: Stripe Checkout (R4). Between paid plans:
+    an upgrade at once, the credits topped up; a downgrade at the end of the period (R5)."""
+    service = _service(request)
+    try:
+        result = await service.change_plan(
+            acting.organisation_id, acting.member_id, body.plan, body.cycle
+        )
+    except (Denied, Refused, NoSubscription, GatewayUnavailable) as exc:
+        raise _problem(exc) from None
+    sub = result.subscription
+    if result.checkout_url:
+        action = "checkout"
+    elif sub.pending_plan is not None:
+        action = "downgrade_scheduled"
+    elif sub.plan is body.plan:
+        action = "upgraded"
+    else:
+        action = "downgrade_withdrawn"
+    return ChangeOut(
+        action=action, checkout_url=result.checkout_url, subscription=_out(service, sub)
+    )  # type: ignore[arg-type]
+
+
+@router.post("/subscription/cancel", response_model=SubscriptionOut, tags=["subscription"])
+async def cancel(acting: Acting, request: Request) -> SubscriptionOut:
+    """Cancel (owners only): in force until the paid period ends, then Free (R12)."""
+    service = _service(request)
+    try:
+        return _out(service, await service.cancel(acting.organisation_id, acting.member_id))
+    except (Denied, Refused, NoSubscription) as exc:
+        raise _problem(exc) from None
+
+
+@router.post("/subscription/reactivate", response_model=SubscriptionOut, tags=["subscription"])
+async def reactivate(acting: Acting, request: Request) -> SubscriptionOut:
+    """Withdraw a cancellation within the paid period (owners only): the subscription simply
+    continues, no checkout (R13)."""
+    service = _service(request)
+    try:
+        return _out(service, await service.reactivate(acting.organisation_id, acting.member_id))
+    except (Denied, Refused, NoSubscription) as exc:
+        raise _problem(exc) from None
+
+
+class PortalOut(BaseModel):
+    url: str
+
+
+@router.post("/billing-portal", response_model=PortalOut, tags=["subscription"])
+async def billing_portal(acting: Acting, request: Request) -> PortalOut:
+    """The Stripe Billing Portal (owners only): payment methods, invoices, billing details
+    (R11). Redirect the owner to `url`."""
+    try:
+        return PortalOut(
+            url=await _service(request).portal(acting.organisation_id, acting.member_id)
+        )
+    except (Denied, GatewayUnavailable) as exc:
+        raise _problem(exc) from None
+
+
+class PriceOut(BaseModel):
+    cycle: Cycle
+    per_seat: int
+    """In the currency's smallest unit (cents)."""
+
+
+class PlanOut(BaseModel):
+    plan: Plan
+    name: str
+    summary: str
+    monthly_credits: int
+    seat_limit: int | None
+    features: list[str]
+    prices: list[PriceOut]
+    """Empty: free, or by contract (Enterprise)."""
+
+
+class CatalogueOut(BaseModel):
+    version: int
+    currency: str
+    plans: list[PlanOut]
+
+
+@router.get("/catalogue", response_model=CatalogueOut, tags=["catalogue"])
+async def catalogue(request: Request) -> CatalogueOut:
+    """The plans and their prices, for the plan picker (R1, R2)."""
+    found = _service(request).catalogue
+    return CatalogueOut(
+        version=found.version,
+        currency=found.currency,
+        plans=[
+            PlanOut(
+                plan=plan,
+                name=terms.name,
+                summary=terms.summary,
+                monthly_credits=terms.monthly_credits,
+                seat_limit=terms.seat_limit,
+                features=list(terms.features),
+                prices=[PriceOut(cycle=c, per_seat=p.per_seat) for c, p in terms.prices.items()],
+            )
+            for plan, terms in found.plans.items()
+        ],
+    )
+
+
+OrganisationPath = Annotated[str, Path(pattern=ORGANISATION_ID_PATTERN)]
+
+
+@router.get(
+    "/organisations/{organisation_id}/subscription",
+    response_model=SubscriptionOut,
+    tags=["operations"],
+)
+async def subscription_of(organisation_id: OrganisationPath, request: Request) -> SubscriptionOut:
+    """Any organisation's subscription, for operators and internal callers."""
+    service = _service(request)
+    try:
+        return _out(service, await service.read(organisation_id))
+    except NoSubscription as exc:
+        raise _problem(exc) from None
+
+
+class EnterpriseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    monthly_credits: Annotated[int, Field(strict=True, ge=0, le=10**12)]
+    seat_limit: Annotated[int, Field(strict=True, ge=1)] | None = None
+    """None: unlimited."""
+    features: list[Identifier] = Field(default_factory=list)
+    """Default: the catalogue's Enterprise features."""
+
+
+@router.put(
+    "/organisations/{organisation_id}/enterprise",
+    response_model=SubscriptionOut,
+    tags=["operations"],
+)
+async def set_enterprise(
+    organisation_id: OrganisationPath, body: EnterpriseIn, request: Request
+) -> SubscriptionOut:
+    """An operator puts the organisation on Enterprise with its own terms, at once (R1)."""
+    service = _service(request)
+    features = tuple(body.features) or service.catalogue.plans[Plan.ENTERPRISE].features
+    try:
+        sub = await service.set_enterprise(
+            organisation_id, EnterpriseTerms(body.monthly_credits, body.seat_limit, features)
+        )
+    except NoSubscription as exc:
+        raise _problem(exc) from None
+    return _out(service, sub)

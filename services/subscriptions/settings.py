@@ -1,0 +1,37 @@
+"""Subscription settings: `SUBSCRIPTIONS_*` variables, plus the shared ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AnyHttpUrl, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import DEV_API_TOKEN, ServiceSettings
+
+from .domain.catalogue import DEFAULT
+
+APP = "http://127.0.0.1:8085"
+"""Where the web app's billing page is under `make run` (the dashboard service)."""
+
+
+class SubscriptionSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="SUBSCRIPTIONS_", extra="ignore", frozen=True)
+
+    db_schema: str = "subscriptions"
+    http_port: int = Field(8082, ge=0, le=65535)
+    consumer_group: str = Field("subscriptions", min_length=1, max_length=100)
+    catalogue: Path = DEFAULT
+    """The plan catalogue (a versioned JSON file)."""
+    gateway_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8083")
+    """The Stripe gateway's HTTP API (Checkout and Billing Portal sessions)."""
+    gateway_token: SecretStr = SecretStr(DEV_API_TOKEN)
+    organisation_header: str = "X-Organisation-Id"
+    member_header: str = "X-Member-Id"
+    """Set by the trusted front proxy: who acts, for which organisation."""
+    checkout_success_url: AnyHttpUrl = AnyHttpUrl(f"{APP}/billing?checkout=success")
+    checkout_cancel_url: AnyHttpUrl = AnyHttpUrl(f"{APP}/billing?checkout=cancelled")
+    portal_return_url: AnyHttpUrl = AnyHttpUrl(f"{APP}/billing")
+    renewal_poll_seconds: float = Field(1.0, gt=0, le=3600)
+    renewal_batch: int = Field(1000, ge=1, le=100_000)
+    """Subscriptions renewed per transaction."""

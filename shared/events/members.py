@@ -1,0 +1,97 @@
+"""The workspace's member directory (another team's system) tells us about organisations and
+their members on `workspace.members`, keyed by organisation. This is our contract with it.
+
+Every member event carries the member's whole state after the change (role and status) and a
+`sequence` that increases with every change of that member. A consumer keeps, per member, the
+state with the highest sequence: redelivered and reordered events converge to the same state.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, NonNegativeInt, model_validator
+
+from .envelope import TEXT_PATTERN, Body, Event, Identifier, UtcDatetime
+
+
+class MemberRole(StrEnum):
+    OWNER = "owner"
+    """May change the plan, cancel and reactivate (R3)."""
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+class MemberStatus(StrEnum):
+    ACTIVE = "active"
+    """Takes a seat (R10)."""
+    DEACTIVATED = "deactivated"
+    REMOVED = "removed"
+
+
+class OrganisationCreated(Body):
+    name: Annotated[str, Field(max_length=200, pattern=TEXT_PATTERN)] | None = None
+    created_at: UtcDatetime
+    """When the organisation was created: Free renews monthly from this day."""
+
+
+class OrganisationCreatedV1(Event):
+    type: Literal["workspace_organisation.created.v1"]
+    data: OrganisationCreated
+
+
+class MemberState(Body):
+    member_id: Identifier
+    role: MemberRole
+    status: MemberStatus
+    sequence: NonNegativeInt
+    """Increases with every change of this member; the highest one is the member's state."""
+
+
+_EXPECTED_STATUS: dict[str, MemberStatus] = {
+    "workspace_member.joined.v1": MemberStatus.ACTIVE,
+    "workspace_member.reactivated.v1": MemberStatus.ACTIVE,
+    "workspace_member.deactivated.v1": MemberStatus.DEACTIVATED,
+    "workspace_member.removed.v1": MemberStatus.REMOVED,
+}
+
+
+class _MemberEvent(Event):
+    data: MemberState
+
+    @model_validator(mode="after")
+    def _status_matches_the_event(self) -> Self:
+        expected = _EXPECTED_STATUS.get(self.type)
+        if expected is not None and self.data.status is not expected:
+            raise ValueError(f"{self.type} must carry status {expected.value!r}")
+        return self
+
+
+class MemberJoinedV1(_MemberEvent):
+    type: Literal["workspace_member.joined.v1"]
+
+
+class MemberRoleChangedV1(_MemberEvent):
+    type: Literal["workspace_member.role_changed.v1"]
+
+
+class MemberDeactivatedV1(_MemberEvent):
+    type: Literal["workspace_member.deactivated.v1"]
+
+
+class MemberReactivatedV1(_MemberEvent):
+    type: Literal["workspace_member.reactivated.v1"]
+
+
+class MemberRemovedV1(_MemberEvent):
+    type: Literal["workspace_member.removed.v1"]
+
+
+MEMBER_EVENTS: tuple[type[_MemberEvent], ...] = (
+    MemberJoinedV1,
+    MemberRoleChangedV1,
+    MemberDeactivatedV1,
+    MemberReactivatedV1,
+    MemberRemovedV1,
+)

@@ -1,0 +1,29 @@
+"""A service running in the test's process: its whole lifespan (consumers, background tasks,
+the outbox relay) on the real broker and database, its HTTP API through ASGI."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from shared.clock import Clock
+from shared.service import Service, create_app
+from shared.settings import DEV_API_TOKEN
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    service: Service[Any, Any], settings: Any, clock: Clock
+) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """Yields (the kernel, an HTTP client with the development token)."""
+    app = create_app(service, settings, clock)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://service",
+            headers={"Authorization": f"Bearer {DEV_API_TOKEN}"},
+        ) as http:
+            yield app.state.runtime, http
