@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.devstack import embedded_stack
 
-from . import authorization, metering, renewals, report, restart, webhooks
+from . import authorization, metering, renewals, report, restart, seats, webhooks
 
 
 async def run_metering(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -239,6 +239,57 @@ async def run_renewals(kafka: str, database: str, args: argparse.Namespace) -> d
     return {"services": services, "grant_ceiling": ceiling, "ratio": ratio}
 
 
+async def run_seats(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
+    events, organisations, rate = args.seat_events, args.seat_organisations, args.seat_check_rate
+    print(f"seats: {events:,} membership events over {organisations:,} organisations")
+    projected = await seats.projection(kafka, database, events, organisations)
+    ceiling = await seats.insert_ceiling(database, events, organisations)
+    schema = projected["schema"]
+    checks = await seats.seat_checks(
+        kafka, database, schema, organisations, rate=rate, seconds=args.seat_check_seconds
+    )
+    postgres = await seats.postgres_checks(
+        database, schema, organisations, rate=rate, seconds=args.seat_check_seconds
+    )
+    ratio = round(projected["per_second"] / ceiling["per_second"], 2)
+    print()
+    print(
+        report.table(
+            "Seats (the seat service in its own process)",
+            [
+                ("measure", "figure", "baseline / target"),
+                (
+                    "membership events projected, counted",
+                    f"{projected['per_second']:,}/s ({projected['seconds']} s)",
+                    "target >= 20,000/s",
+                ),
+                (
+                    "bare insert of the same rows, same batches",
+                    f"{ceiling['per_second']:,} rows/s",
+                    f"projection = {ratio:.2f} x the insert",
+                ),
+                (
+                    f"seat check at {rate}/s over {organisations:,} organisations, p50 / p99",
+                    f"{checks['p50_ms']} / {checks['p99_ms']} ms",
+                    "target p99 <= 10 ms",
+                ),
+                (
+                    "PostgreSQL alone, the same query at the same rate",
+                    f"{postgres['p50_ms']} / {postgres['p99_ms']} ms",
+                    f"errors through the API: {checks['errors']}",
+                ),
+            ],
+        )
+    )
+    return {
+        "projection": projected,
+        "insert_ceiling": ceiling,
+        "ratio": ratio,
+        "seat_check": checks,
+        "postgres_check": postgres,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--events", type=int, default=500_000)
@@ -255,7 +306,15 @@ def main() -> None:
     parser.add_argument("--spread-seconds", type=float, default=15)
     parser.add_argument(
         "--only",
-        choices=("metering", "authorization", "restart", "webhooks", "renewals"),
+        choices=(
+            "metering",
+            "authorization",
+            "restart",
+            "webhooks",
+            "renewals",
+            "seats",
+            "dashboard",
+        ),
         help="run one suite (default: all)",
     )
     parser.add_argument(
@@ -263,6 +322,10 @@ def main() -> None:
     )
     parser.add_argument("--webhook-rate", type=int, default=500)
     parser.add_argument("--renewals", type=int, default=100_000)
+    parser.add_argument("--seat-events", type=int, default=220_000)
+    parser.add_argument("--seat-organisations", type=int, default=1_000)
+    parser.add_argument("--seat-check-rate", type=int, default=1_000)
+    parser.add_argument("--seat-check-seconds", type=float, default=15)
     parser.add_argument("--webhook-seconds", type=float, default=15)
     args = parser.parse_args()
     with embedded_stack(
@@ -281,6 +344,8 @@ def main() -> None:
             figures["webhooks"] = asyncio.run(run_webhooks(kafka, database, args))
         if args.only in (None, "renewals"):
             figures["renewals"] = asyncio.run(run_renewals(kafka, database, args))
+        if args.only in (None, "seats"):
+            figures["seats"] = asyncio.run(run_seats(kafka, database, args))
     path = report.write("bench", figures)
     print(f"\nfigures written to {path.relative_to(path.parents[2])}")
 

@@ -47,7 +47,7 @@ from shared.db import Migrations, apply_migrations, create_pool
 from shared.deadletter import DeadLetters
 from shared.events.codec import TopicCodec
 from shared.failures import Backoff
-from shared.http import BodySizeLimit, install_problem_handlers
+from shared.http import BodySizeLimit, HotRoute, HotRoutes, install_problem_handlers
 from shared.kafka import make_broker
 from shared.logging import configure_logging, get_logger
 from shared.runtime import tune_gc, watch_gc_pauses, watch_loop_lag
@@ -90,6 +90,8 @@ class Service(Generic[S, P]):
     migrations: Path
     build: Callable[[Kernel[S]], Awaitable[P]]
     routers: Sequence[APIRouter] = ()
+    hot_routes: Sequence[HotRoute] = ()
+    """GET routes answered in front of the framework (`shared.http.HotRoute`)."""
     development: Development | None = None
 
     @property
@@ -220,6 +222,32 @@ class Kernel(Generic[S]):
     def background(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         """Run `run()` as a task from start to stop (it is cancelled at stop)."""
         self._background.append((name, run))
+
+    def periodic(
+        self,
+        name: str,
+        step: Callable[[], Awaitable[int]],
+        every_seconds: float,
+        *,
+        batch: int | None = None,
+    ) -> None:
+        """Run `step()` every `every_seconds` from start to stop; at once again while it
+        reports a full `batch` done (a backlog). A failed round is logged and the next one
+        runs on schedule: a database blip never ends the task."""
+
+        async def run() -> None:
+            while True:
+                try:
+                    done = await step()
+                    if batch is not None and done >= batch:
+                        continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("periodic round failed", task=name, error=repr(exc))
+                await asyncio.sleep(every_seconds)
+
+        self.background(name, run)
 
     def on_stop(self, close: Callable[[], Awaitable[None]]) -> None:
         """Await `close()` at stop, after the background tasks and before the pool closes."""
@@ -369,6 +397,8 @@ def create_app(
     app = FastAPI(title=service.title, version="1", summary=service.summary, lifespan=lifespan)
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    if service.hot_routes:
+        app.add_middleware(HotRoutes, routes=service.hot_routes)
     install_problem_handlers(app)
     for router in service.routers:
         app.include_router(router)

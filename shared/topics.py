@@ -23,6 +23,7 @@ from shared.events import (
     Event,
 )
 from shared.events.members import MEMBER_EVENTS, OrganisationCreatedV1
+from shared.events.seats import SeatsChangedV1
 from shared.events.stripe import (
     CancelAtPeriodEndRequestedV1,
     CheckoutRequestedV1,
@@ -71,7 +72,7 @@ AGENT_USAGE = TopicSpec(
     schemas=(AgentMessageProcessedV1,),
     description="One event per agent message processed, with the credits it consumed (R6).",
     producers=("agent runtime",),
-    consumers=("metering",),
+    consumers=("metering", "dashboard"),
     partitions=6,
 )
 CREDIT_GRANT_REQUESTS = TopicSpec(
@@ -138,7 +139,7 @@ STRIPE_EVENTS = TopicSpec(
     ),
     description="What happened in Stripe (from verified webhooks), and how each command ended.",
     producers=("stripe gateway",),
-    consumers=("subscriptions", "seats", "dashboards"),
+    consumers=("subscriptions",),
     partitions=6,
 )
 
@@ -160,6 +161,15 @@ SUBSCRIPTION_STATE = TopicSpec(
     partitions=6,
 )
 
+SEATS_STATE = TopicSpec(
+    name="seats.state",
+    schemas=(SeatsChangedV1,),
+    description="Every change of an organisation's seats: used, limit, over the limit, owners.",
+    producers=("seats",),
+    consumers=("dashboards",),
+    partitions=6,
+)
+
 REGISTRY: tuple[TopicSpec, ...] = (
     AGENT_USAGE,
     CREDIT_GRANT_REQUESTS,
@@ -170,6 +180,7 @@ REGISTRY: tuple[TopicSpec, ...] = (
     STRIPE_EVENTS,
     WORKSPACE_MEMBERS,
     SUBSCRIPTION_STATE,
+    SEATS_STATE,
 )
 
 _BY_TYPE: dict[type[Event], TopicSpec] = {

@@ -57,9 +57,11 @@ async def build(kernel: Kernel[SubscriptionSettings]) -> Parts:
         max_records=500,
         description="What Stripe reports: checkouts, paid periods, cancellations, payments.",
     )
-    kernel.background(
+    kernel.periodic(
         "renewals",
-        lambda: subscriptions.run_renewals(settings.renewal_poll_seconds, settings.renewal_batch),
+        lambda: subscriptions.renew_due(settings.renewal_batch),
+        settings.renewal_poll_seconds,
+        batch=settings.renewal_batch,
     )
     kernel.on_stop(client.aclose)
     return Parts(subscriptions)

@@ -4,7 +4,6 @@ for the Stripe gateway and the announcement of the change commit together (outbo
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from shared.clock import Clock
 from shared.consumer import Decoded
 from shared.events import CreditGrantRequested, CreditGrantRequestedV1, Event, GrantReason
 from shared.events.codec import Rejection
-from shared.events.members import MemberRole, MemberStatus, OrganisationCreatedV1
+from shared.events.members import MemberRole, MemberStatus, split_directory
 from shared.events.stripe import (
     CancelAtPeriodEnd,
     CancelAtPeriodEndRequestedV1,
@@ -123,23 +122,17 @@ class Subscriptions:
         """Project organisations and members; a new organisation starts on Free (with its
         credits). Idempotent: an organisation starts once, a member keeps its newest state."""
         now = self._clock.now()
+        created, events = split_directory(i.event for i in items)
+        members = [
+            store.MemberChange(
+                e.organisation_id, e.data.member_id, e.data.role, e.data.status, e.data.sequence
+            )
+            for e in events
+        ]
         async with self._pool.acquire() as conn, conn.transaction():
-            members = [
-                store.MemberChange(
-                    i.event.organisation_id,
-                    i.event.data.member_id,  # type: ignore[attr-defined]
-                    i.event.data.role,  # type: ignore[attr-defined]
-                    i.event.data.status,  # type: ignore[attr-defined]
-                    i.event.data.sequence,  # type: ignore[attr-defined]
-                )
-                for i in items
-                if not isinstance(i.event, OrganisationCreatedV1)
-            ]
             await store.apply_members(conn, members, now)
-            for item in items:
-                if not isinstance(item.event, OrganisationCreatedV1):
-                    continue
-                organisation, data = item.event.organisation_id, item.event.data
+            for event in created:
+                organisation, data = event.organisation_id, event.data
                 await store.add_organisation(conn, organisation, data.name, data.created_at, now)
                 started = machine.start(organisation, data.created_at, now, self.catalogue)
                 if await store.add_subscription(conn, started.subscription, now):
@@ -354,17 +347,6 @@ class Subscriptions:
         if changed:
             log.info("subscriptions renewed", renewed=len(changed))
         return len(due)
-
-    async def run_renewals(self, every_seconds: float, batch: int) -> None:
-        while True:
-            try:
-                if await self.renew_due(batch) >= batch:
-                    continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("renewal round failed", error=repr(exc))
-            await asyncio.sleep(every_seconds)
 
     # Effects, mapped to the published contracts -------------------------------------------
 

@@ -48,6 +48,8 @@ LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 def _in_window(value: datetime) -> datetime:
+    if EARLIEST.year < value.year < LATEST.year - 1:
+        return value  # an offset moves an instant by less than a day: inside, whatever it is
     if not EARLIEST <= value < LATEST:
         raise ValueError(
             f"instant outside the accepted window [{EARLIEST.isoformat()}, {LATEST.isoformat()})"

@@ -8,6 +8,7 @@ state with the highest sequence: redelivered and reordered events converge to th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
@@ -57,7 +58,9 @@ _EXPECTED_STATUS: dict[str, MemberStatus] = {
 }
 
 
-class _MemberEvent(Event):
+class MemberEvent(Event):
+    """Base of the member events: the member's whole state after the change."""
+
     data: MemberState
 
     @model_validator(mode="after")
@@ -68,30 +71,45 @@ class _MemberEvent(Event):
         return self
 
 
-class MemberJoinedV1(_MemberEvent):
+class MemberJoinedV1(MemberEvent):
     type: Literal["workspace_member.joined.v1"]
 
 
-class MemberRoleChangedV1(_MemberEvent):
+class MemberRoleChangedV1(MemberEvent):
     type: Literal["workspace_member.role_changed.v1"]
 
 
-class MemberDeactivatedV1(_MemberEvent):
+class MemberDeactivatedV1(MemberEvent):
     type: Literal["workspace_member.deactivated.v1"]
 
 
-class MemberReactivatedV1(_MemberEvent):
+class MemberReactivatedV1(MemberEvent):
     type: Literal["workspace_member.reactivated.v1"]
 
 
-class MemberRemovedV1(_MemberEvent):
+class MemberRemovedV1(MemberEvent):
     type: Literal["workspace_member.removed.v1"]
 
 
-MEMBER_EVENTS: tuple[type[_MemberEvent], ...] = (
+MEMBER_EVENTS: tuple[type[MemberEvent], ...] = (
     MemberJoinedV1,
     MemberRoleChangedV1,
     MemberDeactivatedV1,
     MemberReactivatedV1,
     MemberRemovedV1,
 )
+MEMBER_TYPES = frozenset(kind.type_name for kind in MEMBER_EVENTS)
+
+
+def split_directory(
+    events: Iterable[Event],
+) -> tuple[list[OrganisationCreatedV1], list[MemberEvent]]:
+    """The directory's events as (organisations created, member events), each in order."""
+    created: list[OrganisationCreatedV1] = []
+    members: list[MemberEvent] = []
+    for event in events:
+        if event.type == OrganisationCreatedV1.type_name:
+            created.append(event)  # type: ignore[arg-type]
+        elif event.type in MEMBER_TYPES:
+            members.append(event)  # type: ignore[arg-type]
+    return created, members

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.events import AgentMessageProcessedV1
 from shared.events.codec import Rejection, TopicCodec
+from shared.events.envelope import _in_window
 from shared.events.examples import example
 
 GOOD = example("agent_message.processed.v1")
@@ -84,3 +88,24 @@ def test_a_key_mismatch_inside_a_clean_batch_is_caught() -> None:
     outcomes = codec.decode_batch([Record(KEY, GOOD), Record(b"org_x", GOOD)])
     assert isinstance(outcomes[0], AgentMessageProcessedV1)
     assert isinstance(outcomes[1], Rejection) and outcomes[1].reason == "key_mismatch"
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1998, 1, 1),
+        max_value=datetime(2102, 1, 1),
+        timezones=st.sampled_from(
+            [timezone(timedelta(minutes=m)) for m in (-1439, -600, -1, 0, 1, 330, 840, 1439)]
+        ),
+    )
+)
+def test_the_instant_window_is_decided_on_the_utc_instant(value: datetime) -> None:
+    """Inside [2000-01-01, 2100-01-01) UTC is accepted, whatever the offset; outside, refused
+    (the calendar's edges with an offset are what the database would refuse)."""
+    inside = datetime(2000, 1, 1, tzinfo=UTC) <= value < datetime(2100, 1, 1, tzinfo=UTC)
+    try:
+        _in_window(value)
+        accepted = True
+    except ValueError:
+        accepted = False
+    assert accepted == inside

@@ -70,9 +70,33 @@ def usage(organisation: str, credits: int) -> bytes:
     )
 
 
+def directory(organisation: str) -> list[tuple[bytes, bytes]]:
+    """What the member directory publishes for a new organisation and its owner (plain JSON)."""
+
+    def event(type_: str, data: dict) -> tuple[bytes, bytes]:
+        body = {
+            "event_id": str(uuid.uuid4()),
+            "type": type_,
+            "organisation_id": organisation,
+            "occurred_at": "2026-11-27T10:00:00Z",
+            "producer": "member-directory",
+            "data": data,
+        }
+        return organisation.encode(), orjson.dumps(body)
+
+    return [
+        event("workspace_organisation.created.v1", {"created_at": "2026-11-27T10:00:00Z"}),
+        event(
+            "workspace_member.joined.v1",
+            {"member_id": "ada", "role": "owner", "status": "active", "sequence": 1},
+        ),
+    ]
+
+
 async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
     kafka_port, postgres_port, http_port = free_port(), free_port(), free_port()
     gateway_port, devstripe_port, subscriptions_port = free_port(), free_port(), free_port()
+    seats_port = free_port()
     env = {
         key: value
         for key, value in os.environ.items()
@@ -85,6 +109,7 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
         STRIPE_GATEWAY_HTTP_PORT=str(gateway_port),
         DEVSTACK_DEVSTRIPE_PORT=str(devstripe_port),
         SUBSCRIPTIONS_HTTP_PORT=str(subscriptions_port),
+        SEATS_HTTP_PORT=str(seats_port),
         KAFKA_SESSION_TIMEOUT_MS="2000",
     )
     launcher = subprocess.Popen(
@@ -102,6 +127,7 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
         await output.wait_for(rf"metering\s+http://127\.0\.0\.1:{http_port}")
         await output.wait_for(rf"stripe-gateway\s+http://127\.0\.0\.1:{gateway_port}")
         await output.wait_for(rf"subscriptions\s+http://127\.0\.0\.1:{subscriptions_port}")
+        await output.wait_for(rf"seats\s+http://127\.0\.0\.1:{seats_port}")
         await output.wait_for(
             rf"stripe webhook\s+http://127\.0\.0\.1:{gateway_port}/stripe/webhook"
         )
@@ -132,6 +158,24 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
             return await balance() == -50
 
         await eventually(settled, timeout=60, what="the event published while down is applied")
+
+        # The member directory announces an organisation: subscriptions puts it on Free, and
+        # seats counts its owner under Free's limit (services talking through the topics).
+        await produce(kafka, "workspace.members", directory("org_fresh"))
+
+        async def seats() -> dict | None:
+            try:
+                async with httpx.AsyncClient(headers={"Authorization": "Bearer dev-token"}) as c:
+                    response = await c.get(
+                        f"http://127.0.0.1:{seats_port}/v1/organisations/org_fresh/seats"
+                    )
+            except httpx.HTTPError:
+                return None
+            found = response.json() if response.status_code == 200 else None
+            return found if found and found["plan"] == "free" else None
+
+        found = await eventually(seats, timeout=60, what="org_fresh on Free, with its owner")
+        assert (found["seats_used"], found["seat_limit"], found["owners"]) == (1, 3, ["ada"])
     finally:
         launcher.send_signal(signal.SIGINT)
         code = launcher.wait(timeout=60)
@@ -143,5 +187,6 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
         gateway_port,
         devstripe_port,
         subscriptions_port,
+        seats_port,
     ):
         assert not port_in_use("127.0.0.1", port)

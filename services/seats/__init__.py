@@ -1,0 +1,4 @@
+"""Seats: active members, seat limits, and the seat quantity in Stripe."""
+
+PRODUCER = "seats"
+"""The `producer` of every event the seat service publishes."""
