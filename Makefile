@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint install clean
+.PHONY: run test bench lint install clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,17 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m shared.devstack run
 
+## Debian's Chromium for the dashboard's browser test (no browser can be downloaded here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
+
 ## The whole suite against a real broker and a real PostgreSQL (embedded unless
 ## KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL point elsewhere).
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Throughput and latency against this machine's ceilings; writes bench/results/*.json.

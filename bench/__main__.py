@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.devstack import embedded_stack
 
-from . import authorization, metering, renewals, report, restart, seats, webhooks
+from . import authorization, dashboard, metering, renewals, report, restart, seats, webhooks
 
 
 async def run_metering(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -290,6 +290,33 @@ async def run_seats(kafka: str, database: str, args: argparse.Namespace) -> dict
     }
 
 
+async def run_dashboard(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
+    pages, organisations = args.live_pages, args.live_organisations
+    print(f"dashboard: {pages} open Billing pages over {organisations} organisations")
+    live = await dashboard.live_pages(kafka, database, pages=pages, organisations=organisations)
+    many, one = live["many"], live["one"]
+    print()
+    print(
+        report.table(
+            "Live Billing pages (server-sent events; the dashboard in its own process)",
+            [
+                ("measure", "figure", "baseline / target"),
+                (
+                    f"{pages} open pages: publish -> page updated, p50 / p99 / max",
+                    f"{many['p50_ms']} / {many['p99_ms']} / {many['max_ms']} ms",
+                    f"target: all within 1 s ({many['within_1s']} of {pages})",
+                ),
+                (
+                    "one open page, the same change",
+                    f"{one['p50_ms']} ms",
+                    f"{pages} pages: max = {many['max_ms'] / max(one['p50_ms'], 0.1):.1f} x",
+                ),
+            ],
+        )
+    )
+    return live
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--events", type=int, default=500_000)
@@ -322,6 +349,8 @@ def main() -> None:
     )
     parser.add_argument("--webhook-rate", type=int, default=500)
     parser.add_argument("--renewals", type=int, default=100_000)
+    parser.add_argument("--live-pages", type=int, default=200)
+    parser.add_argument("--live-organisations", type=int, default=20)
     parser.add_argument("--seat-events", type=int, default=220_000)
     parser.add_argument("--seat-organisations", type=int, default=1_000)
     parser.add_argument("--seat-check-rate", type=int, default=1_000)
@@ -346,6 +375,8 @@ def main() -> None:
             figures["renewals"] = asyncio.run(run_renewals(kafka, database, args))
         if args.only in (None, "seats"):
             figures["seats"] = asyncio.run(run_seats(kafka, database, args))
+        if args.only in (None, "dashboard"):
+            figures["dashboard"] = asyncio.run(run_dashboard(kafka, database, args))
     path = report.write("bench", figures)
     print(f"\nfigures written to {path.relative_to(path.parents[2])}")
 

@@ -386,7 +386,20 @@ class Inbox:
             stripe_event_id=version.event_id,
             stripe_event_created=version.created,
         )
-        return [_event(StripeCheckoutCompletedV1, organisation, body, version)]
+        events: list[Event] = [_event(StripeCheckoutCompletedV1, organisation, body, version)]
+        if session.subscription_id and not await store.lock_subscription(
+            conn, session.subscription_id
+        ):
+            # Known at once, not only when its own webhook comes (any order, maybe later):
+            # a command for it (cancel, quantity) may follow the checkout within a second.
+            try:
+                current = read_subscription(
+                    await self._api.retrieve_subscription(session.subscription_id)
+                )
+            except StripeRefused:
+                return events  # unknown to Stripe: its own webhooks will tell
+            events += await self._subscription(conn, current, version, deleted=False)
+        return events
 
     async def _invoice(
         self, conn: asyncpg.Connection, obj: dict[str, Any], version: Version, *, paid: bool

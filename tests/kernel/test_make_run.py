@@ -96,7 +96,7 @@ def directory(organisation: str) -> list[tuple[bytes, bytes]]:
 async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
     kafka_port, postgres_port, http_port = free_port(), free_port(), free_port()
     gateway_port, devstripe_port, subscriptions_port = free_port(), free_port(), free_port()
-    seats_port = free_port()
+    seats_port, dashboard_port = free_port(), free_port()
     env = {
         key: value
         for key, value in os.environ.items()
@@ -110,6 +110,7 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
         DEVSTACK_DEVSTRIPE_PORT=str(devstripe_port),
         SUBSCRIPTIONS_HTTP_PORT=str(subscriptions_port),
         SEATS_HTTP_PORT=str(seats_port),
+        DASHBOARD_HTTP_PORT=str(dashboard_port),
         KAFKA_SESSION_TIMEOUT_MS="2000",
     )
     launcher = subprocess.Popen(
@@ -128,6 +129,8 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
         await output.wait_for(rf"stripe-gateway\s+http://127\.0\.0\.1:{gateway_port}")
         await output.wait_for(rf"subscriptions\s+http://127\.0\.0\.1:{subscriptions_port}")
         await output.wait_for(rf"seats\s+http://127\.0\.0\.1:{seats_port}")
+        await output.wait_for(rf"dashboard\s+http://127\.0\.0\.1:{dashboard_port}")
+        await output.wait_for(rf"billing page\s+http://127\.0\.0\.1:{dashboard_port}/billing")
         await output.wait_for(
             rf"stripe webhook\s+http://127\.0\.0\.1:{gateway_port}/stripe/webhook"
         )
@@ -176,6 +179,21 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
 
         found = await eventually(seats, timeout=60, what="org_fresh on Free, with its owner")
         assert (found["seats_used"], found["seat_limit"], found["owners"]) == (1, 3, ["ada"])
+
+        async def page() -> str | None:  # the Billing page, with make run's query identity
+            try:
+                async with httpx.AsyncClient() as c:
+                    response = await c.get(
+                        f"http://127.0.0.1:{dashboard_port}/billing",
+                        params={"organisation": "org_fresh", "member": "ada"},
+                    )
+            except httpx.HTTPError:
+                return None
+            text = response.text if response.status_code == 200 else ""
+            seated = "id='seats-used'>1<" in text and "id='seat-limit'>3<" in text
+            return text if seated else None
+
+        await eventually(page, timeout=60, what="org_fresh's Billing page shows its seat")
     finally:
         launcher.send_signal(signal.SIGINT)
         code = launcher.wait(timeout=60)
@@ -188,5 +206,6 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
         devstripe_port,
         subscriptions_port,
         seats_port,
+        dashboard_port,
     ):
         assert not port_in_use("127.0.0.1", port)

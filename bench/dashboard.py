@@ -1,0 +1,130 @@
+"""Live pages: many Billing pages open on the dashboard (its own process), each a server-sent
+event stream; a balance change is published for each organisation (what metering announces),
+and every page's update is timed from the publish until it arrives. Beside it, in the same
+run, the same with one open page."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from services.dashboard.app import SERVICE
+from shared.topics import CREDIT_BALANCE, ensure_topics
+
+from .process import ServiceProcess
+
+
+def _balance(organisation: str, balance: int, revision: int) -> bytes:
+    now = datetime.now(UTC).isoformat()
+    return orjson.dumps(
+        {
+            "event_id": str(uuid.uuid4()),
+            "type": "credit_balance.changed.v1",
+            "organisation_id": organisation,
+            "occurred_at": now,
+            "producer": "metering",
+            "data": {
+                "balance": balance,
+                "allotment": 1000,
+                "used": 1000 - balance,
+                "percent_left": balance * 100 // 1000,
+                "level": "normal" if balance > 200 else "low",
+                "revision": revision,
+                "period_start": now,
+                "renews_at": None,
+            },
+        }
+    )
+
+
+class Stream:
+    """One open page's event stream, read with plain asyncio (a lean client)."""
+
+    def __init__(self, port: int, organisation: str, member: str) -> None:
+        self.port, self.organisation, self.member = port, organisation, member
+        self.views = 0
+        self.updated = asyncio.Event()
+        self.at = 0.0
+
+    async def run(self, opened: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(
+            (
+                "GET /billing/stream HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n"
+                f"X-Organisation-Id: {self.organisation}\r\nX-Member-Id: {self.member}\r\n\r\n"
+            ).encode()
+        )
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                if line.startswith(b"event: view"):
+                    self.views += 1
+                    if self.views == 1:
+                        opened.set()
+                    else:
+                        self.at = time.perf_counter()
+                        self.updated.set()
+        finally:
+            writer.close()
+
+
+async def _pages(kafka: str, port: int, prefix: str, pages: int, organisations: int) -> dict:
+    orgs = [f"org_live{n}" for n in range(organisations)]
+    topic = CREDIT_BALANCE.topic(prefix)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", linger_ms=0)
+    await producer.start()
+    try:
+        # every organisation known, with a first balance, before the pages open
+        for org in orgs:
+            await producer.send(topic, _balance(org, 1000, 1), key=org.encode())
+        await producer.flush()
+        await asyncio.sleep(2)
+        streams = [Stream(port, orgs[n % organisations], "member_bench") for n in range(pages)]
+        opened = [asyncio.Event() for _ in streams]
+        tasks = [asyncio.create_task(s.run(o)) for s, o in zip(streams, opened, strict=True)]
+        await asyncio.wait_for(asyncio.gather(*(o.wait() for o in opened)), 30)
+        await asyncio.sleep(0.5)
+        published: dict[str, float] = {}
+        for org in orgs:
+            published[org] = time.perf_counter()
+            await producer.send_and_wait(topic, _balance(org, 150, 2), key=org.encode())
+        await asyncio.wait_for(asyncio.gather(*(s.updated.wait() for s in streams)), 30)
+        latencies = sorted((s.at - published[s.organisation]) * 1000 for s in streams)
+        for task in tasks:
+            task.cancel()
+    finally:
+        await producer.stop()
+    return {
+        "pages": pages,
+        "organisations": organisations,
+        "p50_ms": round(latencies[len(latencies) // 2], 1),
+        "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
+        "max_ms": round(latencies[-1], 1),
+        "within_1s": sum(1 for x in latencies if x <= 1000),
+    }
+
+
+async def live_pages(
+    kafka: str, database: str, *, pages: int, organisations: int
+) -> dict[str, Any]:
+    schema, prefix = f"bench_{uuid.uuid4().hex[:8]}", f"bench{uuid.uuid4().hex[:8]}."
+    await ensure_topics(kafka, prefix)
+    async with ServiceProcess(
+        "services.dashboard", SERVICE.env_prefix, kafka, database, schema, prefix
+    ) as dashboard:
+        many = await _pages(kafka, dashboard.port, prefix, pages, organisations)
+    schema, prefix = f"bench_{uuid.uuid4().hex[:8]}", f"bench{uuid.uuid4().hex[:8]}."
+    await ensure_topics(kafka, prefix)
+    async with ServiceProcess(
+        "services.dashboard", SERVICE.env_prefix, kafka, database, schema, prefix
+    ) as dashboard:
+        one = await _pages(kafka, dashboard.port, prefix, 1, 1)
+    return {"many": many, "one": one}

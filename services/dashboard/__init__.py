@@ -1,0 +1,3 @@
+"""The billing dashboard: each organisation's Billing page, live, projected from the topics."""
+
+PRODUCER = "dashboard"

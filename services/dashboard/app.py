@@ -1,0 +1,90 @@
+"""Wiring: the dashboard on the shared kernel (`shared.service`)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shared.service import DevResources, Kernel, Service
+from shared.topics import (
+    AGENT_USAGE,
+    CREDIT_AUTHORIZATIONS,
+    CREDIT_BALANCE,
+    SEATS_STATE,
+    SUBSCRIPTION_STATE,
+)
+
+from . import PRODUCER
+from .handlers import http
+from .service import Dashboard
+from .settings import DashboardSettings
+
+
+@dataclass
+class Parts:
+    """What the HTTP handlers use (`request.app.state.parts`)."""
+
+    dashboard: Dashboard
+    subscriptions: httpx.AsyncClient
+    """The subscription service's API (owner actions, the plan catalogue)."""
+    catalogue: dict[str, Any] | None = field(default=None)
+
+
+async def build(kernel: Kernel[DashboardSettings]) -> Parts:
+    settings = kernel.settings
+    dashboard = Dashboard(
+        kernel.pool,
+        kernel.clock,
+        schema=settings.db_schema,
+        recent_debits=settings.recent_debits,
+        chart_days=settings.chart_days,
+    )
+    for spec, name, apply, what in (
+        (CREDIT_BALANCE, "credits", dashboard.on_credits, "The credit bar (newest revision)."),
+        (AGENT_USAGE, "usage", dashboard.on_usage, "Recent debits and usage per day."),
+        (CREDIT_AUTHORIZATIONS, "denials", dashboard.on_authorizations, "Denied sends."),
+        (SUBSCRIPTION_STATE, "subscriptions", dashboard.on_subscriptions, "Plan and period."),
+        (SEATS_STATE, "seats", dashboard.on_seats, "Seats and owners."),
+    ):
+        kernel.consume(spec, name, apply, max_records=2000, description=what)
+    kernel.background(
+        "page-notifications",
+        lambda: dashboard.listen(settings.database_url.get_secret_value(), settings.db_schema),
+    )
+    client = httpx.AsyncClient(
+        base_url=str(settings.subscriptions_url).rstrip("/"),
+        headers={"Authorization": f"Bearer {settings.subscriptions_token.get_secret_value()}"},
+        timeout=30,
+    )
+    kernel.on_stop(client.aclose)
+    return Parts(dashboard, client)
+
+
+@contextlib.contextmanager
+def development(data: Path, env: dict[str, str], port: int) -> Iterator[DevResources]:
+    """Under `make run`: a plain browser sets no proxy headers, so the page also takes the
+    identity from its query."""
+    yield DevResources(
+        env={"DASHBOARD_IDENTITY_FROM_QUERY": "true"},
+        lines=(
+            f"billing page   http://127.0.0.1:{port}/billing?organisation=org_demo&member=member_ada",
+        ),
+    )
+
+
+SERVICE = Service(
+    name=PRODUCER,
+    module="services.dashboard",
+    title="Billing dashboard",
+    summary="Each organisation's Billing page, live: credits, usage, plan, seats, actions.",
+    settings=DashboardSettings,
+    migrations=Path(__file__).parent / "migrations",
+    build=build,
+    routers=(http.router,),
+    development=development,
+)

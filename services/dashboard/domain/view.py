@@ -1,0 +1,58 @@
+"""What the Billing page shows, as pure rules (no I/O): the credit bar's colour (R7), and which
+actions an owner may take (R3, R12, R13)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+GREEN, AMBER, RED, GREY = "green", "amber", "red", "grey"
+
+
+def bar_colour(percent_left: int, level: str) -> str:
+    """Green above 50 %, amber from 20 % to 50 %, red below 20 %, grey when exhausted."""
+    if level == "exhausted" or percent_left <= 0:
+        return GREY
+    if percent_left > 50:
+        return GREEN
+    if percent_left >= 20:
+        return AMBER
+    return RED
+
+
+@dataclass(frozen=True, slots=True)
+class Actions:
+    """What the viewer may do, and if not, why."""
+
+    allowed: bool
+    reason: str | None
+    change_plan: bool
+    manage_billing: bool
+    cancel: bool
+    reactivate: bool
+
+
+def actions(
+    member_id: str, seats: dict[str, Any] | None, subscription: dict[str, Any] | None
+) -> Actions:
+    """Owners act (R3). Cancel applies to a paid plan not yet cancelled (R12); reactivate to a
+    cancelled one within its period (R13); Manage billing to a plan billed through Stripe."""
+    owner = seats is not None and member_id in seats.get("owners", [])
+    if not owner:
+        reason = (
+            "Only an owner can change the plan or billing"
+            if seats is not None
+            else "Who the owners are is not known yet"
+        )
+        return Actions(False, reason, False, False, False, False)
+    plan = (subscription or {}).get("plan")
+    paid = plan in ("pro", "max") or (subscription or {}).get("stripe_subscription_id")
+    cancelled = bool((subscription or {}).get("cancel_at_period_end"))
+    return Actions(
+        True,
+        None,
+        change_plan=plan != "enterprise",
+        manage_billing=bool((subscription or {}).get("stripe_subscription_id")),
+        cancel=bool(paid) and not cancelled,
+        reactivate=cancelled,
+    )

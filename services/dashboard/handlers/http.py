@@ -1,0 +1,199 @@
+"""The Billing page for people (behind the trusted front proxy, which sets who looks at which
+organisation in two headers): the page, its live stream, and the owner's actions, which the
+page forwards to the subscription service's API as the acting member."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import httpx
+import orjson
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from shared.events.envelope import ORGANISATION_ID_PATTERN, Identifier
+from shared.http import Problem
+
+from ..service import Dashboard
+from ..settings import DashboardSettings
+from . import page
+
+router = APIRouter()
+
+HEARTBEAT_SECONDS = 15
+
+
+class Viewer(BaseModel):
+    organisation_id: Annotated[str, Field(pattern=ORGANISATION_ID_PATTERN)]
+    member_id: Identifier
+    query: str = ""
+    """What links and forms carry along (the identity, when it came from the query)."""
+
+
+def viewer(request: Request) -> Viewer:
+    """Who looks at which organisation: the front proxy's headers (or, in development only,
+    the `organisation` and `member` query parameters)."""
+    settings: DashboardSettings = request.app.state.settings
+    organisation = request.headers.get(settings.organisation_header)
+    member = request.headers.get(settings.member_header)
+    query = ""
+    if not (organisation and member) and settings.identity_from_query:
+        organisation = request.query_params.get("organisation")
+        member = request.query_params.get("member")
+        query = (
+            "?"
+            + httpx.QueryParams(
+                {"organisation": organisation or "", "member": member or ""}
+            ).__str__()
+        )
+    if not organisation or not member:
+        raise Problem(
+            401,
+            "missing-identity",
+            "Who is looking is unknown",
+            f"The front proxy sets {settings.organisation_header} and {settings.member_header}.",
+        )
+    try:
+        return Viewer(organisation_id=organisation, member_id=member, query=query)
+    except ValidationError:
+        raise Problem(400, "invalid-identity", "Malformed identity headers") from None
+
+
+Looking = Annotated[Viewer, Depends(viewer)]
+
+
+def _dashboard(request: Request) -> Dashboard:
+    return request.app.state.parts.dashboard
+
+
+async def _catalogue(request: Request) -> dict | None:
+    parts = request.app.state.parts
+    if parts.catalogue is None:
+        try:
+            response = await parts.subscriptions.get("/v1/catalogue")
+            if response.status_code == 200:
+                parts.catalogue = response.json()
+        except httpx.HTTPError:
+            return None
+    return parts.catalogue
+
+
+def _version(html: str) -> str:
+    return hashlib.blake2s(html.encode(), digest_size=8).hexdigest()
+
+
+@router.get("/billing", response_class=HTMLResponse, tags=["billing page"])
+async def billing(who: Looking, request: Request, notice: str = "") -> HTMLResponse:
+    """The organisation's Billing page."""
+    stored = await _dashboard(request).view(who.organisation_id)
+    body = page.main(stored, who.member_id, await _catalogue(request), who.query, notice[:300])
+    return HTMLResponse(page.page(who.organisation_id, body, _version(body)))
+
+
+@router.get("/billing/stream", tags=["billing page"])
+async def stream(who: Looking, request: Request) -> StreamingResponse:
+    """Server-sent events: the page's live part, now and after every change of the view."""
+    dashboard = _dashboard(request)
+    catalogue = await _catalogue(request)
+
+    async def events() -> AsyncIterator[bytes]:
+        async with dashboard.watch(who.organisation_id) as changed:
+            last = ""
+            while True:
+                stored = await dashboard.view(who.organisation_id)
+                body = page.main(stored, who.member_id, catalogue, who.query)
+                version = _version(body)
+                if version != last:
+                    last = version
+                    data = orjson.dumps({"html": body, "version": version}).decode()
+                    yield f"event: view\ndata: {data}\n\n".encode()
+                try:
+                    await asyncio.wait_for(changed.get(), HEARTBEAT_SECONDS)
+                except TimeoutError:
+                    yield b": heartbeat\n\n"
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _act(
+    request: Request, who: Viewer, path: str, body: dict | None = None
+) -> httpx.Response:
+    settings: DashboardSettings = request.app.state.settings
+    try:
+        return await request.app.state.parts.subscriptions.post(
+            path,
+            json=body,
+            headers={
+                settings.organisation_header: who.organisation_id,
+                settings.member_header: who.member_id,
+            },
+        )
+    except httpx.HTTPError:
+        raise Problem(
+            503,
+            "unavailable",
+            "The subscription service did not answer",
+            "Try again in a moment.",
+            headers={"Retry-After": "2"},
+        ) from None
+
+
+def _back(who: Viewer, answer: httpx.Response, done: str) -> RedirectResponse:
+    notice = done
+    if answer.status_code >= 400:
+        try:
+            notice = answer.json().get("detail") or answer.json().get("title") or "Refused"
+        except ValueError:
+            notice = "Refused"
+    params = httpx.QueryParams(who.query.lstrip("?")).set("notice", notice)
+    return RedirectResponse(f"/billing?{params}", status_code=303)
+
+
+@router.post("/billing/change", tags=["billing page"])
+async def change(
+    who: Looking, request: Request, choice: Annotated[str, Form(max_length=40)]
+) -> RedirectResponse:
+    """Change plan: to Stripe Checkout for a paid plan from Free, else back to the page."""
+    plan, _, cycle = choice.partition(":")
+    answer = await _act(
+        request, who, "/v1/subscription/change", {"plan": plan, "cycle": cycle or None}
+    )
+    if answer.status_code == 200 and answer.json().get("checkout_url"):
+        return RedirectResponse(answer.json()["checkout_url"], status_code=303)
+    return _back(who, answer, "Plan change recorded.")
+
+
+@router.post("/billing/portal", tags=["billing page"])
+async def portal(who: Looking, request: Request) -> RedirectResponse:
+    """Manage billing: to the Stripe Billing Portal (R11)."""
+    answer = await _act(request, who, "/v1/billing-portal")
+    if answer.status_code == 200:
+        return RedirectResponse(answer.json()["url"], status_code=303)
+    return _back(who, answer, "")
+
+
+@router.get("/billing/cancel", response_class=HTMLResponse, tags=["billing page"])
+async def confirm_cancel(who: Looking, request: Request) -> HTMLResponse:
+    """The confirmation screen before cancelling (R12)."""
+    stored = await _dashboard(request).view(who.organisation_id)
+    return HTMLResponse(page.confirm_cancel(who.organisation_id, stored, who.query))
+
+
+@router.post("/billing/cancel", tags=["billing page"])
+async def cancel(who: Looking, request: Request) -> RedirectResponse:
+    answer = await _act(request, who, "/v1/subscription/cancel")
+    return _back(who, answer, "Your plan is cancelled at the end of the period.")
+
+
+@router.post("/billing/reactivate", tags=["billing page"])
+async def reactivate(who: Looking, request: Request) -> RedirectResponse:
+    answer = await _act(request, who, "/v1/subscription/reactivate")
+    return _back(who, answer, "Your plan continues.")

@@ -1,0 +1,175 @@
+"""Use cases of the dashboard: project the topics into per-organisation views (each part keeps
+its producer's newest revision), and tell open pages when their organisation's view changed.
+
+Live updates work across instances: a consumer's transaction ends with `pg_notify` naming the
+organisations it changed; every instance listens and wakes its open pages for them, which
+read the committed view (a page that reconnects reads it too, so it catches up)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+
+import asyncpg
+
+from shared.clock import Clock
+from shared.consumer import Decoded
+from shared.events import Event
+from shared.events.codec import Rejection
+from shared.logging import get_logger
+
+from . import store
+
+log = get_logger("dashboard.service")
+
+Applied = list[tuple[Decoded[Event], Rejection]]
+
+
+def channel(schema: str) -> str:
+    return f"dashboard_{schema}"
+
+
+class Dashboard:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        clock: Clock,
+        *,
+        schema: str,
+        recent_debits: int,
+        chart_days: int,
+    ) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._channel = channel(schema)
+        self.recent_debits = recent_debits
+        self.chart_days = chart_days
+        self._pages: dict[str, set[asyncio.Queue[None]]] = {}
+
+    # Consumers --------------------------------------------------------------------------------
+
+    async def on_credits(self, items: Sequence[Decoded[Event]]) -> Applied:
+        return await self._keep("credits", items)
+
+    async def on_subscriptions(self, items: Sequence[Decoded[Event]]) -> Applied:
+        return await self._keep("subscription", items)
+
+    async def on_seats(self, items: Sequence[Decoded[Event]]) -> Applied:
+        return await self._keep("seats", items)
+
+    async def _keep(self, part: str, items: Sequence[Decoded[Event]]) -> Applied:
+        newest: dict[str, tuple[str, int, dict]] = {}
+        for item in items:
+            event = item.event
+            data = event.data.model_dump(mode="json")
+            known = newest.get(event.organisation_id)
+            if known is None or data["revision"] > known[1]:
+                newest[event.organisation_id] = (event.organisation_id, data["revision"], data)
+        async with self._pool.acquire() as conn, conn.transaction():
+            changed = await store.keep_newest(
+                conn, part, [newest[o] for o in sorted(newest)], self._clock.now()
+            )
+            await self._notify(conn, changed)
+        return []
+
+    async def on_usage(self, items: Sequence[Decoded[Event]]) -> Applied:
+        debits = [
+            store.Debit(
+                i.event.event_id,
+                i.event.organisation_id,
+                i.event.data.member_id,  # type: ignore[attr-defined]
+                i.event.data.agent_id,  # type: ignore[attr-defined]
+                i.event.data.credits,  # type: ignore[attr-defined]
+                i.event.occurred_at,
+            )
+            for i in items
+        ]
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._notify(conn, await store.add_usage(conn, debits))
+        return []
+
+    async def on_authorizations(self, items: Sequence[Decoded[Event]]) -> Applied:
+        denials = [
+            store.Denial(
+                i.event.event_id,
+                i.event.organisation_id,
+                i.event.data.member_id,  # type: ignore[attr-defined]
+                i.event.data.agent_id,  # type: ignore[attr-defined]
+                i.event.data.reason,  # type: ignore[attr-defined]
+                i.event.data.estimate,  # type: ignore[attr-defined]
+                i.event.occurred_at,
+            )
+            for i in items
+            if i.event.data.decision == "denied"  # type: ignore[attr-defined]
+        ]
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._notify(conn, await store.add_denials(conn, denials))
+        return []
+
+    async def _notify(self, conn: asyncpg.Connection, organisations: Sequence[str]) -> None:
+        """At commit, wake the open pages of these organisations, on every instance."""
+        chunk: list[str] = []
+        for organisation in organisations:
+            chunk.append(organisation)
+            if len(chunk) == 100:
+                await conn.execute("SELECT pg_notify($1, $2)", self._channel, " ".join(chunk))
+                chunk = []
+        if chunk:
+            await conn.execute("SELECT pg_notify($1, $2)", self._channel, " ".join(chunk))
+
+    # Pages ------------------------------------------------------------------------------------
+
+    async def view(self, organisation_id: str) -> store.Stored:
+        now = self._clock.now()
+        return await store.view(
+            self._pool,
+            organisation_id,
+            since=now - timedelta(days=self.chart_days - 1),
+            until=now,
+            recent=self.recent_debits,
+        )
+
+    @contextlib.asynccontextmanager
+    async def watch(self, organisation_id: str) -> AsyncIterator[asyncio.Queue[None]]:
+        """A queue that gets an item whenever the organisation's view may have changed."""
+        queue: asyncio.Queue[None] = asyncio.Queue(maxsize=1)
+        self._pages.setdefault(organisation_id, set()).add(queue)
+        try:
+            yield queue
+        finally:
+            pages = self._pages.get(organisation_id, set())
+            pages.discard(queue)
+            if not pages:
+                self._pages.pop(organisation_id, None)
+
+    def wake(self, organisations: Sequence[str]) -> None:
+        for organisation in organisations:
+            for queue in self._pages.get(organisation, ()):
+                if queue.empty():
+                    queue.put_nowait(None)
+
+    @property
+    def open_pages(self) -> int:
+        return sum(len(pages) for pages in self._pages.values())
+
+    async def listen(self, dsn: str, schema: str) -> None:
+        """Wake pages on the consumers' notifications (of any instance). Reconnects."""
+        while True:
+            try:
+                conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+                closed = asyncio.Event()
+                try:
+                    conn.add_termination_listener(lambda _, done=closed: done.set())
+                    await conn.add_listener(self._channel, lambda *args: self.wake(args[3].split()))
+                    self.wake(list(self._pages))  # catch up on what was missed meanwhile
+                    await closed.wait()
+                finally:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("dashboard listener failed; reconnecting", error=repr(exc))
+            await asyncio.sleep(1)

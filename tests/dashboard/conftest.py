@@ -1,0 +1,97 @@
+"""The dashboard with every service it projects, real and on the same broker and database:
+metering, the Stripe gateway (with devstripe), subscriptions and seats in the test's process,
+and the dashboard served over HTTP on a free port for a real headless Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import httpx
+import pytest
+import uvicorn
+
+from services.dashboard.app import SERVICE
+from services.dashboard.settings import DashboardSettings
+from services.seats.app import SERVICE as SEATS
+from services.seats.settings import SeatSettings
+from shared.devstack import free_port
+from shared.service import create_app
+from shared.testing.plugin import Infrastructure, Isolation
+from shared.testing.service import running_service
+from tests.subscriptions import conftest as subscriptions
+from tests.subscriptions.conftest import Billing
+
+billing = subscriptions.billing  # the services the page shows, as the subscription tests run them
+clock = subscriptions.clock
+ARTEFACTS = Path(__file__).resolve().parents[2] / "test-artefacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def settings_of(kind: type, env: dict[str, str]) -> Any:
+    with mock.patch.dict(os.environ, env):
+        return kind()
+
+
+@dataclass
+class Page:
+    """The dashboard, served at `url`, beside the other services."""
+
+    url: str
+    billing: Billing
+    seats: httpx.AsyncClient
+    settings: DashboardSettings
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, port: int) -> AsyncIterator[None]:
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.05)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def dashboard(
+    billing: Billing, infrastructure: Infrastructure, isolation: Isolation
+) -> AsyncIterator[Page]:
+    common = isolation.env(infrastructure, SERVICE.env_prefix)
+    seat_settings = settings_of(
+        SeatSettings, {**common, "SEATS_DB_SCHEMA": isolation.schema_for("seats")}
+    )
+    settings = settings_of(
+        DashboardSettings,
+        {**common, "DASHBOARD_DB_SCHEMA": isolation.schema_for("dashboard")},
+    )
+    port = free_port()
+    app = create_app(SERVICE, settings, billing.clock)
+    async with running_service(SEATS, seat_settings, billing.clock) as (_, seats):
+        async with serving(app, port):
+            app.state.parts.subscriptions = billing.http  # the subscription API, in process
+            yield Page(f"http://127.0.0.1:{port}", billing, seats, settings)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            "Chromium is missing: `make test` installs Debian's chromium package "
+            "(apt-get install chromium); install it and run again."
+        )
+    return CHROMIUM
