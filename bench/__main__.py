@@ -6,11 +6,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 from typing import Any
 
 from shared.devstack import embedded_stack
 
-from . import authorization, dashboard, metering, renewals, report, restart, seats, webhooks
+from . import (
+    authorization,
+    dashboard,
+    metering,
+    process,
+    renewals,
+    report,
+    restart,
+    seats,
+    webhooks,
+)
 
 
 async def run_metering(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -377,6 +388,24 @@ def main() -> None:
             figures["seats"] = asyncio.run(run_seats(kafka, database, args))
         if args.only in (None, "dashboard"):
             figures["dashboard"] = asyncio.run(run_dashboard(kafka, database, args))
+        stack = process.stack_peaks()  # while the broker and the database still run
+    figures["peak_memory_mib"] = (
+        {module: max(peaks) for module, peaks in sorted(process.PEAKS.items())}
+        | stack
+        | {
+            "bench (load generator)": round(
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+            )
+        }
+    )
+    print()
+    print(
+        report.table(
+            "Peak memory (resident, MiB) of each process",
+            [("process", "peak", "")]
+            + [(name, f"{mib}", "") for name, mib in figures["peak_memory_mib"].items()],
+        )
+    )
     path = report.write("bench", figures)
     print(f"\nfigures written to {path.relative_to(path.parents[2])}")
 

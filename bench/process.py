@@ -12,6 +12,9 @@ import httpx
 
 from shared.devstack import free_port
 
+PEAKS: dict[str, list[float]] = {}
+"""Peak resident memory (MiB) of every service process a benchmark ran, by module."""
+
 
 class ServiceProcess:
     """`python -m <module>` with its own schema and topic prefix; ready once its consumer
@@ -67,7 +70,47 @@ class ServiceProcess:
                 await asyncio.sleep(0.1)
         raise RuntimeError(f"{self.module} did not become ready")
 
+    def peak_rss_mb(self) -> float | None:
+        """The process's peak resident memory so far (Linux `VmHWM`), in MiB."""
+        if self.process is None:
+            return None
+        try:
+            with open(f"/proc/{self.process.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            return None
+        return None
+
     async def __aexit__(self, *exc: object) -> None:
         assert self.process is not None
+        PEAKS.setdefault(self.module, []).append(self.peak_rss_mb() or 0.0)
         self.process.terminate()
         self.process.wait(timeout=30)
+
+
+def stack_peaks() -> dict[str, float]:
+    """Peak resident memory (MiB) of the broker and of the largest PostgreSQL process now
+    running on this machine (the benchmark's own stack)."""
+    found: dict[str, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/status") as f:
+                peak = next((int(x.split()[1]) for x in f if x.startswith("VmHWM:")), 0)
+        except OSError:
+            continue
+        name = (
+            "broker (Tansu)"
+            if "tansu" in command
+            else "PostgreSQL (largest process)"
+            if "postgres" in command
+            else None
+        )
+        if name is not None:
+            found[name] = max(found.get(name, 0.0), round(peak / 1024, 1))
+    return found

@@ -222,19 +222,39 @@ def _replay(messages: list[dict[str, Any]], then: Receive | None = None) -> Rece
     return receive
 
 
+class Delegate(Exception):
+    """Raised by a `HotRoute`'s answer: the framework's route answers this request instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class HotRequest:
+    state: Any
+    """The application's state: `settings`, `parts`."""
+    path: dict[str, str]
+    query: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    body: Any
+    headers: dict[str, str] | None = None
+
+
 @dataclass(frozen=True)
 class HotRoute:
-    """A GET route answered in front of the framework, for a path called at high rates whose
-    answer is one query (a check on the request path of another system). Only the plain case is
-    answered here: a valid token, a path that matches `path` (a regex with named groups) and
-    query parameters that pass `query`; anything else (no token, malformed input, an
-    unexpected error) goes on to the framework's route of the same path, which answers it the
-    usual way and documents it. `answer(parts, path_params, query_params)` returns the JSON
-    body, or raises `Problem`."""
+    """A route answered in front of the framework, for a path called at high rates on another
+    system's request path (the chat gateway's authorization, the invite flow's seat check).
+    Only the plain case is answered here: a valid token, a path that matches `path` (a regex
+    with named groups), a body within the size limit, and input that `answer` accepts; anything
+    else (no token, malformed input: `answer` raises `Delegate`; an unexpected error) goes on,
+    body included, to the framework's route of the same path, which answers it the usual way
+    and documents it. `answer` returns the JSON body (or an `Answer` with headers), or raises
+    `Problem`."""
 
     path: re.Pattern[str]
-    answer: Callable[[Any, dict[str, str], dict[str, str]], Awaitable[Any]]
-    query: Callable[[dict[str, str]], bool] = lambda _: True
+    answer: Callable[[HotRequest], Awaitable[Any]]
+    method: str = "GET"
 
 
 class HotRoutes:
@@ -245,17 +265,43 @@ class HotRoutes:
         self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
+        if scope["type"] == "http":
             for route in self.routes:
+                if route.method != scope["method"]:
+                    continue
                 match = route.path.match(scope["path"])
-                if match is not None:
-                    if await self._answer(route, match, scope, send):
-                        return
-                    break
+                if match is None:
+                    continue
+                body = b""
+                if route.method != "GET":
+                    read = await self._body(scope, receive)
+                    if read is None:
+                        break
+                    body = read
+                    receive = _replay(
+                        [{"type": "http.request", "body": body, "more_body": False}],
+                        then=receive,
+                    )
+                if await self._answer(route, match, scope, send, body):
+                    return
+                break
         await self.app(scope, receive, send)
 
+    async def _body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The whole body if it announced a length within the limit; None to leave it unread."""
+        limit = scope["app"].state.settings.max_request_bytes
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is None or not length.isdigit() or int(length) > limit:
+            return None
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
     async def _answer(
-        self, route: HotRoute, match: re.Match[str], scope: Scope, send: Send
+        self, route: HotRoute, match: re.Match[str], scope: Scope, send: Send, body: bytes
     ) -> bool:
         state = scope["app"].state
         settings: ServiceSettings = state.settings
@@ -263,10 +309,8 @@ class HotRoutes:
         if token is None or not settings.token_accepted(token):
             return False
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-        if not route.query(query):
-            return False
         try:
-            body = await route.answer(state.parts, match.groupdict(), query)
+            answered = await route.answer(HotRequest(state, match.groupdict(), query, body))
         except Problem as exc:
             payload: dict[str, Any] = {
                 "type": PROBLEM_BASE + exc.slug,
@@ -280,7 +324,12 @@ class HotRoutes:
             return True
         except Exception:
             return False
-        await _send(send, 200, "application/json", orjson.dumps(body))
+        if isinstance(answered, Answer):
+            await _send(
+                send, 200, "application/json", orjson.dumps(answered.body), answered.headers
+            )
+        else:
+            await _send(send, 200, "application/json", orjson.dumps(answered))
         return True
 
 

@@ -73,4 +73,5 @@ SERVICE = Service(
     migrations=Path(__file__).parent / "migrations",
     build=build,
     routers=(http.router,),
+    hot_routes=(http.HOT_AUTHORIZE,),
 )

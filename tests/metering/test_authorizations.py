@@ -10,6 +10,7 @@ from uuid import uuid4
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 
 from services.metering.authorizer import Ask, Authorization, Authorizer, ConcurrentChange
@@ -436,3 +437,38 @@ async def test_requests_beyond_the_waiting_bound_get_503_with_retry_after(
             assert response.headers["content-type"] == "application/problem+json"
     allowed = statuses[200]
     assert await holds_are_consistent(db, "org_crowd") == (10_000, allowed * 10, allowed * 10)
+
+
+async def test_the_hot_authorization_answers_as_the_framework_route(
+    metering: MeteringHarness,
+) -> None:
+    """Authorizations are served in front of the framework; a request it leaves (here: a body
+    sent without a length) goes to the framework's route. A decision made by one and asked
+    again through the other is the same decision, byte for byte."""
+    await funded(metering, "org_hot", 100)
+
+    async def chunked(body: dict) -> httpx.Response:
+        async def stream():
+            yield orjson.dumps(body)
+
+        return await metering.http.post(
+            "/v1/authorizations", content=stream(), headers={"Content-Type": "application/json"}
+        )
+
+    body = {"organisation_id": "org_hot", "member_id": "member_1", "message_id": "msg_a"}
+    hot = await metering.http.post("/v1/authorizations", json=body)
+    framework_replay = await chunked(body)
+    other = {**body, "message_id": "msg_b"}
+    framework = await chunked(other)
+    hot_replay = await metering.http.post("/v1/authorizations", json=other)
+
+    for first, again in ((hot, framework_replay), (framework, hot_replay)):
+        assert (first.status_code, again.status_code) == (200, 200)
+        assert first.headers["content-type"] == again.headers["content-type"]
+        assert again.headers["Idempotent-Replayed"] == "true"
+        replayed = again.json()
+        assert {**first.json(), "balance": None, "available": None} == {
+            **replayed,
+            "balance": None,
+            "available": None,
+        }

@@ -4,16 +4,25 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.events import MAX_CREDITS_PER_MESSAGE, CreditLevel
 from shared.events.envelope import ORGANISATION_ID_PATTERN, Identifier, OrganisationId
-from shared.http import PROBLEM_RESPONSES, Problem, require_token
+from shared.http import (
+    PROBLEM_RESPONSES,
+    Answer,
+    Delegate,
+    HotRequest,
+    HotRoute,
+    Problem,
+    require_token,
+)
 
 from ..authorizer import (
     Ask,
@@ -96,16 +105,21 @@ def _out(authorization: Authorization) -> AuthorizationOut:
     tags=["authorizations"],
     responses={503: {"description": "Too many requests waiting, or the wallet kept changing"}},
 )
-async def authorize(
-    body: AuthorizationIn, request: Request, response: Response
-) -> AuthorizationOut:
+async def authorize(body: AuthorizationIn, request: Request, response: Response) -> dict[str, Any]:
     """May this member's message go to the agent? If so, its estimate is held until the usage
     event for the same message settles it, the gateway releases it, or it expires. Asking again
     for the same message returns the same decision and hold (header `Idempotent-Replayed`).
-    503 with `Retry-After` when the service is saturated: ask again."""
-    settings: MeteringSettings = request.app.state.settings
+    503 with `Retry-After` when the service is saturated: ask again. (Served by
+    `HOT_AUTHORIZE` in front of the framework; this route answers what it leaves.)"""
+    answer = await _authorize(request.app.state, body)
+    response.headers.update(answer.headers or {})
+    return answer.body
+
+
+async def _authorize(state: Any, body: AuthorizationIn) -> Answer:
+    settings: MeteringSettings = state.settings
     try:
-        decided = await _authorizer(request).authorize(
+        decided = await state.parts.authorizer.authorize(
             Ask(
                 organisation_id=body.organisation_id,
                 member_id=body.member_id,
@@ -130,9 +144,21 @@ async def authorize(
             "The organisation's credits changed during every attempt to decide; ask again.",
             headers={"Retry-After": "1"},
         ) from None
-    if decided.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return _out(decided)
+    headers = {"Idempotent-Replayed": "true"} if decided.replayed else None
+    return Answer(_out(decided).model_dump(mode="json"), headers)
+
+
+async def _hot_authorize(request: HotRequest) -> Answer:
+    try:
+        body = AuthorizationIn.model_validate_json(request.body)
+    except ValidationError:
+        raise Delegate from None
+    return await _authorize(request.state, body)
+
+
+HOT_AUTHORIZE = HotRoute(
+    path=re.compile(r"^/v1/authorizations$"), answer=_hot_authorize, method="POST"
+)
 
 
 @router.get(

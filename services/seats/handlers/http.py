@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from shared.events.envelope import NO_CONTROL_CHARACTERS, ORGANISATION_ID_PATTERN
 from shared.events.members import MemberRole, MemberStatus
 from shared.events.subscriptions import Plan
-from shared.http import PROBLEM_RESPONSES, HotRoute, Problem, require_token
+from shared.http import PROBLEM_RESPONSES, Delegate, HotRequest, HotRoute, Problem, require_token
 
 from ..domain.seats import count
 from ..service import Seats, UnknownOrganisation
@@ -84,23 +84,22 @@ async def _check(parts: Any, organisation_id: str, member_id: str | None) -> dic
 
 _MEMBER_ID = re.compile(NO_CONTROL_CHARACTERS)
 
+
+async def _hot_check(request: HotRequest) -> dict[str, Any]:
+    query = request.query
+    member = query.get("member_id")
+    if set(query) - {"member_id"} or (
+        member is not None and not (1 <= len(member) <= 128 and _MEMBER_ID.match(member))
+    ):
+        raise Delegate
+    return await _check(request.state.parts, request.path["organisation_id"], member)
+
+
 HOT_SEAT_CHECK = HotRoute(
     path=re.compile(
         rf"^/v1/organisations/(?P<organisation_id>{ORGANISATION_ID_PATTERN[1:-1]})/seat-check$"
     ),
-    answer=lambda parts, path, query: _check(
-        parts, path["organisation_id"], query.get("member_id")
-    ),
-    query=lambda query: (
-        set(query) <= {"member_id"}
-        and (
-            "member_id" not in query
-            or (
-                1 <= len(query["member_id"]) <= 128
-                and _MEMBER_ID.match(query["member_id"]) is not None
-            )
-        )
-    ),
+    answer=_hot_check,
 )
 
 
