@@ -109,6 +109,9 @@ async def run_authorization(kafka: str, database: str, args: argparse.Namespace)
         spread_rate=max(rates),
         spread_seconds=args.spread_seconds,
     )
+    apart = await authorization.api_apart(
+        kafka, database, rate=max(rates), seconds=args.spread_seconds
+    )
     hot, spread = api["hot"], api["spread"]
     ratio = round(hot["per_second"] / ceiling["hot_per_second"], 2)
     print()
@@ -137,19 +140,29 @@ async def run_authorization(kafka: str, database: str, args: argparse.Namespace)
                     for rate, s in spread["by_rate"].items()
                 ),
                 (
+                    f"spread at {max(rates):,}/s, the API in a process of its own",
+                    f"p50 {apart['p50_ms']} / p99 {apart['p99_ms']} ms",
+                    "consumers and outbox relay in a second process",
+                ),
+                (
                     "approved on the hot wallet",
                     f"{hot['approved']:,} of {hot['requests']:,}",
                     f"credits cover {hot['credits_granted']:,} estimates",
                 ),
                 (
                     "overspend (held by approvals - granted)",
-                    f"{hot['overspend'] + spread['overspend']}",
+                    f"{hot['overspend'] + spread['overspend'] + apart['overspend']}",
                     "target 0",
                 ),
             ],
         )
     )
-    return {**api, "postgres_ceiling": ceiling, "ratios": {"hot_vs_postgres_ceiling": ratio}}
+    return {
+        **api,
+        "api_apart": apart,
+        "postgres_ceiling": ceiling,
+        "ratios": {"hot_vs_postgres_ceiling": ratio},
+    }
 
 
 async def run_restart(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:

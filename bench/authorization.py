@@ -231,3 +231,46 @@ async def postgres_ceiling(
         "spread_p50_ms": round(latencies[len(latencies) // 2], 2),
         "spread_p99_ms": round(latencies[int(len(latencies) * 0.99)], 2),
     }
+
+
+async def api_apart(kafka: str, database: str, *, rate: int, seconds: float) -> dict[str, Any]:
+    """The spread again, with metering as two processes on one schema: the HTTP API alone
+    (`RUN_CONSUMERS=false`, `RUN_RELAY=false`) and the consumers with the outbox relay."""
+    schema, prefix = f"bench_{uuid.uuid4().hex[:8]}", f"bench{uuid.uuid4().hex[:8]}."
+    await ensure_topics(kafka, prefix)
+    async with MeteringProcess(kafka, database, schema, prefix):
+        async with MeteringProcess(
+            kafka,
+            database,
+            schema,
+            prefix,
+            extra={"METERING_RUN_CONSUMERS": "false", "METERING_RUN_RELAY": "false"},
+        ) as api:
+            conn = await asyncpg.connect(database, server_settings={"search_path": schema})
+            try:
+                await produce(
+                    kafka,
+                    CREDIT_GRANT_REQUESTS.topic(prefix),
+                    [_grant(o, 1_000_000) for o in SPREAD],
+                )
+                while await conn.fetchval("SELECT count(*) FROM grants") < len(SPREAD):  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+                await _quiet(conn)
+                rng = random.Random(5)
+                outcome = await open_loop(
+                    "127.0.0.1",
+                    api.port,
+                    lambda _: _ask(rng.choice(SPREAD)),
+                    rate=rate,
+                    seconds=seconds,
+                )
+                check = await _overspend(conn, SPREAD)
+            finally:
+                await conn.close()
+    return {
+        "rate": rate,
+        "requests": len(outcome.latencies_ms),
+        "errors": outcome.errors,
+        **_latency(outcome),
+        **check,
+    }

@@ -157,7 +157,8 @@ class Kernel(Generic[S]):
             schema=settings.db_schema,
             batch_size=settings.outbox_batch_size,
         )
-        kernel._spawn("outbox-relay", relay.run)
+        if settings.run_relay:
+            kernel._spawn("outbox-relay", relay.run)
         kernel.topics_ready = not settings.kafka_create_topics or await kernel._ensure_topics(5.0)
         if kernel.consumers:
             kernel.consumer_state = "starting"

@@ -97,6 +97,9 @@ class ServiceSettings(CommonSettings):
     consumer_group: str = Field(min_length=1, max_length=100)
     run_consumers: bool = True
     """False runs the HTTP API only (e.g. scaled apart from the consumers)."""
+    run_relay: bool = True
+    """False leaves publishing the outbox to another process of the service (one that runs
+    it): an API process kept free for requests."""
     api_tokens: SecretStr = SecretStr(DEV_API_TOKEN)
     """Bearer tokens accepted from internal callers, comma-separated, each ≥ 8 characters. The
     development token is refused unless the service listens on loopback only."""
