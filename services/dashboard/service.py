@@ -46,7 +46,9 @@ class Dashboard:
         self._channel = channel(schema)
         self.recent_debits = recent_debits
         self.chart_days = chart_days
-        self._pages: dict[str, set[asyncio.Queue[None]]] = {}
+        self._pages: dict[str, set[asyncio.Queue[store.Stored]]] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
 
     # Consumers --------------------------------------------------------------------------------
 
@@ -132,9 +134,9 @@ class Dashboard:
         )
 
     @contextlib.asynccontextmanager
-    async def watch(self, organisation_id: str) -> AsyncIterator[asyncio.Queue[None]]:
-        """A queue that gets an item whenever the organisation's view may have changed."""
-        queue: asyncio.Queue[None] = asyncio.Queue(maxsize=1)
+    async def watch(self, organisation_id: str) -> AsyncIterator[asyncio.Queue[store.Stored]]:
+        """A queue that gets the organisation's view after each change (the newest only)."""
+        queue: asyncio.Queue[store.Stored] = asyncio.Queue(maxsize=1)
         self._pages.setdefault(organisation_id, set()).add(queue)
         try:
             yield queue
@@ -145,10 +147,35 @@ class Dashboard:
                 self._pages.pop(organisation_id, None)
 
     def wake(self, organisations: Sequence[str]) -> None:
+        """The views of these organisations changed: read each once, for all its open pages."""
         for organisation in organisations:
-            for queue in self._pages.get(organisation, ()):
-                if queue.empty():
-                    queue.put_nowait(None)
+            if organisation not in self._pages:
+                continue
+            if organisation in self._refreshing:
+                self._again.add(organisation)
+                continue
+            task = asyncio.create_task(self._refresh(organisation))
+            self._refreshing[organisation] = task
+
+    async def _refresh(self, organisation_id: str) -> None:
+        try:
+            while True:
+                self._again.discard(organisation_id)
+                try:
+                    stored = await self.view(organisation_id)
+                except Exception as exc:
+                    log.warning("view not read", organisation_id=organisation_id, error=repr(exc))
+                    await asyncio.sleep(1)
+                    self._again.add(organisation_id)
+                else:
+                    for queue in self._pages.get(organisation_id, ()):
+                        if queue.full():
+                            queue.get_nowait()
+                        queue.put_nowait(stored)
+                if organisation_id not in self._again or organisation_id not in self._pages:
+                    return
+        finally:
+            self._refreshing.pop(organisation_id, None)
 
     @property
     def open_pages(self) -> int:

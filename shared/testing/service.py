@@ -10,8 +10,12 @@ from typing import Any
 import httpx
 
 from shared.clock import Clock
+from shared.events import Event
 from shared.service import Service, create_app
 from shared.settings import DEV_API_TOKEN
+from shared.topics import TopicSpec
+
+from .helpers import produce
 
 
 @contextlib.asynccontextmanager
@@ -27,3 +31,20 @@ async def running_service(
             headers={"Authorization": f"Bearer {DEV_API_TOKEN}"},
         ) as http:
             yield app.state.runtime, http
+
+
+class Publishing:
+    """For a test harness with `settings`: the test's topics, and events published on them as
+    the other teams' systems would."""
+
+    settings: Any
+
+    @property
+    def bootstrap(self) -> str:
+        return str(self.settings.kafka_bootstrap_servers)
+
+    def topic(self, spec: TopicSpec) -> str:
+        return spec.topic(self.settings.topic_prefix)
+
+    async def publish(self, spec: TopicSpec, *events: Event) -> None:
+        await produce(self.bootstrap, self.topic(spec), [(e.key, e.to_bytes()) for e in events])

@@ -33,22 +33,21 @@ from shared.events.subscriptions import (
     SubscriptionState,
 )
 from shared.service import Kernel
-from shared.testing import eventually, produce, read_topic
+from shared.testing import eventually, read_topic
 from shared.testing.plugin import Infrastructure, Isolation
-from shared.testing.service import running_service
+from shared.testing.service import Publishing, running_service
 from shared.topics import (
     SEATS_STATE,
     STRIPE_COMMANDS,
     SUBSCRIPTION_STATE,
     WORKSPACE_MEMBERS,
-    TopicSpec,
 )
 
 START = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
 
 
 @dataclass
-class SeatHarness:
+class SeatHarness(Publishing):
     kernel: Kernel[SeatSettings]
     http: httpx.AsyncClient
     settings: SeatSettings
@@ -57,16 +56,6 @@ class SeatHarness:
     @property
     def service(self) -> Seats:
         return self.kernel.parts.seats
-
-    @property
-    def bootstrap(self) -> str:
-        return self.settings.kafka_bootstrap_servers
-
-    def topic(self, spec: TopicSpec) -> str:
-        return spec.topic(self.settings.topic_prefix)
-
-    async def publish(self, spec: TopicSpec, *events: Event) -> None:
-        await produce(self.bootstrap, self.topic(spec), [(e.key, e.to_bytes()) for e in events])
 
     def member_event(
         self,

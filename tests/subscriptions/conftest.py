@@ -35,15 +35,14 @@ from shared.events.members import (
     OrganisationCreatedV1,
 )
 from shared.service import Kernel
-from shared.testing import eventually, produce, read_topic
+from shared.testing import eventually, read_topic
 from shared.testing.plugin import Infrastructure, Isolation
-from shared.testing.service import running_service
+from shared.testing.service import Publishing, running_service
 from shared.topics import (
     CREDIT_GRANT_REQUESTS,
     STRIPE_EVENTS,
     SUBSCRIPTION_STATE,
     WORKSPACE_MEMBERS,
-    TopicSpec,
 )
 from tests.stripe_gateway.conftest import GatewayHarness, running_gateway
 
@@ -56,7 +55,7 @@ def settings_of(kind: type, env: dict[str, str]) -> Any:
 
 
 @dataclass
-class Billing:
+class Billing(Publishing):
     """The subscription service, with metering and the Stripe gateway beside it."""
 
     kernel: Kernel[SubscriptionSettings]
@@ -69,16 +68,6 @@ class Billing:
     @property
     def service(self) -> Subscriptions:
         return self.kernel.parts.subscriptions
-
-    @property
-    def bootstrap(self) -> str:
-        return self.settings.kafka_bootstrap_servers
-
-    def topic(self, spec: TopicSpec) -> str:
-        return spec.topic(self.settings.topic_prefix)
-
-    async def publish(self, spec: TopicSpec, *events: Event) -> None:
-        await produce(self.bootstrap, self.topic(spec), [(e.key, e.to_bytes()) for e in events])
 
     def directory(self, kind: type[Event], organisation: str, data: Any) -> Event:
         return kind.new(

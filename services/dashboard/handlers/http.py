@@ -102,9 +102,9 @@ async def stream(who: Looking, request: Request) -> StreamingResponse:
 
     async def events() -> AsyncIterator[bytes]:
         async with dashboard.watch(who.organisation_id) as changed:
+            stored = await dashboard.view(who.organisation_id)  # now: a reconnect catches up
             last = ""
             while True:
-                stored = await dashboard.view(who.organisation_id)
                 body = page.main(stored, who.member_id, catalogue, who.query)
                 version = _version(body)
                 if version != last:
@@ -112,7 +112,7 @@ async def stream(who: Looking, request: Request) -> StreamingResponse:
                     data = orjson.dumps({"html": body, "version": version}).decode()
                     yield f"event: view\ndata: {data}\n\n".encode()
                 try:
-                    await asyncio.wait_for(changed.get(), HEARTBEAT_SECONDS)
+                    stored = await asyncio.wait_for(changed.get(), HEARTBEAT_SECONDS)
                 except TimeoutError:
                     yield b": heartbeat\n\n"
 
