@@ -341,6 +341,18 @@ async def run_dashboard(kafka: str, database: str, args: argparse.Namespace) -> 
     return live
 
 
+SUITES = {
+    "metering": run_metering,
+    "authorization": run_authorization,
+    "restart": run_restart,
+    "webhooks": run_webhooks,
+    "renewals": run_renewals,
+    "seats": run_seats,
+    "dashboard": run_dashboard,
+}
+"""Every suite, in the order a full run takes them."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--events", type=int, default=500_000)
@@ -357,15 +369,7 @@ def main() -> None:
     parser.add_argument("--spread-seconds", type=float, default=15)
     parser.add_argument(
         "--only",
-        choices=(
-            "metering",
-            "authorization",
-            "restart",
-            "webhooks",
-            "renewals",
-            "seats",
-            "dashboard",
-        ),
+        choices=tuple(SUITES),
         help="run one suite (default: all)",
     )
     parser.add_argument(
@@ -387,20 +391,9 @@ def main() -> None:
         database_url=os.environ.get("DATABASE_URL"),
     ) as (kafka, database):
         figures: dict[str, Any] = {"parameters": vars(args)}
-        if args.only in (None, "metering"):
-            figures["metering"] = asyncio.run(run_metering(kafka, database, args))
-        if args.only in (None, "authorization"):
-            figures["authorization"] = asyncio.run(run_authorization(kafka, database, args))
-        if args.only in (None, "restart"):
-            figures["restart"] = asyncio.run(run_restart(kafka, database, args))
-        if args.only in (None, "webhooks"):
-            figures["webhooks"] = asyncio.run(run_webhooks(kafka, database, args))
-        if args.only in (None, "renewals"):
-            figures["renewals"] = asyncio.run(run_renewals(kafka, database, args))
-        if args.only in (None, "seats"):
-            figures["seats"] = asyncio.run(run_seats(kafka, database, args))
-        if args.only in (None, "dashboard"):
-            figures["dashboard"] = asyncio.run(run_dashboard(kafka, database, args))
+        for name, run in SUITES.items():
+            if args.only in (None, name):
+                figures[name] = asyncio.run(run(kafka, database, args))
         stack = process.stack_peaks()  # while the broker and the database still run
     figures["peak_memory_mib"] = (
         {module: max(peaks) for module, peaks in sorted(process.PEAKS.items())}

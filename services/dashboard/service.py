@@ -177,10 +177,6 @@ class Dashboard:
         finally:
             self._refreshing.pop(organisation_id, None)
 
-    @property
-    def open_pages(self) -> int:
-        return sum(len(pages) for pages in self._pages.values())
-
     async def listen(self, dsn: str, schema: str) -> None:
         """Wake pages on the consumers' notifications (of any instance). Reconnects."""
         while True:

@@ -267,13 +267,3 @@ async def take_due_syncs(
         limit,
     )
     return [(r[0], QuantitySync(r[1], r[2], r[3])) for r in rows]
-
-
-async def sync_of(
-    conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str
-) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        """SELECT quantity, revision, due_at, pending, sent_quantity, sent_revision, sent_at
-           FROM quantity_syncs WHERE organisation_id = $1""",
-        organisation_id,
-    )

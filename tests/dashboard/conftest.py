@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import httpx
 import pytest
 import uvicorn
 
@@ -46,7 +45,6 @@ class Page:
 
     url: str
     billing: Billing
-    seats: httpx.AsyncClient
     settings: DashboardSettings
 
 
@@ -81,10 +79,10 @@ async def dashboard(
     )
     port = free_port()
     app = create_app(SERVICE, settings, billing.clock)
-    async with running_service(SEATS, seat_settings, billing.clock) as (_, seats):
+    async with running_service(SEATS, seat_settings, billing.clock) as _:
         async with serving(app, port):
             app.state.parts.subscriptions = billing.http  # the subscription API, in process
-            yield Page(f"http://127.0.0.1:{port}", billing, seats, settings)
+            yield Page(f"http://127.0.0.1:{port}", billing, settings)
 
 
 @pytest.fixture(scope="session")

@@ -88,7 +88,6 @@ async def test_the_billing_page_is_live(dashboard: Page, browser: Browser) -> No
     billing = dashboard.billing
     org = f"org_{uuid.uuid4().hex[:10]}"
     await billing.organisation(org)  # Free: 1,000 credits; an owner, an admin, a member
-    await dashboard.seats.get(f"/v1/organisations/{org}/seats")
     context, tab = await open_page(browser, dashboard, org, OWNER)
     bar = tab.locator("#credit-bar")
     await expect(bar).to_have_attribute("data-colour", "green", timeout=LIVE)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from html import escape
 from typing import Any
+from urllib.parse import parse_qsl
 
 from ..domain.view import Actions, actions, bar_colour
 from ..store import Stored
@@ -177,8 +178,6 @@ def _actions(stored: Stored, can: Actions, catalogue: dict[str, Any] | None, que
 
 
 def _hidden(query: str) -> str:
-    from urllib.parse import parse_qsl
-
     return "".join(
         f"<input type='hidden' name='{escape(k)}' value='{escape(v)}'>"
         for k, v in parse_qsl(query.lstrip("?"))
