@@ -57,6 +57,19 @@ from shared.topics import TopicSpec, ensure_topics
 
 log = get_logger("shared.service")
 
+STOP_STEP_SECONDS = 15.0
+
+
+async def _bounded(step: Awaitable[Any], what: str) -> None:
+    """Await one step of a stop, at most `STOP_STEP_SECONDS`; its failure is logged."""
+    try:
+        await asyncio.wait_for(step, STOP_STEP_SECONDS)
+    except TimeoutError:
+        log.warning("stop step abandoned", step=what, seconds=STOP_STEP_SECONDS)
+    except Exception as exc:
+        log.warning("stop step failed", step=what, error=repr(exc))
+
+
 S = TypeVar("S", bound=ServiceSettings)
 P = TypeVar("P")
 
@@ -300,16 +313,21 @@ class Kernel(Generic[S]):
         return True
 
     async def stop(self) -> None:
+        """Stop in order; every step is bounded (`STOP_STEP_SECONDS`): a broker or database that
+        does not answer delays a stop, it never blocks it."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            done, stuck = await asyncio.wait(self._tasks, timeout=STOP_STEP_SECONDS)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: a task that failed before the stop was logged
+            if stuck:
+                log.warning("tasks still stopping", tasks=sorted(t.get_name() for t in stuck))
         for close in self._on_stop:
-            await close()
+            await _bounded(close(), "on-stop")
         await self._stop_consuming()
-        with contextlib.suppress(Exception):
-            await self.broker.stop()
+        await _bounded(self.broker.stop(), "broker")
         try:
             await asyncio.wait_for(self.pool.close(), 10)
         except TimeoutError:
