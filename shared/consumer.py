@@ -9,8 +9,10 @@ Each batch goes through small steps, in this order:
 4. commit: the partition offsets after the batch are committed, only now.
 
 A crash anywhere before 4 redelivers the batch, and step 2's idempotence makes the replay a
-no-op; nothing is committed that was not applied or parked. While batch N is in steps 2–4,
-batch N+1 is fetched and decoded, which keeps the database busy.
+no-op; nothing is committed that was not applied or parked. While batch N is in steps 2–3,
+batch N+1 is fetched and decoded, which keeps the database busy; and step 4 does not hold up
+the next batch: offsets go to the broker in the background, in order, those that pile up
+meanwhile merged into one commit. A crash before they arrive only replays applied batches.
 
 Lanes: partitions are split into `lanes` groups (`partition % lanes`), each with one batch in
 flight on its own database connection. Topics are keyed by organisation, so two lanes never
@@ -125,6 +127,9 @@ class BatchConsumer(Generic[E]):
     _lanes: list[_Lane] = field(init=False)
     _partitions: dict[TopicPartition, _PartitionState] = field(init=False, default_factory=dict)
     _consumer: AIOKafkaConsumer | None = field(init=False, default=None)
+    _offsets: dict[TopicPartition, int] = field(init=False, default_factory=dict)
+    """Offsets of applied batches not yet sent to the broker."""
+    _committing: asyncio.Task[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._lanes = [_Lane() for _ in range(self.lanes)]
@@ -161,23 +166,40 @@ class BatchConsumer(Generic[E]):
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait for the batches in flight to be applied, parked and committed. After `timeout`
-        seconds, cancel those still running (their transactions roll back) and return False."""
+        seconds, cancel those still running (their transactions roll back; offsets on their way
+        to the broker keep going) and return False."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         tasks = [lane.inflight for lane in self._lanes if lane.inflight is not None]
         if not tasks:
-            return True
+            return await self._commits_sent(deadline)
         done, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in done:  # a failure is handled by the next `handle`; mark it seen here
             if not task.cancelled():
                 task.exception()
         if not pending:
-            return True
+            return await self._commits_sent(deadline)
         for task in pending:
             task.cancel()
         await asyncio.wait(pending, timeout=5)
         log.warning(
             "batches in flight abandoned", consumer=self.name, batches=len(pending), after=timeout
         )
+        await self._commits_sent(deadline)
         return False
+
+    async def _commits_sent(self, deadline: float | None) -> bool:
+        """Wait until the offsets of every applied batch are sent (or refused after a
+        rebalance); a commit that fails is tried twice more."""
+        for _ in range(3):
+            if self._committing is None:
+                if not self._offsets:
+                    return True
+                self._start_committing()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = await asyncio.wait([self._committing], timeout=left)  # type: ignore[list-item]
+            if not done:
+                return False
+        return not self._offsets
 
     def rebalance_listener(self) -> ConsumerRebalanceListener:
         consumer = self
@@ -187,6 +209,7 @@ class BatchConsumer(Generic[E]):
                 await consumer.flush(consumer.rebalance_flush_seconds)
                 for tp in revoked:
                     consumer._partitions.pop(tp, None)
+                    consumer._offsets.pop(tp, None)  # not sent in time: the next owner replays
 
             async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
                 return None
@@ -254,7 +277,7 @@ class BatchConsumer(Generic[E]):
                 raise
             failure = exc
         else:
-            await self._commit(consumer, records)
+            self._commit(consumer, records)
             return
         # A systemic failure may belong to one partition's records (one organisation's):
         # try each partition alone, so that only those that fail stall.
@@ -271,7 +294,7 @@ class BatchConsumer(Generic[E]):
                 failed += mine
                 failure = exc
                 continue
-            await self._commit(consumer, mine)
+            self._commit(consumer, mine)
         if failed:
             lane.rewound = self._stall(consumer, failed, failure)
             raise failure
@@ -363,22 +386,14 @@ class BatchConsumer(Generic[E]):
             asyncio.get_running_loop().call_later(delay, _resume, consumer, tp)
         return rewound
 
-    async def _commit(self, consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord]) -> None:
-        offsets: dict[TopicPartition, int] = {}
+    def _commit(self, consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord]) -> None:
+        """`records` are applied: their partitions advance, and their offsets join those to
+        send to the broker (in the background; see the module)."""
+        offsets = self._offsets
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
             offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
-        try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The partitions moved to another member during a rebalance. The batch is applied;
-            # the new owner replays it from the last commit and the replay is a no-op.
-            log.warning(
-                "offset commit refused after rebalance", consumer=self.name, error=repr(exc)
-            )
-            return
-        for tp in offsets:
-            state = self._partitions.get(tp)
+            state = self._partitions.pop(tp, None)
             if state is not None and state.stalled_since is not None:
                 log.info(
                     "partition advancing again",
@@ -387,7 +402,44 @@ class BatchConsumer(Generic[E]):
                     partition=tp.partition,
                     after_failures=state.failures,
                 )
-            self._partitions.pop(tp, None)
+        self._consumer = consumer
+        if self._committing is None:
+            self._start_committing()
+
+    def _start_committing(self) -> None:
+        self._committing = asyncio.create_task(self._send_offsets(), name=f"{self.name}-commit")
+
+    async def _send_offsets(self) -> None:
+        """Send the pending offsets, merged, one commit at a time, until none are left. A
+        commit that fails for another reason than a rebalance leaves its offsets pending for
+        the next one (meanwhile a restart would only replay applied batches)."""
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            while self._offsets:
+                offsets, self._offsets = self._offsets, {}
+                assigned = consumer.assignment()  # never for a partition no longer ours
+                offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+                if not offsets:
+                    continue
+                try:
+                    await consumer.commit(offsets)
+                except (CommitFailedError, IllegalStateError) as exc:
+                    # The partitions moved to another member during a rebalance. The batches
+                    # are applied; the new owner replays them from the last commit, as no-ops.
+                    log.warning(
+                        "offset commit refused after rebalance",
+                        consumer=self.name,
+                        error=repr(exc),
+                    )
+                except Exception as exc:
+                    for tp, offset in offsets.items():
+                        self._offsets[tp] = max(self._offsets.get(tp, 0), offset)
+                    log.warning("offset commit failed", consumer=self.name, error=repr(exc))
+                    return
+        finally:
+            if self._committing is asyncio.current_task():
+                self._committing = None
 
 
 def _resume(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:

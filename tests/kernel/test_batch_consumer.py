@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import orjson
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from shared.consumer import BatchConsumer, RetryPolicy
 from shared.events import AgentMessageProcessedV1
@@ -192,7 +193,7 @@ async def test_a_systemic_failure_stalls_only_the_partition_whose_records_cause_
     await consumer.flush()
 
     assert sorted(ledger.applied) == [0, 2]
-    assert kafka.commits == [{TopicPartition(TOPIC, 0): 1}, {TopicPartition(TOPIC, 2): 3}]
+    assert kafka.commits == [{TopicPartition(TOPIC, 0): 1, TopicPartition(TOPIC, 2): 3}]
     assert [s.partition for s in consumer.stalled()] == [1]
     assert kafka.paused_partitions == {TopicPartition(TOPIC, 1)}
     assert dead.parked == []
@@ -261,4 +262,104 @@ async def test_the_next_batch_waits_for_the_one_in_flight() -> None:
     await second
     await consumer.flush()
     assert order == ["apply 0", "apply 1"]
+    assert kafka.commits == [{TopicPartition(TOPIC, 0): 1}, {TopicPartition(TOPIC, 0): 2}]
+
+
+@dataclass
+class SlowBroker(FakeConsumer):
+    """Offset commits wait for `answer`; `fail` makes the next one fail like a lost broker."""
+
+    answer: asyncio.Event = field(default_factory=asyncio.Event)
+    sent: list[dict] = field(default_factory=list)
+    fail: bool = False
+
+    async def commit(self, offsets: dict) -> None:
+        self.sent.append(dict(offsets))
+        await self.answer.wait()
+        if self.fail:
+            self.fail = False
+            raise KafkaConnectionError("broker gone")
+        self.commits.append(dict(offsets))
+
+
+async def test_a_slow_offset_commit_does_not_hold_up_the_next_batch_and_later_ones_merge() -> None:
+    ledger, kafka = Ledger(), SlowBroker()
+    consumer, _ = make(ledger)
+
+    await consumer.handle([record(0), record(1)], kafka)  # type: ignore[arg-type]
+    await consumer.handle([record(2), record(3, partition=1)], kafka)  # type: ignore[arg-type]
+    await consumer.handle([record(4)], kafka)  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+
+    assert ledger.applied == [0, 1, 2, 3, 4]  # applied while the first commit is unanswered
+    assert kafka.sent == [{TopicPartition(TOPIC, 0): 2}] and kafka.commits == []
+    kafka.answer.set()
+    assert await consumer.flush(2)
+    assert kafka.commits == [
+        {TopicPartition(TOPIC, 0): 2},
+        {TopicPartition(TOPIC, 0): 5, TopicPartition(TOPIC, 1): 4},
+    ]
+
+
+async def test_offsets_of_a_failed_commit_go_with_the_next_one() -> None:
+    ledger, kafka = Ledger(), SlowBroker(fail=True)
+    kafka.answer.set()
+    consumer, _ = make(ledger)
+
+    await consumer.handle([record(0, partition=1)], kafka)  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    assert kafka.sent == [{TopicPartition(TOPIC, 1): 1}] and kafka.commits == []
+    await consumer.handle([record(1)], kafka)  # type: ignore[arg-type]
+    await consumer.flush(2)
+
+    assert kafka.commits == [{TopicPartition(TOPIC, 1): 1, TopicPartition(TOPIC, 0): 2}]
+
+
+async def test_flush_sends_again_the_offsets_of_a_failed_commit() -> None:
+    ledger, kafka = Ledger(), SlowBroker(fail=True)
+    kafka.answer.set()
+    consumer, _ = make(ledger)
+
+    await consumer.handle([record(0)], kafka)  # type: ignore[arg-type]
+
+    assert await consumer.flush(2) is True
+    assert len(kafka.sent) == 2 and kafka.commits == [{TopicPartition(TOPIC, 0): 1}]
+
+
+async def test_a_commit_still_on_its_way_does_not_clear_a_later_stall() -> None:
+    ledger, kafka = Ledger(broken_credits=99), SlowBroker()
+    consumer, _ = make(ledger)
+
+    await consumer.handle([record(0)], kafka)  # type: ignore[arg-type]
+    await consumer.handle([record(1, credits=99)], kafka)  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    kafka.answer.set()
+    await consumer.flush(2)
+
+    assert kafka.commits == [{TopicPartition(TOPIC, 0): 1}]
+    assert [(s.partition, s.offset) for s in consumer.stalled()] == [(0, 1)]
+
+
+async def test_flush_gives_up_on_a_commit_that_never_answers() -> None:
+    ledger, kafka = Ledger(), SlowBroker()
+    consumer, _ = make(ledger)
+
+    await consumer.handle([record(0)], kafka)  # type: ignore[arg-type]
+
+    assert await consumer.flush(0.05) is False
+    kafka.answer.set()
+    assert await consumer.flush(2) is True
+    assert kafka.commits == [{TopicPartition(TOPIC, 0): 1}]
+
+
+async def test_offsets_are_never_sent_for_a_partition_no_longer_assigned() -> None:
+    ledger, kafka = Ledger(), SlowBroker()
+    consumer, _ = make(ledger)
+    await consumer.handle([record(0)], kafka)  # type: ignore[arg-type]
+    await consumer.handle([record(1), record(2, partition=5)], kafka)  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+
+    kafka.answer.set()
+    await consumer.flush(2)
+
     assert kafka.commits == [{TopicPartition(TOPIC, 0): 1}, {TopicPartition(TOPIC, 0): 2}]
