@@ -27,7 +27,7 @@ from shared.db import apply_migrations
 from shared.testing import produce
 from shared.topics import CREDIT_GRANT_REQUESTS, ensure_topics
 
-from .httpload import Outcome, closed_loop, open_loop, request_bytes
+from .httpload import Outcome, closed_loop, latencies, open_loop, request_bytes
 from .metering import MeteringProcess
 
 HOT = "org_hot"
@@ -70,11 +70,7 @@ def _ask(organisation: str) -> bytes:
 
 
 def _latency(outcome: Outcome) -> dict[str, float]:
-    return {
-        "p50_ms": round(outcome.percentile(0.50), 2),
-        "p99_ms": round(outcome.percentile(0.99), 2),
-        "max_ms": round(max(outcome.latencies_ms), 2),
-    }
+    return latencies(outcome.latencies_ms)
 
 
 async def _overspend(conn: asyncpg.Connection, organisations: list[str]) -> dict[str, int]:
@@ -206,12 +202,12 @@ async def postgres_ceiling(
         hot_seconds = time.perf_counter() - started
 
         rng = random.Random(5)
-        latencies: list[float] = []
+        waits: list[float] = []
 
         async def one(scheduled: float) -> None:
             async with pool.acquire() as conn:
                 await conn.execute(update, rng.choice(SPREAD))
-            latencies.append((time.perf_counter() - scheduled) * 1000)
+            waits.append((time.perf_counter() - scheduled) * 1000)
 
         tasks = []
         started = time.perf_counter()
@@ -222,14 +218,14 @@ async def postgres_ceiling(
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(scheduled)))
         await asyncio.gather(*tasks)
-        latencies.sort()
     finally:
         await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await pool.close()
+    spread = latencies(waits)
     return {
         "hot_per_second": round(hot_requests / hot_seconds),
-        "spread_p50_ms": round(latencies[len(latencies) // 2], 2),
-        "spread_p99_ms": round(latencies[int(len(latencies) * 0.99)], 2),
+        "spread_p50_ms": spread["p50_ms"],
+        "spread_p99_ms": spread["p99_ms"],
     }
 
 

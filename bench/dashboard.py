@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 from services.dashboard.app import SERVICE
 from shared.topics import CREDIT_BALANCE, ensure_topics
 
+from .httpload import latencies
 from .process import ServiceProcess
 
 
@@ -97,7 +98,7 @@ async def _pages(kafka: str, port: int, prefix: str, pages: int, organisations: 
             published[org] = time.perf_counter()
             await producer.send_and_wait(topic, _balance(org, 150, 2), key=org.encode())
         await asyncio.wait_for(asyncio.gather(*(s.updated.wait() for s in streams)), 30)
-        latencies = sorted((s.at - published[s.organisation]) * 1000 for s in streams)
+        delays = [(s.at - published[s.organisation]) * 1000 for s in streams]
         for task in tasks:
             task.cancel()
     finally:
@@ -105,10 +106,8 @@ async def _pages(kafka: str, port: int, prefix: str, pages: int, organisations: 
     return {
         "pages": pages,
         "organisations": organisations,
-        "p50_ms": round(latencies[len(latencies) // 2], 1),
-        "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
-        "max_ms": round(latencies[-1], 1),
-        "within_1s": sum(1 for x in latencies if x <= 1000),
+        **latencies(delays, digits=1),
+        "within_1s": sum(1 for x in delays if x <= 1000),
     }
 
 

@@ -8,7 +8,7 @@ import contextlib
 import gc
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -26,9 +26,16 @@ class Outcome:
     def seconds(self) -> float:
         return self.finished - self.started
 
-    def percentile(self, p: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+def latencies(values: Sequence[float], digits: int = 2) -> dict[str, float]:
+    """p50, p99 and max of latencies in milliseconds: the one definition every suite uses
+    (the value at rank `int(n * p)` of the sorted values)."""
+    ordered = sorted(values)
+
+    def at(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(len(ordered) * p))], digits)
+
+    return {"p50_ms": at(0.50), "p99_ms": at(0.99), "max_ms": round(ordered[-1], digits)}
 
 
 @contextlib.contextmanager

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import statistics
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from shared.db import apply_migrations
 from shared.kafka import KeyPlacement, send_batched
 from shared.topics import AGENT_USAGE, ensure_topics
 
+from .httpload import latencies
 from .process import ServiceProcess
 
 BATCH = 10_000
@@ -255,7 +255,7 @@ async def visibility_latency(
 
         watching = asyncio.create_task(deliveries())
         load = asyncio.create_task(steady_load())
-        latencies: list[float] = []
+        visible: list[float] = []
         sent_at: dict[str, float] = {}
         url = f"http://127.0.0.1:{metering.port}/v1/organisations/org_probe/credits"
         try:
@@ -284,7 +284,7 @@ async def visibility_latency(
                         if response.status_code == 200 and response.json()["used"] >= n:
                             break
                         await asyncio.sleep(0.001)
-                    latencies.append((time.perf_counter() - sent) * 1000)
+                    visible.append((time.perf_counter() - sent) * 1000)
                     await asyncio.sleep(0.02)
         finally:
             stop.set()
@@ -297,15 +297,6 @@ async def visibility_latency(
     return {
         "background_events_per_second": background_per_second,
         "probes": probes,
-        **_percentiles(latencies),
-        "delivery": {"probes_seen": len(baseline), **_percentiles(baseline)},
-    }
-
-
-def _percentiles(latencies: list[float]) -> dict[str, float]:
-    ordered = sorted(latencies)
-    return {
-        "p50_ms": round(statistics.median(ordered), 1),
-        "p99_ms": round(ordered[max(0, int(len(ordered) * 0.99) - 1)], 1),
-        "max_ms": round(ordered[-1], 1),
+        **latencies(visible, digits=1),
+        "delivery": {"probes_seen": len(baseline), **latencies(baseline, digits=1)},
     }

@@ -21,7 +21,7 @@ from shared.kafka import KeyPlacement
 from shared.settings import DEV_API_TOKEN
 from shared.topics import WORKSPACE_MEMBERS, ensure_topics
 
-from .httpload import open_loop
+from .httpload import latencies, open_loop
 from .metering import publish
 from .process import ServiceProcess
 
@@ -192,8 +192,7 @@ async def seat_checks(
         "requests": len(outcome.latencies_ms),
         "errors": outcome.errors,
         "allowed": allowed,
-        "p50_ms": round(outcome.percentile(0.5), 2),
-        "p99_ms": round(outcome.percentile(0.99), 2),
+        **latencies(outcome.latencies_ms),
     }
 
 
@@ -205,7 +204,7 @@ async def postgres_checks(
         database, min_size=32, max_size=32, server_settings={"search_path": schema}
     )
     rng = random.Random(7)
-    latencies: list[float] = []
+    waits: list[float] = []
     query = """SELECT o.seats, o.seat_limit, m.status FROM organisations o
                LEFT JOIN members m ON m.organisation_id = o.organisation_id AND m.member_id = $2
                WHERE o.organisation_id = $1"""
@@ -214,7 +213,7 @@ async def postgres_checks(
         async def one(organisation: str, scheduled: float) -> None:
             async with pool.acquire() as conn:
                 await conn.fetchrow(query, organisation, None)
-            latencies.append((time.perf_counter() - scheduled) * 1000)
+            waits.append((time.perf_counter() - scheduled) * 1000)
 
         tasks = []
         started = time.perf_counter()
@@ -229,8 +228,6 @@ async def postgres_checks(
         await asyncio.gather(*tasks)
     finally:
         await pool.close()
-    latencies.sort()
     return {
-        "p50_ms": round(latencies[len(latencies) // 2], 2),
-        "p99_ms": round(latencies[int(len(latencies) * 0.99)], 2),
+        **latencies(waits),
     }

@@ -20,7 +20,7 @@ from services.stripe_gateway.settings import DEV_WEBHOOK_SECRET
 from shared.db import apply_migrations
 from shared.topics import ensure_topics
 
-from .httpload import Outcome, open_loop
+from .httpload import Outcome, latencies, open_loop
 from .process import ServiceProcess
 
 PATH = "/stripe/webhook"
@@ -77,9 +77,7 @@ def _latency(outcome: Outcome) -> dict[str, Any]:
         "requests": len(outcome.latencies_ms),
         "errors": outcome.errors,
         "achieved_per_second": round(len(outcome.latencies_ms) / outcome.seconds),
-        "p50_ms": round(outcome.percentile(0.50), 2),
-        "p99_ms": round(outcome.percentile(0.99), 2),
-        "max_ms": round(max(outcome.latencies_ms), 2),
+        **latencies(outcome.latencies_ms),
     }
 
 
@@ -147,7 +145,7 @@ async def insert_ceiling(database: str, *, rate: int, seconds: float) -> dict[st
     pool = await asyncpg.create_pool(
         database, min_size=32, max_size=32, server_settings={"search_path": schema}
     )
-    latencies: list[float] = []
+    waits: list[float] = []
     try:
         payloads = [_event(n) for n in range(int(rate * seconds))]
 
@@ -164,7 +162,7 @@ async def insert_ceiling(database: str, *, rate: int, seconds: float) -> dict[st
                     event["created"],
                     payload,
                 )
-            latencies.append((time.perf_counter() - scheduled) * 1000)
+            waits.append((time.perf_counter() - scheduled) * 1000)
 
         tasks = []
         started = time.perf_counter()
@@ -178,8 +176,6 @@ async def insert_ceiling(database: str, *, rate: int, seconds: float) -> dict[st
     finally:
         await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await pool.close()
-    latencies.sort()
     return {
-        "p50_ms": round(latencies[len(latencies) // 2], 2),
-        "p99_ms": round(latencies[int(len(latencies) * 0.99)], 2),
+        **latencies(waits),
     }

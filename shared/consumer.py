@@ -277,7 +277,7 @@ class BatchConsumer(Generic[E]):
                 raise
             failure = exc
         else:
-            self._commit(consumer, records)
+            self._advance(consumer, records)
             return
         # A systemic failure may belong to one partition's records (one organisation's):
         # try each partition alone, so that only those that fail stall.
@@ -294,7 +294,7 @@ class BatchConsumer(Generic[E]):
                 failed += mine
                 failure = exc
                 continue
-            self._commit(consumer, mine)
+            self._advance(consumer, mine)
         if failed:
             lane.rewound = self._stall(consumer, failed, failure)
             raise failure
@@ -386,7 +386,7 @@ class BatchConsumer(Generic[E]):
             asyncio.get_running_loop().call_later(delay, _resume, consumer, tp)
         return rewound
 
-    def _commit(self, consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord]) -> None:
+    def _advance(self, consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord]) -> None:
         """`records` are applied: their partitions advance, and their offsets join those to
         send to the broker (in the background; see the module)."""
         offsets = self._offsets
