@@ -131,7 +131,10 @@ async def insert_ceiling(database: str, events: int, organisations: int) -> dict
         now = datetime.now(UTC)
         started = time.perf_counter()
         for start in range(0, len(rows), BATCH):
-            columns = list(zip(*rows[start : start + BATCH], strict=True))
+            # A member's newest row of the batch, as the service writes (one upsert may not
+            # touch a row twice); only small workloads put a join and its deactivation in one.
+            newest = {(r[0], r[1]): r for r in rows[start : start + BATCH]}
+            columns = list(zip(*newest.values(), strict=True))
             async with conn.transaction():
                 await conn.execute(
                     """INSERT INTO members (organisation_id, member_id, role, status, sequence,
