@@ -27,7 +27,7 @@ from shared.db import apply_migrations
 from shared.testing import produce
 from shared.topics import CREDIT_GRANT_REQUESTS, ensure_topics
 
-from .httpload import Outcome, closed_loop, latencies, open_loop, request_bytes
+from .httpload import Outcome, closed_loop, latencies, open_loop, paced, request_bytes
 from .metering import MeteringProcess
 
 HOT = "org_hot"
@@ -202,22 +202,12 @@ async def postgres_ceiling(
         hot_seconds = time.perf_counter() - started
 
         rng = random.Random(5)
-        waits: list[float] = []
 
-        async def one(scheduled: float) -> None:
+        async def one(_: int) -> None:
             async with pool.acquire() as conn:
                 await conn.execute(update, rng.choice(SPREAD))
-            waits.append((time.perf_counter() - scheduled) * 1000)
 
-        tasks = []
-        started = time.perf_counter()
-        for n in range(int(spread_rate * spread_seconds)):
-            scheduled = started + n / spread_rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(scheduled)))
-        await asyncio.gather(*tasks)
+        waits = await paced(spread_rate, int(spread_rate * spread_seconds), one)
     finally:
         await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await pool.close()

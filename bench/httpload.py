@@ -8,7 +8,7 @@ import contextlib
 import gc
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -25,6 +25,27 @@ class Outcome:
     @property
     def seconds(self) -> float:
         return self.finished - self.started
+
+
+async def paced(rate: float, count: int, call: Callable[[int], Awaitable[object]]) -> list[float]:
+    """`call(n)` for each n < `count` at a steady `rate`, each in its own task whatever the
+    others' answers (open loop). Returns each call's latency in ms, from when it was due."""
+    waits: list[float] = []
+
+    async def one(n: int, scheduled: float) -> None:
+        await call(n)
+        waits.append((time.perf_counter() - scheduled) * 1000)
+
+    tasks = []
+    started = time.perf_counter()
+    for n in range(count):
+        scheduled = started + n / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(n, scheduled)))
+    await asyncio.gather(*tasks)
+    return waits
 
 
 def latencies(values: Sequence[float], digits: int = 2) -> dict[str, float]:

@@ -21,7 +21,7 @@ from shared.kafka import KeyPlacement
 from shared.settings import DEV_API_TOKEN
 from shared.topics import WORKSPACE_MEMBERS, ensure_topics
 
-from .httpload import latencies, open_loop
+from .httpload import latencies, open_loop, paced
 from .metering import publish
 from .process import ServiceProcess
 
@@ -207,28 +207,17 @@ async def postgres_checks(
         database, min_size=32, max_size=32, server_settings={"search_path": schema}
     )
     rng = random.Random(7)
-    waits: list[float] = []
     query = """SELECT o.seats, o.seat_limit, m.status FROM organisations o
                LEFT JOIN members m ON m.organisation_id = o.organisation_id AND m.member_id = $2
                WHERE o.organisation_id = $1"""
     try:
 
-        async def one(organisation: str, scheduled: float) -> None:
+        async def one(_: int) -> None:
+            organisation = f"org_seats{rng.randrange(organisations)}"
             async with pool.acquire() as conn:
                 await conn.fetchrow(query, organisation, None)
-            waits.append((time.perf_counter() - scheduled) * 1000)
 
-        tasks = []
-        started = time.perf_counter()
-        for n in range(int(rate * seconds)):
-            scheduled = started + n / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(
-                asyncio.create_task(one(f"org_seats{rng.randrange(organisations)}", scheduled))
-            )
-        await asyncio.gather(*tasks)
+        waits = await paced(rate, int(rate * seconds), one)
     finally:
         await pool.close()
     return {

@@ -20,7 +20,7 @@ from services.stripe_gateway.settings import DEV_WEBHOOK_SECRET
 from shared.db import apply_migrations
 from shared.topics import ensure_topics
 
-from .httpload import Outcome, latencies, open_loop
+from .httpload import Outcome, latencies, open_loop, paced
 from .process import ServiceProcess
 
 PATH = "/stripe/webhook"
@@ -145,11 +145,11 @@ async def insert_ceiling(database: str, *, rate: int, seconds: float) -> dict[st
     pool = await asyncpg.create_pool(
         database, min_size=32, max_size=32, server_settings={"search_path": schema}
     )
-    waits: list[float] = []
     try:
         payloads = [_event(n) for n in range(int(rate * seconds))]
 
-        async def one(payload: bytes, scheduled: float) -> None:
+        async def one(n: int) -> None:
+            payload = payloads[n]
             event = orjson.loads(payload)
             async with pool.acquire() as conn:
                 await conn.execute(
@@ -162,20 +162,9 @@ async def insert_ceiling(database: str, *, rate: int, seconds: float) -> dict[st
                     event["created"],
                     payload,
                 )
-            waits.append((time.perf_counter() - scheduled) * 1000)
 
-        tasks = []
-        started = time.perf_counter()
-        for n, payload in enumerate(payloads):
-            scheduled = started + n / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(payload, scheduled)))
-        await asyncio.gather(*tasks)
+        waits = await paced(rate, len(payloads), one)
     finally:
         await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await pool.close()
-    return {
-        **latencies(waits),
-    }
+    return latencies(waits)

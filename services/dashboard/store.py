@@ -4,7 +4,7 @@ Rows leave as typed objects."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -55,22 +55,9 @@ class Debit:
 
 async def add_usage(conn: asyncpg.Connection, debits: Sequence[Debit]) -> list[str]:
     """Remember usage events once (by event id). Returns the organisations with new usage."""
-    if not debits:
-        return []
-    rows = await conn.fetch(
-        """INSERT INTO usage (event_id, organisation_id, member_id, agent_id, credits, occurred_at)
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[],
-                                $6::timestamptz[])
-           ON CONFLICT (event_id) DO NOTHING
-           RETURNING organisation_id""",
-        [d.event_id for d in debits],
-        [d.organisation_id for d in debits],
-        [d.member_id for d in debits],
-        [d.agent_id for d in debits],
-        [d.credits for d in debits],
-        [d.occurred_at for d in debits],
+    return await _add_once(
+        conn, "usage", debits, ("uuid", "text", "text", "text", "bigint", "timestamptz")
     )
-    return sorted({r[0] for r in rows})
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,24 +72,34 @@ class Denial:
 
 
 async def add_denials(conn: asyncpg.Connection, denials: Sequence[Denial]) -> list[str]:
-    if not denials:
-        return []
-    rows = await conn.fetch(
-        """INSERT INTO denials (event_id, organisation_id, member_id, agent_id, reason, estimate,
-                                occurred_at)
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                $6::bigint[], $7::timestamptz[])
-           ON CONFLICT (event_id) DO NOTHING
-           RETURNING organisation_id""",
-        [d.event_id for d in denials],
-        [d.organisation_id for d in denials],
-        [d.member_id for d in denials],
-        [d.agent_id for d in denials],
-        [d.reason for d in denials],
-        [d.estimate for d in denials],
-        [d.occurred_at for d in denials],
+    """Remember denied authorizations once (by event id). Returns the organisations with new
+    denials."""
+    return await _add_once(
+        conn,
+        "denials",
+        denials,
+        ("uuid", "text", "text", "text", "text", "bigint", "timestamptz"),
     )
-    return sorted({r[0] for r in rows})
+
+
+async def _add_once(
+    conn: asyncpg.Connection, table: str, rows: Sequence[Any], types: Sequence[str]
+) -> list[str]:
+    """Insert the `rows` (dataclasses whose fields are the table's columns, of `types`) whose
+    event id is not stored yet. Returns the organisations that got a new row."""
+    if not rows:
+        return []
+    columns = [f.name for f in fields(rows[0])]
+    assert len(columns) == len(types)
+    arrays = ", ".join(f"${n}::{t}[]" for n, t in enumerate(types, start=1))
+    inserted = await conn.fetch(
+        f"""INSERT INTO {table} ({", ".join(columns)})
+            SELECT * FROM unnest({arrays})
+            ON CONFLICT (event_id) DO NOTHING
+            RETURNING organisation_id""",
+        *([getattr(row, c) for row in rows] for c in columns),
+    )
+    return sorted({r[0] for r in inserted})
 
 
 @dataclass(frozen=True, slots=True)
