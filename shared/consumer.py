@@ -93,6 +93,16 @@ class Stalled:
 
 
 @dataclass
+class Parked:
+    """What this consumer parked since it started (shown in readiness)."""
+
+    count: int = 0
+    last_reason: str | None = None
+    last_at: float | None = None
+    """Unix time."""
+
+
+@dataclass
 class _PartitionState:
     failures: int = 0
     stalled_since: float | None = None
@@ -130,6 +140,7 @@ class BatchConsumer(Generic[E]):
     _offsets: dict[TopicPartition, int] = field(init=False, default_factory=dict)
     """Offsets of applied batches not yet sent to the broker."""
     _committing: asyncio.Task[None] | None = field(init=False, default=None)
+    parked: Parked = field(init=False, default_factory=Parked)
 
     def __post_init__(self) -> None:
         self._lanes = [_Lane() for _ in range(self.lanes)]
@@ -310,6 +321,10 @@ class BatchConsumer(Generic[E]):
         await self._with_retries(
             "park", lambda: self.dead_letters.park(self.dead_letter_topic, parked)
         )
+        if parked:
+            self.parked.count += len(parked)
+            self.parked.last_reason = parked[-1][1].reason
+            self.parked.last_at = time.time()
         log.debug(
             "batch applied",
             consumer=self.name,

@@ -146,6 +146,7 @@ class Kernel(Generic[S]):
     _background: list[tuple[str, Callable[[], Awaitable[None]]]] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _details: dict[str, Callable[[], Awaitable[Any]]] = field(default_factory=dict)
 
     @classmethod
     async def start(cls, service: Service[S, Any], settings: S, clock: Clock) -> Kernel[S]:
@@ -263,6 +264,11 @@ class Kernel(Generic[S]):
 
         self.background(name, run)
 
+    def detail(self, name: str, read: Callable[[], Awaitable[Any]]) -> None:
+        """Show `await read()` under `name` in readiness's body (it never decides readiness:
+        e.g. how many reports wait for an operator)."""
+        self._details[name] = read
+
     def on_stop(self, close: Callable[[], Awaitable[None]]) -> None:
         """Await `close()` at stop, after the background tasks and before the pool closes."""
         self._on_stop.append(close)
@@ -371,6 +377,10 @@ class Kernel(Generic[S]):
             consumers[consumer.name] = {
                 "group": self.settings.group_id(consumer.name),
                 "state": self.consumer_state,
+                "parked": {
+                    "since_start": consumer.parked.count,
+                    "last_reason": consumer.parked.last_reason,
+                },
                 "stalled": [
                     {
                         "topic": s.topic,
@@ -385,7 +395,18 @@ class Kernel(Generic[S]):
                 ],
             }
         ready = database == "ok" and not blocking
-        return ready, {"database": database, "broker": broker, "consumers": consumers}
+        details: dict[str, Any] = {}
+        for name, read in self._details.items():
+            try:
+                details[name] = await asyncio.wait_for(read(), 2)
+            except Exception as exc:
+                details[name] = f"unavailable: {exc!r}"[:200]
+        return ready, {
+            "database": database,
+            "broker": broker,
+            "consumers": consumers,
+            **details,
+        }
 
     async def _broker_up(self) -> bool:
         if self.consumer_state != "running":

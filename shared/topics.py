@@ -23,6 +23,7 @@ from shared.events import (
     Event,
 )
 from shared.events.members import MEMBER_EVENTS, OrganisationCreatedV1
+from shared.events.operations import DriftRepairedV1, OperatorAlertRaisedV1
 from shared.events.seats import SeatsChangedV1
 from shared.events.stripe import (
     CancelAtPeriodEndRequestedV1,
@@ -32,14 +33,21 @@ from shared.events.stripe import (
     PriceChangeRequestedV1,
     QuantityChangeRequestedV1,
     StripeCheckoutCompletedV1,
+    StripeCheckoutCompletedV2,
     StripeCommandFailedV1,
     StripeCommandSucceededV1,
     StripeInvoicePaidV1,
+    StripeInvoicePaidV2,
     StripeInvoicePaymentFailedV1,
+    StripeInvoicePaymentFailedV2,
     StripeSubscriptionActivatedV1,
+    StripeSubscriptionActivatedV2,
     StripeSubscriptionDeletedV1,
+    StripeSubscriptionDeletedV2,
     StripeSubscriptionRenewedV1,
+    StripeSubscriptionRenewedV2,
     StripeSubscriptionUpdatedV1,
+    StripeSubscriptionUpdatedV2,
 )
 from shared.events.subscriptions import SubscriptionChangedV1
 
@@ -136,8 +144,16 @@ STRIPE_EVENTS = TopicSpec(
         StripeInvoicePaymentFailedV1,
         StripeCommandSucceededV1,
         StripeCommandFailedV1,
+        StripeCheckoutCompletedV2,
+        StripeSubscriptionActivatedV2,
+        StripeSubscriptionRenewedV2,
+        StripeSubscriptionUpdatedV2,
+        StripeSubscriptionDeletedV2,
+        StripeInvoicePaidV2,
+        StripeInvoicePaymentFailedV2,
     ),
-    description="What happened in Stripe (from verified webhooks), and how each command ended.",
+    description="What Stripe holds, fetched by the gateway when a webhook or the reconciler "
+    "names an object (v2: ordered per object by `version`), and how each command ended.",
     producers=("stripe gateway",),
     consumers=("subscriptions",),
     partitions=6,
@@ -170,6 +186,16 @@ SEATS_STATE = TopicSpec(
     partitions=6,
 )
 
+BILLING_OPERATIONS = TopicSpec(
+    name="billing.operations",
+    schemas=(DriftRepairedV1, OperatorAlertRaisedV1),
+    description="For operators: every repair a reconciler made (before and after), and every "
+    "alert (a parked report, a wallet that differs from its ledger, a Stripe mismatch).",
+    producers=("stripe gateway", "subscriptions", "metering"),
+    consumers=("operators", "dashboards"),
+    partitions=3,
+)
+
 REGISTRY: tuple[TopicSpec, ...] = (
     AGENT_USAGE,
     CREDIT_GRANT_REQUESTS,
@@ -181,6 +207,7 @@ REGISTRY: tuple[TopicSpec, ...] = (
     WORKSPACE_MEMBERS,
     SUBSCRIPTION_STATE,
     SEATS_STATE,
+    BILLING_OPERATIONS,
 )
 
 _BY_TYPE: dict[type[Event], TopicSpec] = {

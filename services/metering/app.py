@@ -13,6 +13,7 @@ from . import PRODUCER
 from .authorizer import Authorizer
 from .domain.credits import CreditPolicy
 from .handlers import http
+from .ledger_check import LedgerCheck
 from .service import Metering
 from .settings import MeteringSettings
 
@@ -23,6 +24,7 @@ class Parts:
 
     metering: Metering
     authorizer: Authorizer
+    ledger_check: LedgerCheck
 
 
 async def build(kernel: Kernel[MeteringSettings]) -> Parts:
@@ -59,8 +61,13 @@ async def build(kernel: Kernel[MeteringSettings]) -> Parts:
         description="Applies each grant command once per (organisation, period key).",
     )
     kernel.background("hold-sweeper", lambda: authorizer.run_sweeper(settings.hold_sweep_seconds))
+    ledger_check = LedgerCheck(kernel.pool, kernel.clock, topic_prefix=settings.topic_prefix)
+    if settings.ledger_check_seconds > 0 and settings.run_consumers:
+        kernel.background(
+            "ledger-check", lambda: ledger_check.forever(settings.ledger_check_seconds)
+        )
     kernel.on_stop(authorizer.close)
-    return Parts(metering, authorizer)
+    return Parts(metering, authorizer, ledger_check)
 
 
 SERVICE = Service(

@@ -22,6 +22,7 @@ from uuid import uuid4
 
 from shared.calendar import add_months
 from shared.cli.client import PRODUCER, CliSettings, call, publish
+from shared.cli.common import add_reconcile_step
 from shared.clock import SystemClock
 from shared.events import (
     AgentMessageProcessed,
@@ -124,8 +125,21 @@ def _instant(text: str) -> datetime:
     return value
 
 
+def ledger_check(organisation: str | None) -> int:
+    """Every wallet (or one) against the sum of its ledger entries."""
+    url = os.environ.get("METERING_URL", f"http://127.0.0.1:{MeteringSettings().http_port}")
+    return call(
+        url,
+        CliSettings().api_token,
+        "POST",
+        "/v1/ledger-checks",
+        body={"organisation_id": organisation},
+    )
+
+
 def register(commands: Any) -> None:
     """Add metering's commands to `billing`."""
+    add_reconcile_step(30, "metering: every wallet against its ledger", ledger_check)
     p = commands.add_parser("grant", help="publish a credit grant command")
     p.add_argument("organisation")
     p.add_argument("amount", type=int)

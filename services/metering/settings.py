@@ -35,6 +35,9 @@ class MeteringSettings(ServiceSettings):
     hold_ttl_seconds: int = Field(300, ge=1, le=86_400)
     """An unsettled hold lapses after this; it must exceed the longest agent run."""
     hold_sweep_seconds: float = Field(1.0, gt=0, le=60)
+    ledger_check_seconds: float = Field(3_600.0, ge=0, le=7 * 86_400)
+    """Check every wallet against its ledger this often (0: never; the first one interval
+    after start). `billing reconcile` runs one at any time."""
     authorization_lanes: int = Field(2, ge=1, le=64)
     """Decision cycles run concurrently; an organisation always uses the same lane."""
     max_waiting_authorizations: int = Field(2_000, ge=1, le=1_000_000)

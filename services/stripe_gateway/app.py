@@ -4,63 +4,87 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from shared.service import DevResources, Kernel, Service
 from shared.topics import STRIPE_COMMANDS
 
 from . import PRODUCER
-from .commands import Commands
+from .commands import Commands, Quantities
 from .devstripe import Devstripe
 from .handlers import http
 from .inbox import Inbox
+from .parts import Parts
+from .reconcile import Reconciler
+from .service import Observer, Reports
 from .settings import DEV_API_KEY, DEV_WEBHOOK_SECRET, StripeGatewaySettings
+from .store import inbox as inbox_store
 from .stripe_api import StripeApi
-
-
-@dataclass(frozen=True)
-class Parts:
-    """What the HTTP handlers use (`request.app.state.parts`)."""
-
-    api: StripeApi
-    inbox: Inbox
-    commands: Commands
 
 
 async def build(kernel: Kernel[StripeGatewaySettings]) -> Parts:
     settings = kernel.settings
+    pool, clock, prefix = kernel.pool, kernel.clock, settings.topic_prefix
     api = StripeApi(
         api_key=settings.api_key.get_secret_value(),
         api_base=settings.api_base_url,
         timeout=settings.api_timeout_seconds,
         attempts=settings.api_attempts,
+        requests_per_second=settings.api_requests_per_second,
     )
     inbox = Inbox(
-        kernel.pool,
-        kernel.clock,
-        api,
+        pool,
+        clock,
         webhook_secret=settings.webhook_secret.get_secret_value(),
         tolerance_seconds=settings.webhook_tolerance_seconds,
-        topic_prefix=settings.topic_prefix,
+    )
+    observer = Observer(pool, clock, api, topic_prefix=prefix)
+    reports = Reports(
+        pool,
+        clock,
+        observer,
         max_attempts=settings.inbox_max_attempts,
         retry_seconds=settings.inbox_retry_seconds,
         batch_size=settings.inbox_batch_size,
+        claim_seconds=settings.inbox_claim_seconds,
     )
-    commands = Commands(kernel.pool, kernel.clock, api, topic_prefix=settings.topic_prefix)
+    quantities = Quantities(
+        pool,
+        clock,
+        api,
+        observer,
+        budget_per_hour=settings.quantity_updates_per_hour,
+        burst=settings.quantity_burst,
+    )
+    commands = Commands(
+        pool,
+        clock,
+        api,
+        observer,
+        quantities,
+        topic_prefix=prefix,
+        claim_seconds=settings.command_claim_seconds,
+    )
+    reconciler = Reconciler(pool, clock, api, observer, topic_prefix=prefix)
     kernel.consume(
         STRIPE_COMMANDS,
         "commands",
         commands.apply,
         max_records=50,
-        description="Executes each command once, with its id as the Stripe idempotency key.",
+        description="Executes each command once, its key scoped by organisation.",
     )
     if settings.process_inbox:
         kernel.background(
-            "webhook-inbox",
-            lambda: inbox.run(settings.database_url.get_secret_value(), settings.db_schema),
+            "webhook-reports",
+            lambda: reports.run(settings.database_url.get_secret_value(), settings.db_schema),
         )
-    return Parts(api, inbox, commands)
+        kernel.background(
+            "seat-quantities", lambda: quantities.run(settings.quantity_poll_seconds, 100)
+        )
+        if settings.reconcile_seconds > 0:
+            kernel.background("reconcile", lambda: reconciler.run(settings.reconcile_seconds))
+    kernel.detail("parked_webhooks", lambda: inbox_store.parked_count(pool))
+    return Parts(api, inbox, observer, reports, commands, quantities, reconciler)
 
 
 @contextlib.contextmanager

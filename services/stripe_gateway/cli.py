@@ -2,6 +2,7 @@
 
   billing stripe-inbox --status parked      # webhook events that need a look
   billing stripe-replay evt_1Pgc76B7WZ01    # process a parked event again
+  billing reconcile [org_acme]              # first step: Stripe against the gateway
 
 They call the gateway's HTTP API at `STRIPE_GATEWAY_URL` (default:
 http://127.0.0.1:<STRIPE_GATEWAY_HTTP_PORT>).
@@ -14,6 +15,7 @@ import os
 from typing import Any
 
 from shared.cli.client import CliSettings, call
+from shared.cli.common import add_reconcile_step
 
 from .settings import StripeGatewaySettings
 
@@ -33,6 +35,11 @@ def replay(args: argparse.Namespace) -> int:
     return _api("POST", f"/v1/inbox/{args.event_id}/replay")
 
 
+def reconcile(organisation: str | None) -> int:
+    """Stripe's subscriptions, open checkouts and seat quantities against the gateway's."""
+    return _api("POST", "/v1/reconciliations", body={"organisation_id": organisation})
+
+
 def register(commands: Any) -> None:
     """Add the gateway's commands to `billing`."""
     p = commands.add_parser("stripe-inbox", help="list received Stripe webhook events")
@@ -43,3 +50,5 @@ def register(commands: Any) -> None:
     p = commands.add_parser("stripe-replay", help="process a parked Stripe event again")
     p.add_argument("event_id")
     p.set_defaults(run=replay)
+
+    add_reconcile_step(10, "stripe gateway: Stripe against what the gateway holds", reconcile)

@@ -39,13 +39,28 @@ class StripeGatewaySettings(ServiceSettings):
     api_timeout_seconds: float = Field(20.0, gt=0, le=120)
     api_attempts: int = Field(5, ge=1, le=20)
     """Attempts of one Stripe request answered 429, 5xx or not at all, with back-off."""
+    api_requests_per_second: float = Field(20.0, ge=1, le=100)
+    """Requests to Stripe started per second at most (Stripe: 100/s live, 25/s test mode)."""
     inbox_max_attempts: int = Field(8, ge=1, le=100)
     """Processing attempts of one webhook event before it is parked."""
     inbox_retry_seconds: float = Field(1.0, gt=0, le=3_600)
     """First delay before a failed event is processed again; it doubles, up to 10 minutes."""
     inbox_batch_size: int = Field(100, ge=1, le=10_000)
+    """Webhook events claimed per round (the objects they name are fetched once each)."""
+    inbox_claim_seconds: float = Field(120.0, ge=5, le=3_600)
+    """How long a processor holds the events it claimed before another may take them."""
     process_inbox: bool = True
     """False only receives webhooks (instances scaled apart from the processors)."""
+    command_claim_seconds: float = Field(60.0, ge=5, le=3_600)
+    """How long a command's claim holds before another caller may take it over."""
+    quantity_updates_per_hour: int = Field(180, ge=1, le=200)
+    """Seat quantity updates sent per subscription in any hour (Stripe allows about 200)."""
+    quantity_burst: int = Field(5, ge=1, le=200)
+    """Updates sent without spacing; past them, the hour's remaining budget is spread."""
+    quantity_poll_seconds: float = Field(1.0, gt=0, le=3_600)
+    reconcile_seconds: float = Field(3_600.0, ge=0, le=7 * 86_400)
+    """A sweep comparing Stripe with what the gateway holds, every so often (0: never; the
+    first one interval after start). `billing reconcile` runs one at any time."""
 
     @model_validator(mode="after")
     def _development_secrets_on_loopback_only(self) -> Self:

@@ -1,15 +1,21 @@
 """The calls the gateway makes to Stripe, through the official SDK (async, over httpx).
 
 Every call that creates or changes something carries an idempotency key derived from the
-command that asked for it, so a command delivered twice never creates a second object or
-charge (Stripe keeps keys for 24 hours; the gateway's `commands` table remembers longer).
-A 429, a 5xx or no answer at all is retried with back-off; other refusals are final.
+command that asked for it, scoped by organisation, so a command delivered twice never creates a
+second object or charge (Stripe keeps keys for 24 hours; the gateway's `commands` table
+remembers longer). Requests are paced to stay within Stripe's rate limit
+(`API_REQUESTS_PER_SECOND`); a 429, a 5xx or no answer at all is retried with back-off; other
+refusals are final. A 404 (`resource_missing`) is told apart: the object does not exist.
+
+No call here is ever made while a database transaction is open (the callers fetch first, then
+open their transaction).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import stripe
@@ -31,8 +37,30 @@ class StripeRefused(Exception):
         self.detail = detail
 
 
+class StripeMissing(StripeRefused):
+    """Stripe does not know the object (404 `resource_missing`)."""
+
+
 class StripeUnavailable(Exception):
     """Stripe did not answer, or kept answering 429 or 5xx, through every attempt."""
+
+
+class Pacer:
+    """At most `per_second` requests started per second, spread evenly (Stripe counts
+    requests per second; a burst above its limit is answered 429)."""
+
+    def __init__(self, per_second: float) -> None:
+        self._interval = 1.0 / per_second
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self._interval
+        if start > now:
+            await asyncio.sleep(start - now)
 
 
 def _retryable(exc: stripe.StripeError) -> bool:
@@ -50,6 +78,7 @@ class StripeApi:
         api_base: str,
         timeout: float,
         attempts: int,
+        requests_per_second: float = 20.0,
         first_delay: float = 0.5,
     ) -> None:
         self._client = stripe.StripeClient(
@@ -60,16 +89,22 @@ class StripeApi:
         )
         self._attempts = attempts
         self._first_delay = first_delay
+        self._pacer = Pacer(requests_per_second)
+        self.requests = 0
+        """Requests sent (each attempt counts), for measurements."""
 
     async def _call(self, what: str, request: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
         backoff = Backoff(first=self._first_delay, cap=8.0)
         for attempt in range(1, self._attempts + 1):
+            await self._pacer.wait()
+            self.requests += 1
             try:
                 answer = await request()
             except stripe.StripeError as exc:
                 if not _retryable(exc):
                     code = getattr(exc, "code", None) or type(exc).__name__
-                    raise StripeRefused(
+                    kind = StripeMissing if exc.http_status == 404 else StripeRefused
+                    raise kind(
                         "stripe_invalid_request", f"{what}: {code}: {exc.user_message or exc}"[:500]
                     ) from exc
                 if attempt == self._attempts:
@@ -155,6 +190,40 @@ class StripeApi:
             "retrieve subscription",
             lambda: self._client.v1.subscriptions.retrieve_async(subscription_id),
         )
+
+    async def retrieve_invoice(self, invoice_id: str) -> dict[str, Any]:
+        return await self._call(
+            "retrieve invoice", lambda: self._client.v1.invoices.retrieve_async(invoice_id)
+        )
+
+    async def retrieve_checkout_session(self, session_id: str) -> dict[str, Any]:
+        return await self._call(
+            "retrieve checkout session",
+            lambda: self._client.v1.checkout.sessions.retrieve_async(session_id),
+        )
+
+    async def list_subscriptions(
+        self, *, customer: str | None = None, page_size: int = 100
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every subscription in the account (or the customer's), canceled ones included, a
+        page at a time."""
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"status": "all", "limit": page_size}
+            if customer:
+                params["customer"] = customer
+            if after:
+                params["starting_after"] = after
+            page = await self._call(
+                "list subscriptions",
+                lambda p=params: self._client.v1.subscriptions.list_async(p),  # type: ignore[misc]
+            )
+            data = page.get("data") or []
+            if data:
+                yield data
+            if not page.get("has_more") or not data:
+                return
+            after = data[-1]["id"]
 
     async def update_subscription(
         self, subscription_id: str, params: dict[str, Any], *, idempotency_key: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -12,8 +13,10 @@ from shared.topics import STRIPE_EVENTS, WORKSPACE_MEMBERS
 
 from . import PRODUCER
 from .domain.catalogue import Catalogue
+from .gateway import Gateway
 from .handlers import http
-from .service import Gateway, Links, Subscriptions
+from .reconcile import Reconciler
+from .service import Links, Subscriptions
 from .settings import SubscriptionSettings
 
 
@@ -22,6 +25,7 @@ class Parts:
     """What the HTTP handlers use (`request.app.state.parts`)."""
 
     subscriptions: Subscriptions
+    reconciler: Reconciler
 
 
 async def build(kernel: Kernel[SubscriptionSettings]) -> Parts:
@@ -31,17 +35,27 @@ async def build(kernel: Kernel[SubscriptionSettings]) -> Parts:
         headers={"Authorization": f"Bearer {settings.gateway_token.get_secret_value()}"},
         timeout=30,
     )
+    catalogue, gateway = Catalogue.load(settings.catalogue), Gateway(client)
     subscriptions = Subscriptions(
         kernel.pool,
         kernel.clock,
-        Catalogue.load(settings.catalogue),
-        Gateway(client),
+        catalogue,
+        gateway,
         Links(
             success_url=str(settings.checkout_success_url),
             cancel_url=str(settings.checkout_cancel_url),
             portal_return_url=str(settings.portal_return_url),
         ),
         topic_prefix=settings.topic_prefix,
+    )
+    reconciler = Reconciler(
+        kernel.pool,
+        kernel.clock,
+        catalogue,
+        gateway,
+        subscriptions,
+        topic_prefix=settings.topic_prefix,
+        grace=timedelta(seconds=settings.reconcile_grace_seconds),
     )
     kernel.consume(
         WORKSPACE_MEMBERS,
@@ -55,7 +69,8 @@ async def build(kernel: Kernel[SubscriptionSettings]) -> Parts:
         "stripe",
         subscriptions.on_stripe,
         max_records=500,
-        description="What Stripe reports: checkouts, paid periods, cancellations, payments.",
+        description="What Stripe holds, as the gateway observed it: checkouts, paid periods, "
+        "prices, cancellations, standing. Ordered by the gateway's version per subscription.",
     )
     kernel.periodic(
         "renewals",
@@ -63,8 +78,10 @@ async def build(kernel: Kernel[SubscriptionSettings]) -> Parts:
         settings.renewal_poll_seconds,
         batch=settings.renewal_batch,
     )
+    if settings.reconcile_seconds > 0:
+        kernel.background("reconcile", lambda: reconciler.forever(settings.reconcile_seconds))
     kernel.on_stop(client.aclose)
-    return Parts(subscriptions)
+    return Parts(subscriptions, reconciler)
 
 
 SERVICE = Service(

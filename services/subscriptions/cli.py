@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 from shared.cli.client import CliSettings, call
+from shared.cli.common import add_reconcile_step
 
 from .settings import SubscriptionSettings
 
@@ -35,6 +36,11 @@ def enterprise(args: argparse.Namespace) -> int:
     return _api("PUT", f"/v1/organisations/{args.organisation}/enterprise", body=body)
 
 
+def reconcile(organisation: str | None) -> int:
+    """Paid organisations against what the gateway holds of Stripe."""
+    return _api("POST", "/v1/reconciliations", body={"organisation_id": organisation})
+
+
 def register(commands: Any) -> None:
     """Add the subscription service's commands to `billing`."""
     p = commands.add_parser("subscription", help="show an organisation's subscription")
@@ -47,3 +53,5 @@ def register(commands: Any) -> None:
     p.add_argument("--seats", type=int, help="seat limit (default: unlimited)")
     p.add_argument("--features", help="comma-separated (default: the catalogue's)")
     p.set_defaults(run=enterprise)
+
+    add_reconcile_step(20, "subscriptions: organisations against what Stripe holds", reconcile)

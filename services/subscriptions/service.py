@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-import httpx
 
 from shared import outbox
 from shared.clock import Clock
@@ -18,6 +17,11 @@ from shared.consumer import Decoded
 from shared.events import CreditGrantRequested, CreditGrantRequestedV1, Event, GrantReason
 from shared.events.codec import Rejection
 from shared.events.members import MemberRole, MemberStatus, split_directory
+from shared.events.operations import (
+    AlertKind,
+    OperatorAlert,
+    OperatorAlertRaisedV1,
+)
 from shared.events.stripe import (
     CancelAtPeriodEnd,
     CancelAtPeriodEndRequestedV1,
@@ -25,11 +29,17 @@ from shared.events.stripe import (
     PriceChangeRequestedV1,
     PriceChangeTiming,
     StripeCheckoutCompletedV1,
+    StripeCheckoutCompletedV2,
     StripeCommandFailedV1,
+    StripeCommandSucceededV1,
     StripeInvoicePaidV1,
+    StripeInvoicePaidV2,
     StripeInvoicePaymentFailedV1,
+    StripeInvoicePaymentFailedV2,
     StripeSubscription,
     StripeSubscriptionDeletedV1,
+    StripeSubscriptionDeletedV2,
+    StripeSubscriptionObserved,
 )
 from shared.events.subscriptions import Cycle, Plan, SubscriptionChangedV1, SubscriptionState
 from shared.logging import get_logger
@@ -44,7 +54,9 @@ from .domain.subscription import (
     SetCancelAtPeriodEnd,
     StripeFacts,
     Subscription,
+    Unappliable,
 )
+from .gateway import Gateway
 
 log = get_logger("subscriptions.service")
 
@@ -62,27 +74,6 @@ class NoSubscription(LookupError):
     pass
 
 
-class GatewayUnavailable(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class Gateway:
-    """The Stripe gateway's HTTP API, for what a person waits on (Checkout, Billing Portal)."""
-
-    client: httpx.AsyncClient
-
-    async def session(self, path: str, body: dict[str, object]) -> tuple[str, str]:
-        try:
-            response = await self.client.post(path, json=body)
-        except httpx.HTTPError as exc:
-            raise GatewayUnavailable(repr(exc)) from exc
-        if response.status_code != 200:
-            raise GatewayUnavailable(f"{response.status_code}: {response.text[:300]}")
-        answer = response.json()
-        return answer["id"], answer["url"]
-
-
 @dataclass(frozen=True)
 class Links:
     success_url: str
@@ -93,6 +84,8 @@ class Links:
 @dataclass(frozen=True)
 class ChangeResult:
     subscription: Subscription
+    action: str
+    """`checkout`, `upgraded`, `downgrade_scheduled` or `downgrade_withdrawn`."""
     checkout_url: str | None = None
 
 
@@ -144,80 +137,123 @@ class Subscriptions:
     async def on_stripe(
         self, items: Sequence[Decoded[Event]]
     ) -> list[tuple[Decoded[Event], Rejection]]:
-        """Follow what Stripe reports. Each fact applies once: checkouts by session id,
-        subscription states by Stripe's version, payments by the standing they set."""
+        """Follow what Stripe holds, as the gateway reports it. Each fact applies once:
+        checkouts by session id, subscription states by the gateway's version (never by
+        Stripe's timestamps). A report that cannot be applied (an organisation or a price we
+        do not know, a second paid subscription) is refused: parked on the dead-letter topic
+        with its reason, announced to operators, and marked applied only once a replay
+        applies it."""
         now = self._clock.now()
+        refused: list[tuple[Decoded[Event], Rejection]] = []
+        alerts: list[Event] = []
         async with self._pool.acquire() as conn, conn.transaction():
             for item in items:
                 event = item.event
-                sub = await store.lock(conn, event.organisation_id)
-                if sub is None:
+                try:
+                    outcome = await self._stripe_fact(conn, event, now)
+                except Unappliable as exc:
+                    refused.append((item, Rejection(exc.reason, exc.detail[:500])))
+                    alerts.append(self._parked_alert(event, exc))
                     log.warning(
-                        "stripe event for an unknown organisation",
+                        "stripe report parked",
                         organisation_id=event.organisation_id,
                         type=event.type,
+                        reason=exc.reason,
+                        detail=exc.detail,
                     )
                     continue
-                outcome = await self._stripe_fact(conn, sub, event, now)
-                if outcome is not None and outcome.changed:
-                    await store.save(conn, [outcome.subscription], now)
-                    await self._effects(conn, [outcome])
-        return []
+                if outcome is not None:
+                    await self.record(conn, [outcome], now)
+            await outbox.enqueue(conn, alerts, prefix=self._prefix, clock=self._clock)
+        return refused
 
     async def _stripe_fact(
+        self, conn: asyncpg.Connection, event: Event, now: datetime
+    ) -> Outcome | None:
+        if isinstance(event, (StripeCommandSucceededV1, *_INVOICE_REPORTS)):
+            return None  # invoices: the subscription's status says what a payment changed
+        sub = await store.lock(conn, event.organisation_id)
+        if isinstance(event, StripeCommandFailedV1):
+            log.error(
+                "a stripe command failed",
+                organisation_id=event.organisation_id,
+                command=event.data.command_type,
+                reason=event.data.reason,
+                detail=event.data.detail,
+            )
+            if sub is None or event.data.command_type not in _SUBSCRIPTION_COMMANDS:
+                return None
+            return machine.stripe_restored(sub, now, self.catalogue)
+        if sub is None:
+            raise Unappliable(
+                "unknown_organisation",
+                f"{event.organisation_id} is not known (yet) to the member directory's feed",
+            )
+        match event:
+            case StripeCheckoutCompletedV2() | StripeCheckoutCompletedV1():
+                return await self._checkout_paid(conn, sub, event, now)
+            case _ if isinstance(event.data, (StripeSubscriptionObserved, StripeSubscription)):
+                return machine.stripe_reported(sub, _facts(event), now, self.catalogue)
+        return None
+
+    async def _checkout_paid(
         self, conn: asyncpg.Connection, sub: Subscription, event: Event, now: datetime
     ) -> Outcome | None:
-        match event:
-            case StripeCheckoutCompletedV1():
-                data = event.data
-                if data.subscription_id is None or not await store.first_time(
-                    conn, f"checkout:{data.checkout_session_id}", now
-                ):
-                    return None
-                asked = await store.checkout(conn, data.request_id) if data.request_id else None
-                chosen = (
-                    (asked.plan, asked.cycle)
-                    if asked
-                    else self.catalogue.plan_of_price(data.price_id or "")
-                )
-                if chosen is None:
-                    log.error("checkout for an unknown price", price_id=data.price_id)
-                    return None
-                if asked:
-                    await store.checkout_completed(conn, asked.request_id, now)
-                return machine.checkout_completed(
-                    sub,
-                    plan=chosen[0],
-                    cycle=chosen[1],
-                    stripe_subscription_id=data.subscription_id,
-                    at=min(data.stripe_event_created, now),  # Stripe's clock, if not ahead
-                    catalogue=self.catalogue,
-                )
-            case StripeInvoicePaymentFailedV1():
-                if event.data.subscription_id != sub.stripe_subscription_id:
-                    return None
-                return machine.payment_failed(sub)
-            case StripeInvoicePaidV1():
-                if event.data.subscription_id != sub.stripe_subscription_id:
-                    return None
-                return machine.invoice_paid(sub)
-            case StripeCommandFailedV1():
-                log.error(
-                    "a stripe command failed",
-                    organisation_id=event.organisation_id,
-                    command=event.data.command_type,
-                    reason=event.data.reason,
-                    detail=event.data.detail,
-                )
-                return None
-            case _ if isinstance(event.data, StripeSubscription):
-                return machine.stripe_reported(
-                    sub,
-                    _facts(event.data, deleted=isinstance(event, StripeSubscriptionDeletedV1)),
-                    now,
-                    self.catalogue,
-                )
-        return None
+        """The owner paid (R4): the plan Stripe bills is in force at once. Applied once per
+        session; marked applied only when it applies."""
+        data = event.data
+        if data.subscription_id is None:
+            return None
+        key = f"checkout:{data.checkout_session_id}"
+        if await store.applied(conn, key):
+            return None
+        asked = await store.checkout(conn, data.request_id) if data.request_id else None
+        if asked is not None and asked.organisation_id != event.organisation_id:
+            raise Unappliable(
+                "checkout_mismatch",
+                f"checkout {data.checkout_session_id} reported for {event.organisation_id} "
+                f"was asked for {asked.organisation_id}",
+            )
+        billed = self.catalogue.plan_of_price(data.price_id) if data.price_id else None
+        if data.price_id is not None and billed is None:
+            raise Unappliable(
+                "unknown_price",
+                f"checkout {data.checkout_session_id}: Stripe bills {data.price_id}; the "
+                "catalogue has no plan with that price",
+            )
+        chosen = billed or ((asked.plan, asked.cycle) if asked else None)
+        if chosen is None:
+            raise Unappliable("unknown_price", f"checkout {data.checkout_session_id}: no price")
+        if isinstance(event, StripeCheckoutCompletedV2):
+            at = min(data.started_at or data.observed_at, now)
+        else:
+            at = min(data.stripe_event_created, now)
+        outcome = machine.checkout_completed(
+            sub,
+            plan=chosen[0],
+            cycle=chosen[1],
+            stripe_subscription_id=data.subscription_id,
+            at=at,
+            catalogue=self.catalogue,
+        )
+        await store.first_time(conn, key, now)
+        if asked:
+            await store.checkout_completed(conn, asked.request_id, now)
+        return outcome
+
+    def _parked_alert(self, event: Event, exc: Unappliable) -> Event:
+        return OperatorAlertRaisedV1.new(
+            organisation_id=event.organisation_id,
+            producer=PRODUCER,
+            occurred_at=self._clock.now(),
+            data=OperatorAlert(
+                service=PRODUCER,
+                kind=AlertKind.REPORT_PARKED,
+                reason=exc.reason,
+                detail=f"{event.type} parked on the dead-letter topic: {exc.detail}"[:1000],
+                subject_id=str(event.event_id),
+            ),
+        )
 
     # Owners' requests ----------------------------------------------------------------------
 
@@ -239,9 +275,8 @@ class Subscriptions:
             sub = await self._lock(conn, organisation)
             decided = machine.request_change(sub, plan, cycle, self.catalogue)
             if isinstance(decided, Outcome):
-                await store.save(conn, [decided.subscription], now)
-                await self._effects(conn, [decided])
-                return ChangeResult(decided.subscription)
+                await self.record(conn, [decided], now)
+                return ChangeResult(decided.subscription, machine.action_of(sub, decided))
             request_id = f"chg_{uuid.uuid4().hex}"
             await store.add_checkout(
                 conn,
@@ -252,7 +287,7 @@ class Subscriptions:
             seats = max(1, await store.active_members(conn, organisation))
         session_id, url = await self._checkout(organisation, request_id, decided, seats)
         await store.checkout_opened(self._pool, request_id, session_id, url)
-        return ChangeResult(sub, checkout_url=url)
+        return ChangeResult(sub, "checkout", checkout_url=url)
 
     async def _checkout(
         self, organisation: str, request_id: str, needs: NeedsCheckout, seats: int
@@ -298,8 +333,7 @@ class Subscriptions:
         async with self._pool.acquire() as conn, conn.transaction():
             sub = await self._lock(conn, organisation)
             outcome = machine.set_enterprise(sub, terms, now, self.catalogue)
-            await store.save(conn, [outcome.subscription], now)
-            await self._effects(conn, [outcome])
+            await self.record(conn, [outcome], now)
         return outcome.subscription
 
     async def _owner_transition(
@@ -310,8 +344,7 @@ class Subscriptions:
             await self._owner(conn, organisation, member_id)
             sub = await self._lock(conn, organisation)
             outcome: Outcome = transition(sub)
-            await store.save(conn, [outcome.subscription], now)
-            await self._effects(conn, [outcome])
+            await self.record(conn, [outcome], now)
         return outcome.subscription
 
     async def _owner(self, conn: asyncpg.Connection, organisation: str, member_id: str) -> None:
@@ -342,13 +375,21 @@ class Subscriptions:
             due = await store.lock_due(conn, now, limit)
             outcomes = [machine.renew(sub, now, self.catalogue) for sub in due]
             changed = [o for o in outcomes if o.changed]
-            await store.save(conn, [o.subscription for o in changed], now)
-            await self._effects(conn, changed)
+            await self.record(conn, changed, now)
         if changed:
             log.info("subscriptions renewed", renewed=len(changed))
         return len(due)
 
     # Effects, mapped to the published contracts -------------------------------------------
+
+    async def record(
+        self, conn: asyncpg.Connection, outcomes: Sequence[Outcome], now: datetime
+    ) -> None:
+        """Save what changed, with its grants, commands and announcement (the caller's
+        transaction, the subscription rows locked)."""
+        changed = [o for o in outcomes if o.changed]
+        await store.save(conn, [o.subscription for o in changed], now)
+        await self._effects(conn, changed)
 
     async def _effects(self, conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> None:
         now = self._clock.now()
@@ -425,7 +466,23 @@ class Subscriptions:
         )
 
 
-def _facts(data: StripeSubscription, *, deleted: bool) -> StripeFacts:
+_INVOICE_REPORTS = (
+    StripeInvoicePaidV1,
+    StripeInvoicePaymentFailedV1,
+    StripeInvoicePaidV2,
+    StripeInvoicePaymentFailedV2,
+)
+_SUBSCRIPTION_COMMANDS = {
+    PriceChangeRequestedV1.type_name,
+    CancelAtPeriodEndRequestedV1.type_name,
+}
+_DELETED = (StripeSubscriptionDeletedV1, StripeSubscriptionDeletedV2)
+
+
+def _facts(event: Event) -> StripeFacts:
+    """A subscription report, mapped at the edge: version 2 carries the gateway's version of
+    the state; version 1 only Stripe's event time."""
+    data = event.data
     return StripeFacts(
         subscription_id=data.subscription_id,
         status=data.status.value,
@@ -433,9 +490,11 @@ def _facts(data: StripeSubscription, *, deleted: bool) -> StripeFacts:
         period_start=data.current_period_start,
         period_end=data.current_period_end,
         cancel_at_period_end=data.cancel_at_period_end,
-        deleted=deleted,
-        version=data.stripe_event_created,
+        deleted=isinstance(event, _DELETED),
+        version=data.version if isinstance(data, StripeSubscriptionObserved) else None,
+        quantity=data.quantity,
+        legacy_created=data.stripe_event_created if isinstance(data, StripeSubscription) else None,
     )
 
 
-__all__ = ["ChangeResult", "Denied", "GatewayUnavailable", "NoSubscription", "Refused"]
+__all__ = ["ChangeResult", "Denied", "NoSubscription", "Refused"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AnyHttpUrl, Field, SecretStr
+from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import DEV_API_TOKEN, ServiceSettings
@@ -23,8 +23,12 @@ class SubscriptionSettings(ServiceSettings):
     consumer_group: str = Field("subscriptions", min_length=1, max_length=100)
     catalogue: Path = DEFAULT
     """The plan catalogue (a versioned JSON file)."""
-    gateway_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8083")
-    """The Stripe gateway's HTTP API (Checkout and Billing Portal sessions)."""
+    gateway_url: AnyHttpUrl = Field(
+        AnyHttpUrl("http://127.0.0.1:8083"),
+        validation_alias=AliasChoices("SUBSCRIPTIONS_GATEWAY_URL", "STRIPE_GATEWAY_URL"),
+    )
+    """The Stripe gateway's HTTP API (Checkout and Billing Portal sessions, the subscriptions
+    it holds); `make run` sets `STRIPE_GATEWAY_URL`."""
     gateway_token: SecretStr = SecretStr(DEV_API_TOKEN)
     organisation_header: str = "X-Organisation-Id"
     member_header: str = "X-Member-Id"
@@ -35,3 +39,9 @@ class SubscriptionSettings(ServiceSettings):
     renewal_poll_seconds: float = Field(1.0, gt=0, le=3600)
     renewal_batch: int = Field(1000, ge=1, le=100_000)
     """Subscriptions renewed per transaction."""
+    reconcile_seconds: float = Field(3_600.0, ge=0, le=7 * 86_400)
+    """Compare every paid organisation with what the gateway holds of Stripe this often (0:
+    never; the first one interval after start). `billing reconcile` runs one at any time."""
+    reconcile_grace_seconds: float = Field(60.0, ge=0, le=86_400)
+    """An organisation changed this recently is left to the next reconciliation (its
+    command may still be on its way to Stripe)."""

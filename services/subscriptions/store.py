@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+import orjson
 
 from shared.events.members import MemberRole, MemberStatus
 from shared.events.subscriptions import Cycle, Plan, Standing
 
 from .domain.catalogue import EnterpriseTerms
-from .domain.subscription import Subscription
+from .domain.subscription import StripeFacts, Subscription
 
 # Organisations and members --------------------------------------------------------------------
 
@@ -92,7 +93,36 @@ async def active_members(conn: asyncpg.Connection | asyncpg.Pool, organisation_i
 _COLUMNS = """organisation_id, created_at, plan, cycle, standing, anchor, credit_period_start,
     credit_period_end, paid_period_end, cancel_at_period_end, pending_plan, pending_cycle,
     stripe_subscription_id, stripe_version, revision, enterprise_credits,
-    enterprise_seat_limit, enterprise_features"""
+    enterprise_seat_limit, enterprise_features, stripe_facts"""
+
+
+def _facts_json(facts: StripeFacts | None) -> str | None:
+    if facts is None:
+        return None
+    return orjson.dumps(
+        {
+            "subscription_id": facts.subscription_id,
+            "status": facts.status,
+            "price_id": facts.price_id,
+            "period_start": facts.period_start,
+            "period_end": facts.period_end,
+            "cancel_at_period_end": facts.cancel_at_period_end,
+            "deleted": facts.deleted,
+            "version": facts.version,
+            "quantity": facts.quantity,
+            "legacy_created": facts.legacy_created,
+        }
+    ).decode()
+
+
+def _facts(value: str | None) -> StripeFacts | None:
+    if value is None:
+        return None
+    found = orjson.loads(value)
+    for key in ("period_start", "period_end", "legacy_created"):
+        if found.get(key) is not None:
+            found[key] = datetime.fromisoformat(found[key])
+    return StripeFacts(**found)
 
 
 def _subscription(row: asyncpg.Record) -> Subscription:
@@ -100,7 +130,7 @@ def _subscription(row: asyncpg.Record) -> Subscription:
         EnterpriseTerms(
             row["enterprise_credits"],
             row["enterprise_seat_limit"],
-            tuple(row["enterprise_features"] or ()),
+            tuple(orjson.loads(row["enterprise_features"] or "[]")),
         )
         if row["enterprise_credits"] is not None
         else None
@@ -122,6 +152,7 @@ def _subscription(row: asyncpg.Record) -> Subscription:
         stripe_version=row["stripe_version"],
         revision=row["revision"],
         enterprise=enterprise,
+        stripe_facts=_facts(row["stripe_facts"]),
     )
 
 
@@ -145,7 +176,8 @@ def _values(sub: Subscription) -> tuple[object, ...]:
         sub.revision,
         terms.monthly_credits if terms else None,
         terms.seat_limit if terms else None,
-        list(terms.features) if terms else None,
+        orjson.dumps(list(terms.features)).decode() if terms else None,
+        _facts_json(sub.stripe_facts),
         sub.next_renewal_at,
     )
 
@@ -156,7 +188,7 @@ async def add_subscription(conn: asyncpg.Connection, sub: Subscription, now: dat
         await conn.fetchval(
             f"""INSERT INTO subscriptions ({_COLUMNS}, next_renewal_at, updated_at)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                        $17, $18, $19, $20)
+                        $17, $18::jsonb, $19::jsonb, $20, $21)
                 ON CONFLICT (organisation_id) DO NOTHING
                 RETURNING true""",
             *_values(sub),
@@ -173,11 +205,34 @@ async def lock(conn: asyncpg.Connection, organisation_id: str) -> Subscription |
     return None if row is None else _subscription(row)
 
 
+async def changed_since(conn: asyncpg.Connection, organisation_id: str, since: datetime) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT updated_at > $2 FROM subscriptions WHERE organisation_id = $1",
+            organisation_id,
+            since,
+        )
+    )
+
+
 async def get(conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str) -> Subscription | None:
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM subscriptions WHERE organisation_id = $1", organisation_id
     )
     return None if row is None else _subscription(row)
+
+
+async def paid(
+    conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str | None
+) -> list[Subscription]:
+    """The subscriptions paid through Stripe (or the organisation's, whatever its plan)."""
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM subscriptions
+            WHERE ($1::text IS NULL AND stripe_subscription_id IS NOT NULL)
+               OR organisation_id = $1""",
+        organisation_id,
+    )
+    return [_subscription(r) for r in rows]
 
 
 async def lock_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[Subscription]:
@@ -209,19 +264,17 @@ async def save(
                pending_plan = s.pp, pending_cycle = s.pc,
                stripe_subscription_id = s.ssid, stripe_version = s.sv, revision = s.revision,
                enterprise_credits = s.ec, enterprise_seat_limit = s.esl,
-               enterprise_features = string_to_array(s.ef, ','),
-               next_renewal_at = s.nra, updated_at = $20
+               enterprise_features = s.ef::jsonb, stripe_facts = s.sf::jsonb,
+               next_renewal_at = s.nra, updated_at = $21
            FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
                        $6::timestamptz[], $7::timestamptz[], $8::timestamptz[],
                        $9::timestamptz[], $10::boolean[], $11::text[], $12::text[], $13::text[],
                        $14::timestamptz[], $15::bigint[], $16::bigint[], $17::int[],
-                       $18::text[], $19::timestamptz[])
+                       $18::text[], $19::text[], $20::timestamptz[])
                AS s(organisation_id, created_at, plan, cycle, standing, anchor, cps, cpe, ppe,
-                    cancel, pp, pc, ssid, sv, revision, ec, esl, ef, nra)
+                    cancel, pp, pc, ssid, sv, revision, ec, esl, ef, sf, nra)
            WHERE t.organisation_id = s.organisation_id""",
-        *columns[:17],
-        [",".join(features) if features is not None else None for features in columns[17]],
-        columns[18],
+        *columns,
         now,
     )
 
@@ -276,6 +329,10 @@ async def checkout_completed(conn: asyncpg.Connection, request_id: str, now: dat
     await conn.execute(
         "UPDATE checkouts SET completed_at = $2 WHERE request_id = $1", request_id, now
     )
+
+
+async def applied(conn: asyncpg.Connection, key: str) -> bool:
+    return bool(await conn.fetchval("SELECT true FROM applied WHERE key = $1", key))
 
 
 async def first_time(conn: asyncpg.Connection, key: str, now: datetime) -> bool:

@@ -1,24 +1,58 @@
-"""Commands for every service: what consumers parked, and the topic registry."""
+"""Commands for every service: what consumers parked (and replaying it), the topic registry,
+and `reconcile`, which runs every service's reconciliation step in order."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from shared.topics import REGISTRY
 
 from .client import CliSettings
 
 
+@dataclass(frozen=True)
+class ReconcileStep:
+    order: int
+    title: str
+    run: Callable[[str | None], int]
+    """Takes the organisation (None: all); returns an exit code."""
+
+
+RECONCILE_STEPS: list[ReconcileStep] = []
+
+
+def add_reconcile_step(order: int, title: str, run: Callable[[str | None], int]) -> None:
+    """A service's part of `billing reconcile` (steps run by `order`: Stripe first, then what
+    follows from it, then the ledgers)."""
+    if all(step.title != title for step in RECONCILE_STEPS):
+        RECONCILE_STEPS.append(ReconcileStep(order, title, run))
+
+
 def register(commands: Any) -> None:
     p = commands.add_parser("dead-letters", help="show what consumers parked, and why")
     p.add_argument("topic", choices=[spec.name for spec in REGISTRY])
     p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--reason", help="only those parked for this reason")
+    p.add_argument(
+        "--replay",
+        action="store_true",
+        help="publish them again on their topic (after fixing the cause); consumers are "
+        "idempotent, so what was applied meanwhile is not applied twice",
+    )
     p.set_defaults(run=dead_letters)
+
+    p = commands.add_parser(
+        "reconcile", help="compare with Stripe and repair; check every wallet against its ledger"
+    )
+    p.add_argument("organisation", nargs="?", help="one organisation (default: all)")
+    p.set_defaults(run=reconcile)
 
     p = commands.add_parser("topics", help="list the registered topics, their keys and schemas")
     p.set_defaults(run=topics)
@@ -34,14 +68,44 @@ def topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def reconcile(args: argparse.Namespace) -> int:
+    failed = 0
+    for step in sorted(RECONCILE_STEPS, key=lambda s: s.order):
+        print(f"# {step.title}")
+        failed |= step.run(args.organisation)
+    return failed
+
+
 def dead_letters(args: argparse.Namespace) -> int:
     settings = CliSettings()
-    for item in asyncio.run(_read_dead_letters(settings, args.topic, args.limit)):
-        print(json.dumps(item))
+    found = asyncio.run(_read_dead_letters(settings, args.topic, args.limit, args.reason))
+    for item in found:
+        print(json.dumps({k: v for k, v in item.items() if not k.startswith("_")}))
+    if args.replay and found:
+        asyncio.run(_replay(settings, found))
+        print(f"replayed {len(found)} on their topics")
     return 0
 
 
-async def _read_dead_letters(settings: CliSettings, name: str, limit: int) -> list[dict]:
+async def _replay(settings: CliSettings, items: list[dict]) -> None:
+    """Publish the parked records again on their original topic, key and bytes unchanged."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for item in items:
+            await producer.send_and_wait(
+                item["_topic"],
+                value=item["_value"],
+                key=item["_key"],
+                headers=[("dlq.replayed_from", item["original"].encode())],
+            )
+    finally:
+        await producer.stop()
+
+
+async def _read_dead_letters(
+    settings: CliSettings, name: str, limit: int, reason: str | None = None
+) -> list[dict]:
     topic = f"{settings.topic_prefix}{name}.dlq"
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
@@ -64,6 +128,8 @@ async def _read_dead_letters(settings: CliSettings, name: str, limit: int) -> li
             for records in batch.values():
                 for r in records:
                     headers = {k: v.decode("utf-8", "replace") for k, v in r.headers}
+                    if reason is not None and headers.get("dlq.reason") != reason:
+                        continue
                     found.append(
                         {
                             "reason": headers.get("dlq.reason"),
@@ -74,6 +140,9 @@ async def _read_dead_letters(settings: CliSettings, name: str, limit: int) -> li
                             "consumer_group": headers.get("dlq.consumer_group"),
                             "parked_at": headers.get("dlq.parked_at"),
                             "value": (r.value or b"")[:300].decode("utf-8", "replace"),
+                            "_topic": headers.get("dlq.original_topic"),
+                            "_key": r.key,
+                            "_value": r.value,
                         }
                     )
         return found[-limit:]

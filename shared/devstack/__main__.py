@@ -154,8 +154,11 @@ def run(data_dir: Path) -> int:
                 _say(f"migrated {service.name}")
             children = []
             helpers: list[str] = []
+            ports = {s.name: int(env.get(s.port_variable, s.default_port)) for s in services}
+            for name, port in ports.items():  # where each service is, for the others and the CLI
+                env.setdefault(f"{name.upper().replace('-', '_')}_URL", f"http://127.0.0.1:{port}")
             for service in services:
-                port = int(env.get(service.port_variable, service.default_port))
+                port = ports[service.name]
                 extra: dict[str, str] = {}
                 if service.development is not None:
                     resources = stack.enter_context(service.development(data_dir, env, port))

@@ -1,10 +1,15 @@
 """The Stripe gateway's contract: commands other services send it (`stripe.commands`), and
 what it reports (`stripe.events`): what happened in Stripe, and how each command ended.
 
-Every subscription event carries the subscription's whole state as Stripe last reported it,
-with `stripe_event_created` (Stripe's clock, seconds) as its version: a consumer keeps, per
-subscription, the state with the newest version and drops older ones, whatever order the
-events arrive in. A deleted subscription stays deleted.
+Version 2 of the reports (what the gateway publishes): every subscription and invoice event
+carries the object's whole state as the gateway *fetched it from Stripe* after a webhook (or a
+reconciliation) named it, with `version`: a number the gateway increases, per Stripe object,
+every time it observes a new state of it. A consumer keeps, per object, the state with the
+highest version and drops lower ones, whatever order the events arrive in. Stripe's own event
+times are whole seconds and cannot order several changes within one second; versions can.
+
+Version 1 (`stripe_event_created` as the version) is what the gateway published before; its
+schemas stay so that records already on the topic can be read.
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ StripeId = Annotated[str, Field(min_length=3, max_length=255, pattern=r"^[A-Za-z
 """A Stripe object id (`sub_…`, `cus_…`, `price_…`, `evt_…`, `cs_…`)."""
 
 Quantity = Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
+
+ObjectVersion = Annotated[int, Field(strict=True, ge=1, le=2**63 - 1)]
+"""The gateway's count of the states it observed of one Stripe object (a PostgreSQL bigint)."""
+
+Money = Annotated[int, Field(strict=True, ge=0, le=10**12)]
+"""An amount in the currency's smallest unit."""
 
 
 class SubscriptionStatus(StrEnum):
@@ -137,6 +148,129 @@ class StripeInvoicePaymentFailedV1(Event):
     data: StripeInvoice
 
 
+# Version 2: states fetched from Stripe, ordered per object by the gateway's `version` ---------
+
+
+class ObservedBy(StrEnum):
+    WEBHOOK = "webhook"
+    """A webhook named the object; the gateway fetched it."""
+    COMMAND = "command"
+    """The gateway changed the object (a command) and fetched it afterwards."""
+    RECONCILIATION = "reconciliation"
+    """The reconciler found Stripe's state differing from what the gateway held."""
+
+
+class StripeSubscriptionObserved(Body):
+    """A subscription as the gateway fetched it from Stripe."""
+
+    subscription_id: StripeId
+    customer_id: StripeId
+    status: SubscriptionStatus
+    price_id: StripeId | None
+    quantity: Quantity
+    current_period_start: UtcDatetime | None
+    current_period_end: UtcDatetime | None
+    cancel_at_period_end: bool
+    version: ObjectVersion
+    """Increases with every new state the gateway observes of this subscription."""
+    observed_at: UtcDatetime
+    observed_by: ObservedBy
+    changes: tuple[StripeSubscriptionChange, ...] = ()
+    """What differs from the previous version (empty for the first)."""
+
+
+class StripeSubscriptionActivatedV2(Event):
+    """A subscription became active (or trialing) for the first time."""
+
+    type: Literal["stripe_subscription.activated.v2"]
+    data: StripeSubscriptionObserved
+
+
+class StripeSubscriptionRenewedV2(Event):
+    """A subscription entered a new billing period."""
+
+    type: Literal["stripe_subscription.renewed.v2"]
+    data: StripeSubscriptionObserved
+
+
+class StripeSubscriptionUpdatedV2(Event):
+    """A subscription's price, quantity, cancellation at period end, status or period changed."""
+
+    type: Literal["stripe_subscription.updated.v2"]
+    data: StripeSubscriptionObserved
+
+
+class StripeSubscriptionDeletedV2(Event):
+    """A subscription ended (canceled or incomplete_expired); it never comes back."""
+
+    type: Literal["stripe_subscription.deleted.v2"]
+    data: StripeSubscriptionObserved
+
+
+class StripeCheckoutObserved(Body):
+    checkout_session_id: StripeId
+    customer_id: StripeId
+    subscription_id: StripeId
+    price_id: StripeId | None
+    """The subscription's price as Stripe holds it: what the customer pays."""
+    quantity: Quantity
+    request_id: Identifier | None
+    """The id the requesting service gave the checkout (from the session's metadata)."""
+    started_at: UtcDatetime | None
+    """The subscription's first period start (Stripe's clock)."""
+    observed_at: UtcDatetime
+    observed_by: ObservedBy
+
+
+class StripeCheckoutCompletedV2(Event):
+    """A Checkout session is complete and paid in Stripe: its subscription exists (R4).
+    Announced once per session."""
+
+    type: Literal["stripe_checkout.completed.v2"]
+    data: StripeCheckoutObserved
+
+
+class InvoiceStatus(StrEnum):
+    DRAFT = "draft"
+    OPEN = "open"
+    PAID = "paid"
+    UNCOLLECTIBLE = "uncollectible"
+    VOID = "void"
+
+
+class StripeInvoiceObserved(Body):
+    invoice_id: StripeId
+    customer_id: StripeId
+    subscription_id: StripeId | None
+    status: InvoiceStatus
+    amount_due: Money
+    amount_paid: Money
+    currency: Annotated[str, Field(min_length=3, max_length=3)]
+    billing_reason: Identifier | None
+    period_start: UtcDatetime | None
+    period_end: UtcDatetime | None
+    attempt_count: Annotated[int, Field(strict=True, ge=0, le=1_000)]
+    next_payment_attempt: UtcDatetime | None
+    version: ObjectVersion
+    """Increases with every new state the gateway observes of this invoice. A paid invoice is
+    final: no later version of it is anything but paid."""
+    observed_at: UtcDatetime
+    observed_by: ObservedBy
+
+
+class StripeInvoicePaidV2(Event):
+    type: Literal["stripe_invoice.paid.v2"]
+    data: StripeInvoiceObserved
+
+
+class StripeInvoicePaymentFailedV2(Event):
+    """The newest state of an unpaid invoice after a failed payment attempt; Stripe retries it
+    (`next_payment_attempt`). Never announced for an invoice already paid."""
+
+    type: Literal["stripe_invoice.payment_failed.v2"]
+    data: StripeInvoiceObserved
+
+
 # Commands ---------------------------------------------------------------------------------------
 
 
@@ -231,7 +365,8 @@ class CommandFailure(Body):
     command_id: Annotated[str, Field(min_length=1, max_length=64)]
     command_type: Identifier
     reason: Identifier
-    """`no_customer`, `no_subscription`, `stripe_invalid_request`, `stripe_unavailable`, …"""
+    """`no_customer`, `no_subscription`, `stripe_invalid_request`, `stripe_unavailable`,
+    `idempotency_conflict`, …"""
     detail: Annotated[str, Field(max_length=500)]
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import asyncpg
 import pytest
+import pytest_asyncio
 
 from shared.devstack import embedded_stack
 
@@ -74,8 +75,7 @@ def infrastructure() -> Iterator[Infrastructure]:
             yield Infrastructure(kafka_url, database_url)
 
 
-@pytest.fixture
-async def isolation(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
+async def _isolated(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
     suffix = uuid.uuid4().hex[:10]
     isolation = Isolation(schema=f"t_{suffix}", topic_prefix=f"t{suffix}.")
     yield isolation
@@ -89,6 +89,21 @@ async def isolation(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{row["nspname"]}" CASCADE')
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def isolation(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
+    async for found in _isolated(infrastructure):
+        yield found
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_isolation(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
+    """One schema and topic prefix for a whole test module: for services started once per
+    module (its tests then tell their data apart by organisation). The module's tests run in
+    its event loop: `pytestmark = pytest.mark.asyncio(loop_scope="module")`."""
+    async for found in _isolated(infrastructure):
+        yield found
 
 
 @pytest.fixture

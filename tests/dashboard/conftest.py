@@ -15,6 +15,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+import pytest_asyncio
 import uvicorn
 
 from services.dashboard.app import SERVICE
@@ -30,6 +31,7 @@ from tests.subscriptions.conftest import Billing
 
 billing = subscriptions.billing  # the services the page shows, as the subscription tests run them
 clock = subscriptions.clock
+from_the_start = subscriptions.from_the_start
 ARTEFACTS = Path(__file__).resolve().parents[2] / "test-artefacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -65,10 +67,13 @@ async def serving(app: Any, port: int) -> AsyncIterator[None]:
         await task
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def dashboard(
-    billing: Billing, infrastructure: Infrastructure, isolation: Isolation
+    billing: Billing, infrastructure: Infrastructure, module_isolation: Isolation
 ) -> AsyncIterator[Page]:
+    """The dashboard and the seat service beside the subscription tests' services, once per
+    module (`pytestmark = pytest.mark.asyncio(loop_scope="module")`)."""
+    isolation = module_isolation
     common = isolation.env(infrastructure, SERVICE.env_prefix)
     seat_settings = settings_of(
         SeatSettings, {**common, "SEATS_DB_SCHEMA": isolation.schema_for("seats")}

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, async_playwright, expect
 from playwright.async_api import Page as Tab
 
@@ -18,6 +19,8 @@ from shared.topics import AGENT_USAGE, WORKSPACE_MEMBERS
 from tests.dashboard.conftest import ARTEFACTS, Page
 from tests.subscriptions.conftest import MEMBER, OWNER
 from tests.subscriptions.test_lifecycle import checkout_through_stripe
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 LIVE = 5_000
 """How long a change may take to reach an open page here (ms); `make bench` measures it."""
@@ -34,7 +37,7 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def browser(chromium: str) -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +13,8 @@ from shared.testing import eventually
 from tests.dashboard.conftest import Page
 from tests.dashboard.test_billing_page import use
 from tests.subscriptions.conftest import OWNER
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 async def first_view(page: Page, org: str) -> str:

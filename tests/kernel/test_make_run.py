@@ -194,6 +194,26 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
             return text if seated else None
 
         await eventually(page, timeout=60, what="org_fresh's Billing page shows its seat")
+
+        # `billing reconcile`: Stripe against the gateway, organisations against Stripe, every
+        # wallet against its ledger; nothing to repair in a stack that just started.
+        reconciled = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "shared.cli", "reconcile"],
+            cwd=ROOT,
+            env={
+                **env,
+                "STRIPE_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}",
+                "SUBSCRIPTIONS_URL": f"http://127.0.0.1:{subscriptions_port}",
+                "METERING_URL": f"http://127.0.0.1:{http_port}",
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+        assert '"repaired": 0' in reconciled.stdout
+        assert '"mismatches": []' in reconciled.stdout
     finally:
         launcher.send_signal(signal.SIGINT)
         code = launcher.wait(timeout=60)

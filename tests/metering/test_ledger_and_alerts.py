@@ -6,13 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import asyncpg
+import orjson
 import pytest
 
 from shared.clock import FrozenClock
 from shared.events import CreditsExhaustedV1, CreditsLowV1, GrantReason
 from shared.events.examples import example
 from shared.testing import produce, read_topic
-from shared.topics import AGENT_USAGE, CREDIT_ALERTS, CREDIT_GRANT_REQUESTS
+from shared.topics import AGENT_USAGE, BILLING_OPERATIONS, CREDIT_ALERTS, CREDIT_GRANT_REQUESTS
 from tests.metering.conftest import MeteringHarness, grant_command, usage_event
 
 
@@ -93,3 +94,42 @@ async def test_the_published_examples_are_applied(
     )
     credits = await metering.wait_for("org_acme", balance=20_000 - 37)
     assert credits["renews_at"] == "2027-01-01T00:00:00Z"
+
+
+async def test_the_ledger_check_reports_a_wallet_that_differs_and_never_fixes_it(
+    metering: MeteringHarness, db: asyncpg.Connection
+) -> None:
+    await metering.publish_grants(grant_command("org_check", 100), grant_command("org_fine", 50))
+    await metering.wait_for("org_check", balance=100)
+    await metering.wait_for("org_fine", balance=50)
+    await metering.publish_usage(usage_event("org_check", 30))
+    await metering.wait_for("org_check", balance=70)
+
+    clean = (await metering.http.post("/v1/ledger-checks", json={})).json()
+    assert clean == {"wallets": 2, "mismatches": []}
+
+    # A ledger entry written behind the service's back (the ledger only takes inserts).
+    await db.execute(
+        """INSERT INTO ledger (entry_id, organisation_id, kind, amount, source_event_id,
+                               occurred_at, recorded_at)
+           VALUES (gen_random_uuid(), 'org_check', 'adjustment', -5, gen_random_uuid(),
+                   now(), now())"""
+    )
+    found = (await metering.http.post("/v1/ledger-checks", json={})).json()
+    one = (
+        await metering.http.post("/v1/ledger-checks", json={"organisation_id": "org_fine"})
+    ).json()
+
+    assert found == {
+        "wallets": 2,
+        "mismatches": [{"organisation_id": "org_check", "balance": 70, "ledger": 65}],
+    }
+    assert one == {"wallets": 1, "mismatches": []}
+    assert (await metering.wait_for("org_check"))["balance"] == 70  # reported, not fixed
+    records = await read_topic(metering.bootstrap, metering.topic(BILLING_OPERATIONS), at_least=1)
+    (alert,) = [orjson.loads(r.value)["data"] for r in records]
+    assert (alert["kind"], alert["reason"], alert["subject_id"]) == (
+        "ledger_mismatch",
+        "ledger_mismatch",
+        "org_check",
+    )

@@ -13,7 +13,7 @@ from unittest import mock
 
 import httpx
 import orjson
-import pytest
+import pytest_asyncio
 
 from services.seats.app import SERVICE
 from services.seats.service import Seats
@@ -149,11 +149,18 @@ def settings_of(env: dict[str, str]) -> Any:
         return SeatSettings()
 
 
-@pytest.fixture
-async def seats(infrastructure: Infrastructure, isolation: Isolation) -> AsyncIterator[SeatHarness]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def seats(
+    infrastructure: Infrastructure, module_isolation: Isolation
+) -> AsyncIterator[SeatHarness]:
+    """The seat service, once per module (its tests use organisations of their own; the clock
+    only moves forward)."""
     clock = FrozenClock(START)
     settings = settings_of(
-        {**isolation.env(infrastructure, SERVICE.env_prefix), "SEATS_QUANTITY_POLL_SECONDS": "0.1"}
+        {
+            **module_isolation.env(infrastructure, SERVICE.env_prefix),
+            "SEATS_QUANTITY_POLL_SECONDS": "0.1",
+        }
     )
     async with running_service(SERVICE, settings, clock) as (kernel, http):
         yield SeatHarness(kernel, http, settings, clock)

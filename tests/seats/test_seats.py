@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 from urllib.parse import quote
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +24,8 @@ from shared.events.subscriptions import Plan
 from shared.testing import eventually
 from shared.topics import WORKSPACE_MEMBERS
 from tests.seats.conftest import SeatHarness
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 def organisation() -> str:

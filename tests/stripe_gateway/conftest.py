@@ -1,7 +1,10 @@
 """Fixtures for the Stripe gateway: devstripe (localstripe plus Checkout and the Billing
-Portal) once per session, and per test a gateway serving HTTP on a real port, so that
-devstripe's signed webhooks reach it. Webhook payloads are built from Stripe's own fixtures
-(`fixtures/`) and signed as Stripe signs them."""
+Portal) once per session, and a gateway serving HTTP on a real port, so that devstripe's
+signed webhooks reach it: once per test module (`gateway`; its tests use organisations of
+their own), or per test where a test needs its own settings (`running_gateway`). Webhook
+payloads are built from Stripe's own fixtures (`fixtures/`) and signed as Stripe signs them;
+the objects they name exist in devstripe (`stripe_subscription`), because the gateway fetches
+what a webhook names."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from unittest import mock
 import httpx
 import orjson
 import pytest
+import pytest_asyncio
 import uvicorn
 
 from services.stripe_gateway.app import SERVICE
@@ -147,23 +151,37 @@ def signed(
     return payload, sign(payload, secret, timestamp if timestamp is not None else int(time.time()))
 
 
-@pytest.fixture
-def gateway_env(
+def env_for(
     infrastructure: Infrastructure, isolation: Isolation, devstripe: Devstripe
 ) -> dict[str, str]:
+    """The gateway's environment in tests: devstripe, quick retries, no periodic sweep."""
     return {
         **isolation.env(infrastructure, SERVICE.env_prefix),
         "STRIPE_GATEWAY_API_BASE": devstripe.url,
         "STRIPE_GATEWAY_INBOX_MAX_ATTEMPTS": "3",
         "STRIPE_GATEWAY_INBOX_RETRY_SECONDS": "0.05",
         "STRIPE_GATEWAY_API_ATTEMPTS": "3",
+        "STRIPE_GATEWAY_API_REQUESTS_PER_SECOND": "100",
+        "STRIPE_GATEWAY_QUANTITY_POLL_SECONDS": "0.1",
+        "STRIPE_GATEWAY_RECONCILE_SECONDS": "0",
     }
+
+
+def settings_from(env: dict[str, str]) -> StripeGatewaySettings:
+    with mock.patch.dict(os.environ, env):
+        return StripeGatewaySettings()
+
+
+@pytest.fixture
+def gateway_env(
+    infrastructure: Infrastructure, isolation: Isolation, devstripe: Devstripe
+) -> dict[str, str]:
+    return env_for(infrastructure, isolation, devstripe)
 
 
 @pytest.fixture
 def gateway_settings(gateway_env: dict[str, str]) -> StripeGatewaySettings:
-    with mock.patch.dict(os.environ, gateway_env):
-        return StripeGatewaySettings()
+    return settings_from(gateway_env)
 
 
 @dataclass
@@ -215,35 +233,136 @@ class GatewayHarness:
         records = await read_topic(self.bootstrap, self.topic(STRIPE_EVENTS), at_least=at_least)
         return [orjson.loads(r.value) for r in records]
 
-    async def stripe(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    async def stripe(self, method: str, path: str, **kwargs: Any) -> Any:
         """Ask devstripe (the Stripe API here) directly."""
-        async with httpx.AsyncClient(base_url=self.devstripe.url, auth=("sk_test_x", "")) as c:
-            response = await c.request(method, path, **kwargs)
-            response.raise_for_status()
-            return response.json()
+        return await stripe_call(self.devstripe, method, path, **kwargs)
+
+    async def mine(self, organisation: str, at_least: int = 1) -> list[dict[str, Any]]:
+        """What the gateway announced for the organisation, in order."""
+
+        async def found() -> list[dict[str, Any]] | None:
+            records = await read_topic(self.bootstrap, self.topic(STRIPE_EVENTS))
+            mine = [orjson.loads(r.value) for r in records if r.key == organisation.encode()]
+            return mine if len(mine) >= at_least else None
+
+        return await eventually(found, what=f"{at_least} events of {organisation}")
+
+    async def held(self, organisation: str, **expected: Any) -> dict[str, Any]:
+        """The organisation's newest subscription as the gateway holds it, once it matches."""
+
+        async def matches() -> dict[str, Any] | None:
+            found = (await self.http.get(f"/v1/organisations/{organisation}/subscriptions")).json()
+            if found and all(found[0].get(k) == v for k, v in expected.items()):
+                return found[0]
+            return None
+
+        return await eventually(matches, what=f"{organisation} held with {expected}")
+
+    async def quiet(self) -> None:
+        """Until devstripe has no delivery on its way and the inbox nothing pending."""
+
+        async def done() -> bool:
+            if any(self.devstripe.deliveries().values()):
+                return False
+            pending = await self.kernel.pool.fetchval(
+                "SELECT count(*) FROM inbox WHERE status = 'pending'"
+            )
+            return pending == 0
+
+        await eventually(done, timeout=30, what="no delivery on its way, nothing pending")
+
+
+async def stripe_call(devstripe: Devstripe, method: str, path: str, **kwargs: Any) -> Any:
+    async with httpx.AsyncClient(base_url=devstripe.url, auth=("sk_test_x", ""), timeout=30) as c:
+        response = await c.request(method, path, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+
+async def stripe_update(
+    devstripe: Devstripe,
+    subscription: dict[str, Any],
+    *,
+    silent: bool = True,
+    quantity: int | None = None,
+    price: str | None = None,
+    **fields: str,
+) -> dict[str, Any]:
+    """Change a subscription directly in devstripe (as a person in Stripe's dashboard would);
+    `silent`: no webhook about it, as if Stripe never sent one."""
+    data = dict(fields)
+    if quantity is not None or price is not None:
+        data["items[0][id]"] = subscription["items"]["data"][0]["id"]
+        if quantity is not None:
+            data["items[0][quantity]"] = str(quantity)
+        if price is not None:
+            data["items[0][price]"] = price
+    return await stripe_call(
+        devstripe,
+        "POST",
+        f"/v1/subscriptions/{subscription['id']}",
+        data=data,
+        headers={"Devstripe-Silent": "1"} if silent else {},
+    )
+
+
+async def stripe_subscription(
+    devstripe: Devstripe,
+    organisation: str | None,
+    *,
+    price: str = "price_pro_monthly",
+    quantity: int = 1,
+    customer: str | None = None,
+) -> dict[str, Any]:
+    """A customer and a subscription made directly in devstripe (as in Stripe's dashboard),
+    naming the organisation in their metadata unless it is None."""
+    metadata = {"metadata[organisation_id]": organisation} if organisation else {}
+    if customer is None:
+        customer = (await stripe_call(devstripe, "POST", "/v1/customers", data=metadata))["id"]
+    return await stripe_call(
+        devstripe,
+        "POST",
+        "/v1/subscriptions",
+        data={
+            "customer": customer,
+            "items[0][price]": price,
+            "items[0][quantity]": str(quantity),
+            **metadata,
+        },
+    )
 
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    settings: StripeGatewaySettings, devstripe: Devstripe
+    settings: StripeGatewaySettings,
+    devstripe: Devstripe,
+    *,
+    port: int | None = None,
+    name: str | None = None,
+    **disorder: float | int,
 ) -> AsyncIterator[GatewayHarness]:
+    """The gateway serving on `port` (a free one by default), registered with devstripe as
+    the endpoint `name` (with Stripe's `disorder`, see `Devstripe.register_webhook`)."""
     app = create_app(SERVICE, settings, SystemClock())
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
     )
     serving = asyncio.create_task(server.serve())
     await eventually(lambda: _started(server), what="gateway serving")
-    name = f"test-{uuid.uuid4().hex[:8]}"
+    owned = name is None
+    name = name or f"test-{uuid.uuid4().hex[:8]}"
     url = f"http://127.0.0.1:{port}"
-    devstripe.register_webhook(name, f"{url}/stripe/webhook", DEV_WEBHOOK_SECRET)
+    if owned:
+        devstripe.register_webhook(name, f"{url}/stripe/webhook", DEV_WEBHOOK_SECRET, **disorder)
     try:
         async with httpx.AsyncClient(
             base_url=url, headers={"Authorization": f"Bearer {DEV_API_TOKEN}"}, timeout=30
         ) as http:
             yield GatewayHarness(app.state.runtime, http, settings, devstripe, url)
     finally:
-        devstripe.unregister_webhook(name)
+        if owned:
+            devstripe.unregister_webhook(name)
         server.should_exit = True
         await serving
 
@@ -252,9 +371,11 @@ async def _started(server: uvicorn.Server) -> bool:
     return server.started
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def gateway(
-    gateway_settings: StripeGatewaySettings, devstripe: Devstripe
+    infrastructure: Infrastructure, module_isolation: Isolation, devstripe: Devstripe
 ) -> AsyncIterator[GatewayHarness]:
-    async with running_gateway(gateway_settings, devstripe) as harness:
+    """One gateway for the test module (its tests use organisations of their own)."""
+    settings = settings_from(env_for(infrastructure, module_isolation, devstripe))
+    async with running_gateway(settings, devstripe) as harness:
         yield harness

@@ -1,27 +1,34 @@
-"""Reading Stripe objects in both API shapes, and the rules that make the projection converge."""
+"""Reading Stripe objects in both API shapes; what an observation means next to what the
+gateway holds; which objects an event names; the seat quantity's hourly budget. Pure."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from services.stripe_gateway.domain.stripe_objects import (
+from services.stripe_gateway.domain.projection import (
+    Held,
+    InvoiceNews,
     Kind,
-    Known,
-    Order,
-    Unreadable,
-    Version,
-    order,
-    read_subscription,
+    drift,
+    invoice_news,
     transition,
 )
+from services.stripe_gateway.domain.quantities import next_send_at, within_budget
+from services.stripe_gateway.domain.reports import objects_named
+from services.stripe_gateway.domain.stripe_objects import (
+    Invoice,
+    Subscription,
+    Unreadable,
+    read_invoice,
+    read_subscription,
+)
 from services.stripe_gateway.settings import StripeGatewaySettings
-from shared.events.stripe import SubscriptionStatus
-from tests.stripe_gateway.conftest import subscription_object
-
-T = datetime(2026, 12, 1, tzinfo=UTC)
+from tests.stripe_gateway.conftest import invoice_object, subscription_object
 
 
 @pytest.mark.parametrize("shape", ["current", "legacy"])
@@ -65,38 +72,117 @@ def test_an_unreadable_subscription_is_refused(broken: dict) -> None:
         read_subscription(obj)
 
 
-def known(version: Version, *, deleted: bool = False) -> Known:
-    return Known(
-        read_subscription(subscription_object("sub_1", "cus_1")), "org_a", deleted, version
-    )
+def held(subscription: Subscription, *, deleted: bool = False, version: int = 1) -> Held:
+    return Held(subscription, "org_a", deleted, version)
 
 
-def test_reports_are_ordered_by_stripe_time_then_settled_on_ties() -> None:
-    current = known(Version(T, "evt_b"))
-    assert order(None, Version(T, "evt_a")) is Order.NEWER
-    assert order(current, Version(T + timedelta(seconds=1), "evt_c")) is Order.NEWER
-    assert order(current, Version(T - timedelta(seconds=1), "evt_c")) is Order.OLDER
-    assert order(current, Version(T, "evt_b")) is Order.OLDER  # the same report again
-    assert order(current, Version(T, "evt_c")) is Order.SAME_TIME
-    assert order(known(Version(T, "evt_b"), deleted=True), Version(T + timedelta(days=1), "e")) is (
-        Order.AFTER_DELETION
-    )
-
-
-def test_what_a_newer_report_means() -> None:
+def test_what_a_newer_observation_means() -> None:
     base = read_subscription(subscription_object("sub_1", "cus_1", start=1_795_000_000))
     incomplete = read_subscription(subscription_object("sub_1", "cus_1", status="incomplete"))
     renewed = read_subscription(subscription_object("sub_1", "cus_1", start=1_797_592_000))
     more = read_subscription(subscription_object("sub_1", "cus_1", start=1_795_000_000, quantity=2))
+    ended = read_subscription(subscription_object("sub_1", "cus_1", status="canceled"))
 
-    assert transition(None, base, deleted=False).kind is Kind.ACTIVATED
-    assert transition(incomplete, base, deleted=False).kind is Kind.ACTIVATED
-    assert transition(base, renewed, deleted=False).kind is Kind.RENEWED
-    change = transition(base, more, deleted=False)
+    assert transition(None, base).kind is Kind.ACTIVATED
+    assert transition(held(incomplete), base).kind is Kind.ACTIVATED
+    assert transition(held(base), renewed).kind is Kind.RENEWED
+    change = transition(held(base), more)
     assert (change.kind, [c.value for c in change.changes]) == (Kind.UPDATED, ["quantity"])
-    assert transition(base, base, deleted=False).kind is Kind.UNCHANGED
-    ended = transition(base, base, deleted=True)
-    assert (ended.kind, ended.subscription.status) == (Kind.DELETED, SubscriptionStatus.CANCELED)
+    assert transition(held(base), base).kind is Kind.UNCHANGED
+    assert transition(held(base), ended).kind is Kind.DELETED
+    assert transition(held(ended, deleted=True), base).kind is Kind.UNCHANGED  # stays deleted
+
+
+def invoice(status: str, attempts: int) -> Invoice:
+    obj = invoice_object("in_1", "cus_1", "sub_1", paid=status == "paid")
+    obj.update(status=status, attempt_count=attempts)
+    return read_invoice(obj)
+
+
+def test_a_paid_invoice_is_final_and_only_new_failed_attempts_are_news() -> None:
+    paid, failed, failed_again = invoice("paid", 1), invoice("open", 1), invoice("open", 2)
+
+    assert invoice_news(None, paid) is InvoiceNews.PAID
+    assert invoice_news(paid, failed) is InvoiceNews.UNCHANGED  # a late failure changes nothing
+    assert invoice_news(None, failed) is InvoiceNews.PAYMENT_FAILED
+    assert invoice_news(failed, failed) is InvoiceNews.UNCHANGED
+    assert invoice_news(failed, failed_again) is InvoiceNews.PAYMENT_FAILED
+    assert invoice_news(failed_again, paid) is InvoiceNews.PAID
+    assert invoice_news(None, invoice("draft", 0)) is InvoiceNews.QUIET
+
+
+def test_drift_names_the_fields_that_differ() -> None:
+    ours = read_subscription(subscription_object("sub_1", "cus_1", quantity=3))
+    theirs = read_subscription(
+        subscription_object("sub_1", "cus_1", quantity=4, cancel_at_period_end=True)
+    )
+    assert drift(ours, theirs) == {"quantity": (3, 4), "cancel_at_period_end": (False, True)}
+    assert drift(ours, ours) == {}
+    assert set(drift(None, theirs)) == {
+        "status",
+        "price_id",
+        "quantity",
+        "cancel_at_period_end",
+        "period_end",
+        "customer_id",
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "obj", "named"),
+    [
+        ("customer.subscription.updated", {"id": "sub_1"}, [("subscription", "sub_1")]),
+        (
+            "invoice.payment_failed",
+            {"id": "in_1", "subscription": "sub_1"},
+            [("invoice", "in_1"), ("subscription", "sub_1")],
+        ),
+        (
+            "invoice.paid",
+            {"id": "in_1", "parent": {"subscription_details": {"subscription": "sub_2"}}},
+            [("invoice", "in_1"), ("subscription", "sub_2")],
+        ),
+        ("checkout.session.completed", {"id": "cs_1"}, [("checkout_session", "cs_1")]),
+        ("customer.created", {"id": "cus_1"}, []),
+    ],
+)
+def test_an_event_only_names_the_objects_to_fetch(kind: str, obj: dict, named: list) -> None:
+    found = objects_named({"type": kind, "data": {"object": obj}})
+    assert [(ref.kind.value, ref.object_id) for ref in found] == named
+
+
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.integers(min_value=0, max_value=4 * 3600 * 10), min_size=1, max_size=400),
+    st.integers(min_value=2, max_value=200),
+)
+def test_quantity_updates_never_exceed_the_hourly_budget(asks: list[int], budget: int) -> None:
+    """Whatever the rhythm of seat changes (tenths of a second over four hours), the sends
+    the schedule allows never exceed `budget` in any hour, and the last change is sent."""
+    sent: list[datetime] = []
+    due: datetime | None = None
+    for tenth in sorted(asks):
+        now = T0 + timedelta(seconds=tenth / 10)
+        while due is not None and due <= now:
+            at = next_send_at(sent, due, budget)
+            if at <= due:
+                sent.append(due)
+                due = None
+            else:
+                due = at
+        due = due or now
+    while due is not None:
+        at = next_send_at(sent, due, budget)
+        if at <= due:
+            sent.append(due)
+            due = None
+        else:
+            due = at
+    assert within_budget(sent, budget)
+    assert sent  # the newest count always goes, eventually
 
 
 def test_the_development_stripe_secrets_are_refused_off_loopback(monkeypatch) -> None:

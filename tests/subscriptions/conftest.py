@@ -1,7 +1,8 @@
 """Fixtures for the subscription service: it runs with the services it works with, real and
 on the same broker and database, each in its own schema: metering (which turns its grants into
-credits) and the Stripe gateway with devstripe (Checkout). The subscription service and
-metering share an injected clock, so that renewals are testable."""
+credits) and the Stripe gateway with devstripe (Checkout), once per test module. The
+subscription service and metering share an injected clock, so that renewals are testable;
+every test starts at the same instant."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from unittest import mock
 import httpx
 import orjson
 import pytest
+import pytest_asyncio
 
 from services.metering.app import SERVICE as METERING
 from services.metering.settings import MeteringSettings
@@ -169,15 +171,31 @@ class Billing(Publishing):
         )
 
 
-@pytest.fixture
+START = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
 def clock() -> FrozenClock:
-    return FrozenClock(datetime(2026, 11, 15, 12, 0, tzinfo=UTC))
+    return FrozenClock(START)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
+def from_the_start(clock: FrozenClock) -> None:
+    """Every test starts at `START` (the services run once per module; each test has
+    organisations of its own, so another test's later instants change nothing for it)."""
+    clock.set(START)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def billing(
-    infrastructure: Infrastructure, isolation: Isolation, devstripe: Devstripe, clock: FrozenClock
+    infrastructure: Infrastructure,
+    module_isolation: Isolation,
+    devstripe: Devstripe,
+    clock: FrozenClock,
 ) -> AsyncIterator[Billing]:
+    """The services, once per module; its tests run in the module's event loop
+    (`pytestmark = pytest.mark.asyncio(loop_scope="module")`)."""
+    isolation = module_isolation
     common = isolation.env(infrastructure, SERVICE.env_prefix)
     gateway_settings = settings_of(
         StripeGatewaySettings,

@@ -15,10 +15,9 @@ from services.subscriptions.domain.subscription import (
     Refused,
     SetCancelAtPeriodEnd,
     StripeFacts,
+    Unappliable,
     cancel,
     checkout_completed,
-    invoice_paid,
-    payment_failed,
     period_containing,
     reactivate,
     renew,
@@ -26,7 +25,9 @@ from services.subscriptions.domain.subscription import (
     set_enterprise,
     start,
     stripe_reported,
+    stripe_restored,
 )
+from services.subscriptions.domain.subscription import action_of as machine_action
 from shared.events.subscriptions import Cycle, Plan, Standing, SubscriptionChange
 
 CATALOGUE = Catalogue.load()
@@ -220,7 +221,7 @@ def test_the_same_plan_again_is_refused_and_annual_only_where_offered() -> None:
     assert broken.price(Plan.FREE, Cycle.ANNUAL) is None
 
 
-def facts(version: datetime, **changes: object) -> StripeFacts:
+def facts(version: int, **changes: object) -> StripeFacts:
     base = dict(
         subscription_id="sub_1",
         status="active",
@@ -236,31 +237,86 @@ def facts(version: datetime, **changes: object) -> StripeFacts:
 
 def test_stripe_reports_converge_and_older_ones_change_nothing() -> None:
     sub = on_plan(Plan.PRO, Cycle.MONTHLY, at(2026, 1, 10)).subscription
-    newer = stripe_reported(
-        sub, facts(at(2026, 1, 12), cancel_at_period_end=True), at(2026, 1, 12), CATALOGUE
-    )
-    older = stripe_reported(newer.subscription, facts(at(2026, 1, 11)), at(2026, 1, 12), CATALOGUE)
+    newer = stripe_reported(sub, facts(2, cancel_at_period_end=True), at(2026, 1, 12), CATALOGUE)
+    older = stripe_reported(newer.subscription, facts(1), at(2026, 1, 12), CATALOGUE)
+    same = stripe_reported(newer.subscription, facts(2), at(2026, 1, 12), CATALOGUE)
 
     assert newer.change is SubscriptionChange.CANCEL_SCHEDULED
     assert newer.subscription.cancel_at_period_end is True
     assert older.changed is False and older.subscription == newer.subscription
+    assert same.changed is False
 
 
-def test_payment_failure_makes_it_past_due_and_a_paid_invoice_active_again() -> None:
+def test_a_report_of_the_withdrawn_downgrade_is_undone_by_the_next_one() -> None:
+    """On Max an owner asks for Pro, then for Max again. Stripe's report of the Pro price may
+    arrive after the withdrawal: it schedules the downgrade again, and the next report (Max)
+    must clear it, or the organisation drops to Pro while Stripe bills Max."""
+    sub = on_plan(Plan.MAX, Cycle.MONTHLY, at(2026, 1, 10)).subscription
+    scheduled = request_change(sub, Plan.PRO, Cycle.MONTHLY, CATALOGUE)
+    assert isinstance(scheduled, Outcome)
+    withdrawn = request_change(scheduled.subscription, Plan.MAX, Cycle.MONTHLY, CATALOGUE)
+    assert isinstance(withdrawn, Outcome)
+    assert machine_action(scheduled.subscription, withdrawn) == "downgrade_withdrawn"
+    assert withdrawn.commands == (PriceChange("price_max_monthly", "period_end"),)  # no proration
+
+    late = stripe_reported(
+        withdrawn.subscription, facts(2, price_id="price_pro_monthly"), at(2026, 1, 11), CATALOGUE
+    )
+    assert late.subscription.pending_plan is Plan.PRO  # what Stripe held then
+    final = stripe_reported(
+        late.subscription, facts(3, price_id="price_max_monthly"), at(2026, 1, 11), CATALOGUE
+    )
+    assert (final.subscription.plan, final.subscription.pending_plan) == (Plan.MAX, None)
+    assert final.grants == ()
+
+
+def test_the_subscriptions_status_sets_the_standing() -> None:
     sub = on_plan(Plan.PRO, Cycle.MONTHLY, at(2026, 1, 10)).subscription
-    failed = payment_failed(sub)
+    failed = stripe_reported(sub, facts(2, status="past_due"), at(2026, 1, 12), CATALOGUE)
     assert (failed.subscription.standing, failed.change) == (
         Standing.PAST_DUE,
         SubscriptionChange.PAYMENT_FAILED,
     )
-    assert payment_failed(failed.subscription).changed is False
-    assert invoice_paid(failed.subscription).subscription.standing is Standing.ACTIVE
+    paid = stripe_reported(failed.subscription, facts(3), at(2026, 1, 13), CATALOGUE)
+    assert (paid.subscription.standing, paid.change) == (
+        Standing.ACTIVE,
+        SubscriptionChange.PAYMENT_RECOVERED,
+    )
+
+
+def test_a_price_the_catalogue_does_not_know_cannot_apply() -> None:
+    sub = on_plan(Plan.PRO, Cycle.MONTHLY, at(2026, 1, 10)).subscription
+    with pytest.raises(Unappliable, match="unknown_price"):
+        stripe_reported(sub, facts(2, price_id="price_team_monthly"), at(2026, 1, 12), CATALOGUE)
+    free = start("org_a", at(2026, 1, 5), at(2026, 1, 5), CATALOGUE).subscription
+    with pytest.raises(Unappliable, match="unknown_price"):
+        stripe_reported(free, facts(1, price_id="price_team_monthly"), at(2026, 1, 12), CATALOGUE)
+
+
+def test_a_second_live_subscription_is_not_applied() -> None:
+    sub = on_plan(Plan.PRO, Cycle.MONTHLY, at(2026, 1, 10)).subscription
+    with pytest.raises(Unappliable, match="another_subscription"):
+        stripe_reported(sub, facts(1, subscription_id="sub_2"), at(2026, 1, 12), CATALOGUE)
+    ended = facts(1, subscription_id="sub_0", status="canceled", deleted=True)
+    assert stripe_reported(sub, ended, at(2026, 1, 12), CATALOGUE).changed is False
+
+
+def test_a_failed_command_gives_way_to_what_stripe_holds() -> None:
+    sub = on_plan(Plan.PRO, Cycle.MONTHLY, at(2026, 1, 10)).subscription
+    reported = stripe_reported(sub, facts(1), at(2026, 1, 10), CATALOGUE).subscription
+    cancelled = cancel(reported).subscription
+    assert cancelled.cancel_at_period_end is True
+
+    restored = stripe_restored(cancelled, at(2026, 1, 11), CATALOGUE)
+
+    assert restored.subscription.cancel_at_period_end is False
+    assert restored.change is SubscriptionChange.REACTIVATED
 
 
 def test_a_subscription_stripe_deletes_falls_back_to_free() -> None:
     sub = on_plan(Plan.MAX, Cycle.MONTHLY, at(2026, 1, 10)).subscription
     gone = stripe_reported(
-        sub, facts(at(2026, 1, 15), deleted=True, status="canceled"), at(2026, 1, 15), CATALOGUE
+        sub, facts(1, deleted=True, status="canceled"), at(2026, 1, 15), CATALOGUE
     )
     assert (gone.change, gone.subscription.plan) == (
         SubscriptionChange.FELL_BACK_TO_FREE,
@@ -272,7 +328,7 @@ def test_a_subscription_stripe_deletes_falls_back_to_free() -> None:
 def test_a_subscription_reported_before_its_checkout_is_the_same_plan_change() -> None:
     sub = start("org_a", at(2026, 1, 5), at(2026, 1, 5), CATALOGUE).subscription
     reported = stripe_reported(
-        sub, facts(at(2026, 1, 10), price_id="price_max_monthly"), at(2026, 1, 10), CATALOGUE
+        sub, facts(1, price_id="price_max_monthly"), at(2026, 1, 10), CATALOGUE
     )
     assert reported.subscription.plan is Plan.MAX
     assert [(g.reason, g.amount) for g in reported.grants] == [("plan_start", MAX)]

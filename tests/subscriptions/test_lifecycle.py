@@ -12,19 +12,19 @@ import pytest
 from shared import cli
 from shared.events.members import MemberRole
 from shared.events.stripe import (
-    StripeCheckout,
-    StripeCheckoutCompletedV1,
-    StripeInvoice,
-    StripeInvoicePaidV1,
-    StripeSubscription,
-    StripeSubscriptionDeletedV1,
-    StripeSubscriptionUpdate,
-    StripeSubscriptionUpdatedV1,
+    ObservedBy,
+    StripeCheckoutCompletedV2,
+    StripeCheckoutObserved,
+    StripeSubscriptionDeletedV2,
+    StripeSubscriptionObserved,
+    StripeSubscriptionUpdatedV2,
 )
 from shared.testing import eventually
 from tests.subscriptions.conftest import ADMIN, MEMBER, Billing
 
 FREE, PRO, MAX = 1_000, 20_000, 100_000
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 def organisation() -> str:
@@ -50,25 +50,32 @@ async def checkout_through_stripe(
 
 
 async def paid(
-    billing: Billing, org: str, plan: str, *, at: datetime, subscription_id: str
+    billing: Billing,
+    org: str,
+    plan: str,
+    *,
+    at: datetime,
+    subscription_id: str,
+    cycle: str = "monthly",
 ) -> None:
     """What the gateway reports after a completed checkout (published directly: the clock of
     this test, not devstripe's, decides the periods)."""
     await billing.stripe(
-        StripeCheckoutCompletedV1,
+        StripeCheckoutCompletedV2,
         org,
-        StripeCheckout(
+        StripeCheckoutObserved(
             checkout_session_id=f"cs_test_{uuid.uuid4().hex[:8]}",
             customer_id="cus_x",
             subscription_id=subscription_id,
-            price_id=f"price_{plan}_monthly",
+            price_id=f"price_{plan}_{cycle}",
             quantity=1,
             request_id=None,
-            stripe_event_id="evt_checkout",
-            stripe_event_created=at,
+            started_at=at,
+            observed_at=at,
+            observed_by=ObservedBy.WEBHOOK,
         ),
     )
-    await billing.subscription(org, plan=plan)
+    await billing.subscription(org, plan=plan, cycle=cycle)
 
 
 async def test_a_new_organisation_gets_free_and_its_credits(billing: Billing) -> None:
@@ -259,21 +266,9 @@ async def test_an_annual_plan_anchored_on_jan_31_renews_at_the_months_ends(
     org = organisation()
     billing.clock.set(datetime(2028, 1, 31, 9, tzinfo=UTC))
     await billing.organisation(org)
-    await billing.stripe(
-        StripeCheckoutCompletedV1,
-        org,
-        StripeCheckout(
-            checkout_session_id="cs_test_annual",
-            customer_id="cus_x",
-            subscription_id="sub_annual",
-            price_id="price_max_annual",
-            quantity=1,
-            request_id=None,
-            stripe_event_id="evt_a",
-            stripe_event_created=billing.clock.now(),
-        ),
+    await paid(
+        billing, org, "max", at=billing.clock.now(), subscription_id="sub_annual", cycle="annual"
     )
-    await billing.subscription(org, plan="max", cycle="annual")
 
     starts = []
     for boundary in ("2028-02-29T09:00:00Z", "2028-03-31T09:00:00Z", "2028-04-30T09:00:00Z"):
@@ -287,7 +282,7 @@ async def test_an_annual_plan_anchored_on_jan_31_renews_at_the_months_ends(
     await billing.credits(org, balance=MAX, renews_at="2028-05-31T09:00:00Z")
 
 
-async def test_gateway_reports_duplicated_and_reordered_converge_to_the_latest(
+async def test_gateway_reports_duplicated_and_reordered_converge_to_the_newest_version(
     billing: Billing,
 ) -> None:
     org = organisation()
@@ -295,7 +290,7 @@ async def test_gateway_reports_duplicated_and_reordered_converge_to_the_latest(
     start = billing.clock.now()
     await paid(billing, org, "pro", at=start, subscription_id="sub_order")
 
-    def report(kind, seconds: int, **state):  # type: ignore[no-untyped-def]
+    def report(kind, version: int, **state):  # type: ignore[no-untyped-def]
         fields = dict(
             subscription_id="sub_order",
             customer_id="cus_x",
@@ -305,43 +300,25 @@ async def test_gateway_reports_duplicated_and_reordered_converge_to_the_latest(
             current_period_start=start,
             current_period_end=start + timedelta(days=30),
             cancel_at_period_end=False,
-            stripe_event_id=f"evt_{seconds}",
-            stripe_event_created=start + timedelta(seconds=seconds),
+            version=version,
+            observed_at=start,  # one second for all: only the versions order them
+            observed_by=ObservedBy.WEBHOOK,
         )
         fields.update(state)
-        if kind is StripeSubscriptionUpdatedV1:
-            return kind, StripeSubscriptionUpdate(**fields, changes=())
-        return kind, StripeSubscription(**fields)
+        return kind, StripeSubscriptionObserved(**fields)
 
-    cancelled = report(StripeSubscriptionUpdatedV1, 20, cancel_at_period_end=True)
-    older = report(StripeSubscriptionUpdatedV1, 10, status="past_due")
-    newest = report(StripeSubscriptionUpdatedV1, 30, cancel_at_period_end=True, status="past_due")
+    cancelled = report(StripeSubscriptionUpdatedV2, 2, cancel_at_period_end=True)
+    older = report(StripeSubscriptionUpdatedV2, 1, status="past_due")
+    newest = report(StripeSubscriptionUpdatedV2, 3, cancel_at_period_end=True, status="past_due")
+    recovered = report(StripeSubscriptionUpdatedV2, 4, cancel_at_period_end=True)
     for kind, data in (newest, cancelled, newest, older, cancelled):
         await billing.stripe(kind, org, data)
     await billing.subscription(org, cancel_at_period_end=True, standing="past_due")
-    # After them on the same partition: a paid invoice, whose effect shows they were all read.
-    await billing.stripe(
-        StripeInvoicePaidV1,
-        org,
-        StripeInvoice(
-            invoice_id="in_1",
-            customer_id="cus_x",
-            subscription_id="sub_order",
-            amount=2000,
-            currency="usd",
-            billing_reason="subscription_cycle",
-            period_start=None,
-            period_end=None,
-            attempt_count=1,
-            next_payment_attempt=None,
-            stripe_event_id="evt_paid",
-            stripe_event_created=start + timedelta(seconds=35),
-        ),
-    )
+    await billing.stripe(recovered[0], org, recovered[1])  # paid: Stripe says active again
     sub = await billing.subscription(org, standing="active")
     assert (sub["plan"], sub["cancel_at_period_end"]) == ("pro", True)
 
-    kind, deleted = report(StripeSubscriptionDeletedV1, 40, status="canceled")
+    kind, deleted = report(StripeSubscriptionDeletedV2, 5, status="canceled")
     await billing.stripe(kind, org, deleted)
     await billing.stripe(kind, org, deleted)
     await billing.subscription(org, plan="free")

@@ -7,12 +7,16 @@ import uuid
 from collections import Counter
 from datetime import timedelta
 
+import pytest
+
 from services.subscriptions.app import SERVICE
 from shared.testing import eventually
 from shared.testing.service import running_service
 from tests.subscriptions.conftest import Billing
 
 ORGANISATIONS = 40
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 async def test_two_schedulers_never_double_a_reset(billing: Billing) -> None:

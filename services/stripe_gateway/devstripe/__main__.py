@@ -31,6 +31,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8420)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--localstripe-port", type=int, default=0, help="default: a free one")
+    parser.add_argument(
+        "--retry-seconds",
+        type=float,
+        default=1.0,
+        help="first delay before an unacknowledged webhook is sent again (it doubles)",
+    )
+    parser.add_argument("--retry-attempts", type=int, default=12)
     args = parser.parse_args()
     configure_logging("INFO", service="devstripe")
     port = args.localstripe_port or free_port()
@@ -43,7 +50,12 @@ def main() -> None:
     try:
         wait_for_port("127.0.0.1", port, timeout=30, process=localstripe)
         uvicorn.run(
-            create_app(f"http://127.0.0.1:{port}", f"http://{args.host}:{args.port}"),
+            create_app(
+                f"http://127.0.0.1:{port}",
+                f"http://{args.host}:{args.port}",
+                retry_seconds=args.retry_seconds,
+                retry_attempts=args.retry_attempts,
+            ),
             host=args.host,
             port=args.port,
             log_config=None,

@@ -12,12 +12,25 @@
   - the current request shape: `items[][price]` becomes localstripe's `items[][plan]` (a plan
     with the price's id is created on first use, free of charge); `proration_behavior`,
     which localstripe does not take, is dropped; an item's quantity, which Stripe keeps when
-    only the price changes and localstripe resets to 1, is sent along.
+    only the price changes and localstripe resets to 1, is sent along (localstripe gives the
+    item a new id on every change: the only item is the one meant).
+- Idempotency keys, as Stripe keeps them: a POST with a key seen before is answered as the
+  first time (another body with the same key: 400 `idempotency_error`).
 - Faults: `POST /_devstripe/faults {"path": "/v1/subscriptions", "status": 503, "times": 2}`
-  makes the next matching requests fail, as Stripe sometimes does.
+  makes the next matching requests fail, as Stripe sometimes does; with `"delay": 2` they are
+  answered two seconds late (without `status`: then answered normally).
 - Webhooks: endpoints register with `POST /_config/webhooks/{name}` (`url`, `secret`), as with
   localstripe, and unregister with `DELETE`. Every event from localstripe or from here is
-  signed with each endpoint's secret at delivery time.
+  signed with each endpoint's secret at delivery time. Delivery is Stripe's: a delivery that
+  is not answered 2xx is retried with back-off (`retry_seconds`, doubling, up to
+  `retry_attempts`; Stripe's schedule spans three days, devstripe's is compressed). An endpoint
+  may also ask for Stripe's disorder (`duplicate`: the probability that an event is delivered
+  twice; `max_delay`: each delivery waits up to that many seconds, so events overtake each
+  other; `seed`), and `GET /_devstripe/deliveries` says how many deliveries are still on their
+  way to each endpoint.
+- Drift, for reconciliation tests: a request with the header `Devstripe-Silent: 1` (or a
+  checkout completed with `?silent=1`) changes Stripe without any webhook about that object
+  for a few seconds, as if Stripe never sent it.
 
 It is a development tool, never used in production.
 """
@@ -25,13 +38,17 @@ It is a development tool, never used in production.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import copy
 import hashlib
 import hmac
 import html
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -101,8 +118,28 @@ def _id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
-def create_app(localstripe: str, public_url: str) -> FastAPI:
+SILENCE_SECONDS = 5.0
+"""How long events about an object changed silently are dropped (localstripe sends its own
+events a second after the change)."""
+
+
+@dataclass
+class Endpoint:
+    url: str
+    secret: str
+    duplicate: float = 0.0
+    max_delay: float = 0.0
+    rng: random.Random = field(default_factory=random.Random)
+    pending: int = 0
+
+
+def create_app(
+    localstripe: str, public_url: str, *, retry_seconds: float = 1.0, retry_attempts: int = 8
+) -> FastAPI:
     client = httpx.AsyncClient(base_url=localstripe, timeout=30)
+    outbound = httpx.AsyncClient(timeout=10)
+    deliveries: set[asyncio.Task[None]] = set()
+    idempotency: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -110,17 +147,22 @@ def create_app(localstripe: str, public_url: str) -> FastAPI:
         try:
             yield
         finally:
+            for task in deliveries:
+                task.cancel()
             await client.aclose()
+            await outbound.aclose()
 
     app = FastAPI(
         title="devstripe", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
     state: dict[str, Any] = {
-        "webhooks": {},  # name -> (url, secret)
+        "webhooks": {},  # name -> Endpoint
+        "silenced": {},  # object id -> until (monotonic)
         "requests": [],
         "sessions": {},  # checkout session id -> session
         "portals": {},
-        "by_key": {},  # idempotency key -> object
+        "by_key": {},  # idempotency key -> object (Checkout, Portal)
+        "answered": {},  # idempotency key -> (request, status, body, media type) (localstripe)
         "relay_secret": secrets.token_hex(16),
         "plans": set(),
         "faults": [],  # [path prefix, status, times left]
@@ -130,9 +172,13 @@ def create_app(localstripe: str, public_url: str) -> FastAPI:
     async def faults(request: Request, call_next: Any) -> Response:
         """Answers injected by tests (`POST /_devstripe/faults`): Stripe failing for a while."""
         for fault in state["faults"]:
-            prefix, status, left = fault
+            prefix, status, left, delay = fault
             if left > 0 and request.url.path.startswith(prefix):
                 fault[2] -= 1
+                if delay:
+                    await asyncio.sleep(delay)
+                if status < 400:
+                    break
                 kind = "rate_limit_error" if status == 429 else "api_error"
                 return JSONResponse(
                     {"error": {"type": kind, "message": f"injected {status}"}}, status_code=status
@@ -142,7 +188,9 @@ def create_app(localstripe: str, public_url: str) -> FastAPI:
     @app.post("/_devstripe/faults")
     async def inject(request: Request) -> dict[str, Any]:
         body = orjson.loads(await request.body())
-        state["faults"].append([body["path"], int(body["status"]), int(body["times"])])
+        state["faults"].append(
+            [body["path"], int(body.get("status", 200)), int(body["times"]), body.get("delay", 0)]
+        )
         return {"faults": state["faults"]}
 
     async def register_relay() -> None:
@@ -159,26 +207,67 @@ def create_app(localstripe: str, public_url: str) -> FastAPI:
             await asyncio.sleep(0.1)
         raise RuntimeError(f"localstripe does not answer at {localstripe}")
 
+    def silenced(event: dict[str, Any]) -> bool:
+        obj = (event.get("data") or {}).get("object") or {}
+        now = time.monotonic()
+        return any(
+            state["silenced"].get(ref, 0) > now
+            for ref in (obj.get("id"), obj.get("subscription"))
+            if isinstance(ref, str)
+        )
+
+    def silence(*object_ids: str | None) -> None:
+        for object_id in object_ids:
+            if object_id:
+                state["silenced"][object_id] = time.monotonic() + SILENCE_SECONDS
+
     async def deliver(event: dict[str, Any]) -> None:
+        """Queue the event for every endpoint; each delivery goes on, and is retried, on its
+        own (the request that caused the event does not wait for it)."""
+        if silenced(event):
+            log.info("webhook withheld", type=event["type"])
+            return
         payload = orjson.dumps(event)
-        async with httpx.AsyncClient(timeout=10) as out:
-            for name, (url, secret) in list(state["webhooks"].items()):
+        for name, endpoint in list(state["webhooks"].items()):
+            copies = 2 if endpoint.rng.random() < endpoint.duplicate else 1
+            for _ in range(copies):
+                endpoint.pending += 1
+                task = asyncio.create_task(deliver_one(name, endpoint, payload, event["type"]))
+                deliveries.add(task)
+                task.add_done_callback(deliveries.discard)
+
+    async def deliver_one(name: str, endpoint: Endpoint, payload: bytes, kind: str) -> None:
+        try:
+            delay = endpoint.rng.uniform(0, endpoint.max_delay) if endpoint.max_delay else 0.0
+            for attempt in range(1, retry_attempts + 1):
+                if delay:
+                    await asyncio.sleep(delay)
+                if state["webhooks"].get(name) is not endpoint:
+                    return  # unregistered meanwhile
                 headers = {
                     "Content-Type": "application/json; charset=utf-8",
-                    "Stripe-Signature": sign(payload, secret, int(time.time())),
+                    "Stripe-Signature": sign(payload, endpoint.secret, int(time.time())),
                 }
                 try:
-                    response = await out.post(url, content=payload, headers=headers)
-                    log.info(
-                        "webhook delivered",
-                        endpoint=name,
-                        type=event["type"],
-                        status=response.status_code,
-                    )
+                    response = await outbound.post(endpoint.url, content=payload, headers=headers)
+                    status: int | str = response.status_code
                 except httpx.HTTPError as exc:
-                    log.info(
-                        "webhook not delivered", endpoint=name, type=event["type"], error=repr(exc)
-                    )
+                    status = repr(exc)
+                if isinstance(status, int) and 200 <= status < 300:
+                    log.info("webhook delivered", endpoint=name, type=kind, attempt=attempt)
+                    return
+                delay = min(retry_seconds * 2 ** (attempt - 1), 60 * retry_seconds)
+                log.info(
+                    "webhook not delivered; will retry",
+                    endpoint=name,
+                    type=kind,
+                    attempt=attempt,
+                    status=status,
+                    retry_in=delay,
+                )
+            log.warning("webhook given up", endpoint=name, type=kind, attempts=retry_attempts)
+        finally:
+            endpoint.pending -= 1
 
     def event(kind: str, obj: dict[str, Any], previous: dict[str, Any] | None = None) -> dict:
         data: dict[str, Any] = {"object": obj}
@@ -232,8 +321,19 @@ def create_app(localstripe: str, public_url: str) -> FastAPI:
     @app.post("/_config/webhooks/{name}")
     async def register(name: str, request: Request) -> dict[str, str]:
         form = dict(parse_qsl((await request.body()).decode()))
-        state["webhooks"][name] = (form["url"], form["secret"])
+        state["webhooks"][name] = Endpoint(
+            form["url"],
+            form["secret"],
+            duplicate=float(form.get("duplicate", 0)),
+            max_delay=float(form.get("max_delay", 0)),
+            rng=random.Random(form.get("seed")),
+        )
         return {"registered": name}
+
+    @app.get("/_devstripe/deliveries")
+    async def in_flight() -> dict[str, int]:
+        """Deliveries still on their way (or waiting for a retry), per endpoint."""
+        return {name: e.pending for name, e in state["webhooks"].items()}
 
     @app.delete("/_config/webhooks/{name}")
     async def unregister(name: str) -> dict[str, str]:
@@ -301,7 +401,7 @@ def create_app(localstripe: str, public_url: str) -> FastAPI:
             return _missing("checkout.session", session_id)
         return JSONResponse(_public(session))
 
-    async def complete(session_id: str) -> dict[str, Any] | None:
+    async def complete(session_id: str, *, silent: bool = False) -> dict[str, Any] | None:
         session = state["sessions"].get(session_id)
         if session is None:
             return None
@@ -326,7 +426,10 @@ def create_app(localstripe: str, public_url: str) -> FastAPI:
         )
         response.raise_for_status()
         session.update(status="complete", payment_status="paid", subscription=response.json()["id"])
-        await deliver(event("checkout.session.completed", _public(session)))
+        if silent:
+            silence(session_id, session["subscription"])
+        else:
+            await deliver(event("checkout.session.completed", _public(session)))
         return session
 
     @app.get("/checkout/{session_id}", response_class=HTMLResponse)
@@ -356,8 +459,8 @@ seat(s). No card is charged: this is devstripe.</p>
         return RedirectResponse(session["success_url"], status_code=303)
 
     @app.post("/_devstripe/checkout/{session_id}/complete")
-    async def complete_for_tests(session_id: str) -> Response:
-        session = await complete(session_id)
+    async def complete_for_tests(session_id: str, silent: bool = False) -> Response:
+        session = await complete(session_id, silent=silent)
         if session is None:
             return _missing("checkout.session", session_id)
         return JSONResponse(_public(session))
@@ -403,34 +506,61 @@ billing details would be managed here.</p>
     async def proxy(path: str, request: Request) -> Response:
         body = await request.body()
         update = request.method == "POST" and path.startswith("subscriptions/")
+        quiet = request.headers.get("devstripe-silent") == "1"
+        if quiet and path.startswith("subscriptions/"):
+            silence(path.split("/")[1])
         previous = None
         if request.method == "POST" and path.startswith("subscriptions"):
             if update:
                 before = await client.get(f"/v1/{path}", headers=_forwarded(request))
                 previous = before.json() if before.status_code == 200 else None
             params = unflatten(parse_qsl(body.decode(), keep_blank_values=True))
+            if update:
+                record(request, "subscription_update", copy.deepcopy(params))
             params.pop("proration_behavior", None)
-            quantities = {
-                item["id"]: item.get("quantity")
-                for item in ((previous or {}).get("items") or {}).get("data") or []
-            }
+            current = ((previous or {}).get("items") or {}).get("data") or []
             for item in params.get("items") or []:
                 if not isinstance(item, dict):
                     continue
                 if item.get("price"):
                     await ensure_plan(item["price"])
                     item["plan"] = item.pop("price")
-                if "quantity" not in item and item.get("id") in quantities:
-                    item["quantity"] = quantities[item["id"]]  # Stripe keeps it; localstripe not
+                if "quantity" not in item and len(current) == 1:
+                    # Stripe keeps the item (and its id) when only its price changes;
+                    # localstripe replaces the item on every change and resets it to 1.
+                    item["quantity"] = current[0].get("quantity")
             body = urlencode(flatten(params)).encode()
-        response = await client.request(
-            request.method,
-            f"/v1/{path}",
-            params=list(request.query_params.multi_items()),
-            content=body,
-            headers=_forwarded(request),
-        )
-        if update and response.status_code == 200 and previous is not None:
+        key = request.headers.get("idempotency-key") if request.method == "POST" else None
+        async with idempotency[key] if key else contextlib.nullcontext():
+            if key and key in state["answered"]:
+                fingerprint, status, content, media = state["answered"][key]
+                if fingerprint != (path, body):
+                    return JSONResponse(
+                        {
+                            "error": {
+                                "type": "idempotency_error",
+                                "message": "Keys for idempotent requests can only be used "
+                                "with the same parameters they were first used with.",
+                            }
+                        },
+                        status_code=400,
+                    )
+                return Response(content, status_code=status, media_type=media)
+            response = await client.request(
+                request.method,
+                f"/v1/{path}",
+                params=list(request.query_params.multi_items()),
+                content=body,
+                headers=_forwarded(request),
+            )
+            if key and response.status_code < 500:
+                state["answered"][key] = (
+                    (path, body),
+                    response.status_code,
+                    response.content,
+                    response.headers.get("content-type", "application/json"),
+                )
+        if update and response.status_code == 200 and previous is not None and not quiet:
             current = response.json()
             changed = {k: previous.get(k) for k in current if previous.get(k) != current.get(k)}
             await deliver(event("customer.subscription.updated", current, changed))

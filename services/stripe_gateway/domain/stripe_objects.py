@@ -1,5 +1,5 @@
-"""Reading Stripe objects (webhook payloads, API answers) into what the gateway needs, and the
-rules that make the projection converge to Stripe's latest state. Pure: no I/O.
+"""Reading Stripe objects (API answers, webhook payloads) into what the gateway needs. Pure: no
+I/O. An object that lacks what the gateway needs is `Unreadable`.
 
 Both API shapes are read: the current one keeps the billing period on the subscription items
 (`items.data[].current_period_start/end`), the older one on the subscription itself.
@@ -8,18 +8,21 @@ Both API shapes are read: the current one keeps the billing period on the subscr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
-from shared.events.stripe import StripeSubscriptionChange, SubscriptionStatus
+from shared.events.envelope import EARLIEST, LATEST
+from shared.events.stripe import InvoiceStatus, SubscriptionStatus
 
 ORGANISATION_KEY = "organisation_id"
 """The metadata key that names the organisation on customers, subscriptions and sessions."""
 
 LIVE = frozenset({SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING})
 ENDED = frozenset({SubscriptionStatus.CANCELED, SubscriptionStatus.INCOMPLETE_EXPIRED})
+
+
+_EARLIEST, _LATEST = int(EARLIEST.timestamp()), int(LATEST.timestamp())
 
 
 class Unreadable(ValueError):
@@ -31,6 +34,8 @@ def instant(seconds: Any) -> datetime | None:
         return None
     if not isinstance(seconds, int) or isinstance(seconds, bool):
         raise Unreadable(f"not a Unix time: {seconds!r}")
+    if not _EARLIEST <= seconds < _LATEST:
+        raise Unreadable(f"a time outside [2000, 2100): {seconds}")
     return datetime.fromtimestamp(seconds, UTC)
 
 
@@ -67,6 +72,10 @@ class Subscription:
     def ended(self) -> bool:
         return self.status in ENDED
 
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE
+
 
 def read_subscription(obj: Mapping[str, Any]) -> Subscription:
     """A subscription object in either API shape."""
@@ -80,6 +89,9 @@ def read_subscription(obj: Mapping[str, Any]) -> Subscription:
         item: Mapping[str, Any] = data[0] if isinstance(data, list) and data else {}
         price = item.get("price") or item.get("plan") or obj.get("plan")
         quantity = item.get("quantity", obj.get("quantity", 1))
+        quantity = int(quantity) if quantity else 1
+        if not 1 <= quantity <= 1_000_000:
+            raise Unreadable(f"quantity out of range: {quantity}")
         start = obj.get("current_period_start", item.get("current_period_start"))
         end = obj.get("current_period_end", item.get("current_period_end"))
         return Subscription(
@@ -89,7 +101,7 @@ def read_subscription(obj: Mapping[str, Any]) -> Subscription:
             status=SubscriptionStatus(obj.get("status")),
             price_id=_id(price),
             item_id=_id(item.get("id")),
-            quantity=int(quantity) if quantity else 1,
+            quantity=quantity,
             period_start=instant(start),
             period_end=instant(end),
             cancel_at_period_end=bool(obj.get("cancel_at_period_end", False)),
@@ -100,99 +112,14 @@ def read_subscription(obj: Mapping[str, Any]) -> Subscription:
         raise Unreadable(f"unreadable subscription: {exc!r}") from exc
 
 
-@dataclass(frozen=True, slots=True)
-class Version:
-    """A report's place in Stripe's history: its event time, then its event id."""
-
-    created: datetime
-    event_id: str
+_MAX_MONEY = 10**12
 
 
-@dataclass(frozen=True, slots=True)
-class Known:
-    """What the gateway holds about a subscription."""
-
-    subscription: Subscription
-    organisation_id: str
-    deleted: bool
-    version: Version
-
-
-class Order(StrEnum):
-    NEWER = "newer"
-    OLDER = "older"
-    SAME_TIME = "same_time"
-    """Stripe's clock has seconds: two reports in one second need the current object."""
-    AFTER_DELETION = "after_deletion"
-
-
-def order(known: Known | None, version: Version) -> Order:
-    if known is None:
-        return Order.NEWER
-    if known.deleted:
-        return Order.AFTER_DELETION
-    if version.created > known.version.created:
-        return Order.NEWER
-    if version.created < known.version.created or version.event_id == known.version.event_id:
-        return Order.OLDER
-    return Order.SAME_TIME
-
-
-class Kind(StrEnum):
-    ACTIVATED = "activated"
-    RENEWED = "renewed"
-    UPDATED = "updated"
-    DELETED = "deleted"
-    UNCHANGED = "unchanged"
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    kind: Kind
-    subscription: Subscription
-    changes: tuple[StripeSubscriptionChange, ...]
-
-
-def transition(
-    previous: Subscription | None, current: Subscription, *, deleted: bool
-) -> Transition:
-    """What a newer report means, compared with the previous one."""
-    if deleted or current.ended:
-        if current.status not in ENDED:
-            current = replace(current, status=SubscriptionStatus.CANCELED)
-        return Transition(Kind.DELETED, current, ())
-    changes = _changes(previous, current)
-    if current.status in LIVE and (previous is None or previous.status not in LIVE):
-        return Transition(Kind.ACTIVATED, current, changes)
-    if (
-        previous is not None
-        and previous.period_start is not None
-        and current.period_start is not None
-        and current.period_start > previous.period_start
-    ):
-        return Transition(Kind.RENEWED, current, changes)
-    if previous is not None and not changes:
-        return Transition(Kind.UNCHANGED, current, ())
-    return Transition(Kind.UPDATED, current, changes)
-
-
-def _changes(
-    previous: Subscription | None, current: Subscription
-) -> tuple[StripeSubscriptionChange, ...]:
-    if previous is None:
-        return ()
-    found = []
-    if previous.price_id != current.price_id:
-        found.append(StripeSubscriptionChange.PRICE)
-    if previous.quantity != current.quantity:
-        found.append(StripeSubscriptionChange.QUANTITY)
-    if previous.cancel_at_period_end != current.cancel_at_period_end:
-        found.append(StripeSubscriptionChange.CANCEL_AT_PERIOD_END)
-    if previous.status != current.status:
-        found.append(StripeSubscriptionChange.STATUS)
-    if (previous.period_start, previous.period_end) != (current.period_start, current.period_end):
-        found.append(StripeSubscriptionChange.PERIOD)
-    return tuple(found)
+def _money(value: Any) -> int:
+    amount = int(value or 0)
+    if not 0 <= amount <= _MAX_MONEY:
+        raise Unreadable(f"amount out of range: {amount}")
+    return amount
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +127,7 @@ class Invoice:
     invoice_id: str
     customer_id: str
     subscription_id: str | None
+    status: InvoiceStatus
     amount_paid: int
     amount_due: int
     currency: str
@@ -232,13 +160,14 @@ def read_invoice(obj: Mapping[str, Any]) -> Invoice:
             invoice_id=invoice_id,
             customer_id=customer_id,
             subscription_id=_id(subscription),
-            amount_paid=int(obj.get("amount_paid") or 0),
-            amount_due=int(obj.get("amount_due") or 0),
+            status=InvoiceStatus(obj.get("status")),
+            amount_paid=_money(obj.get("amount_paid")),
+            amount_due=_money(obj.get("amount_due")),
             currency=str(obj.get("currency") or "usd")[:3],
             billing_reason=obj.get("billing_reason"),
             period_start=instant(line_period.get("start", obj.get("period_start"))),
             period_end=instant(line_period.get("end", obj.get("period_end"))),
-            attempt_count=int(obj.get("attempt_count") or 0),
+            attempt_count=min(int(obj.get("attempt_count") or 0), 1_000),
             next_payment_attempt=instant(obj.get("next_payment_attempt")),
             organisation_id=organisation,
         )
@@ -255,9 +184,20 @@ class CheckoutSession:
     subscription_id: str | None
     organisation_id: str | None
     request_id: str | None
-    price_id: str | None
-    quantity: int | None
-    mode: str | None
+    status: str | None
+    """`open`, `complete` or `expired`."""
+    payment_status: str | None
+    """`paid`, `unpaid` or `no_payment_required`."""
+
+    @property
+    def paid(self) -> bool:
+        """Complete, paid, and its subscription exists: the plan may start (R4)."""
+        return (
+            self.status == "complete"
+            and self.payment_status in ("paid", "no_payment_required")
+            and self.subscription_id is not None
+            and self.customer_id is not None
+        )
 
 
 def read_checkout_session(obj: Mapping[str, Any]) -> CheckoutSession:
@@ -265,14 +205,17 @@ def read_checkout_session(obj: Mapping[str, Any]) -> CheckoutSession:
     if not session_id:
         raise Unreadable("checkout session without id")
     metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
-    quantity = metadata.get("quantity")
+    reference = obj.get("client_reference_id")
+    request_id = metadata.get("request_id")
     return CheckoutSession(
         session_id=session_id,
         customer_id=_id(obj.get("customer")),
         subscription_id=_id(obj.get("subscription")),
-        organisation_id=obj.get("client_reference_id") or metadata_organisation(obj),
-        request_id=metadata.get("request_id"),
-        price_id=metadata.get("price_id"),
-        quantity=int(quantity) if isinstance(quantity, str) and quantity.isdigit() else None,
-        mode=obj.get("mode"),
+        organisation_id=(reference if isinstance(reference, str) and reference else None)
+        or metadata_organisation(obj),
+        request_id=request_id if isinstance(request_id, str) and request_id else None,
+        status=obj.get("status") if isinstance(obj.get("status"), str) else None,
+        payment_status=obj.get("payment_status")
+        if isinstance(obj.get("payment_status"), str)
+        else None,
     )

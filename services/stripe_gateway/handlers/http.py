@@ -1,8 +1,8 @@
 """The gateway's HTTP API:
 - `POST /stripe/webhook`: Stripe's deliveries, authenticated by their signature;
 - `/v1/…` for internal callers with a bearer token: Checkout and Billing Portal sessions (a
-  person waits for the redirect), the subscriptions Stripe reported, and the inbox (parked
-  events and their replay)."""
+  person waits for the redirect), the subscriptions as the gateway holds them (what Stripe
+  holds, as last observed), the inbox (parked events and their replay) and reconciliation."""
 
 from __future__ import annotations
 
@@ -16,9 +16,13 @@ from shared.events.envelope import ORGANISATION_ID_PATTERN, Identifier, Organisa
 from shared.events.stripe import CheckoutRequest, PortalRequest, Quantity, StripeId
 from shared.http import PROBLEM_RESPONSES, Problem, require_token
 
-from .. import store
-from ..commands import CommandRefused, Commands
-from ..inbox import Inbox, WebhookRejected
+from ..commands import CommandRefused
+from ..domain.projection import Held
+from ..inbox import WebhookRejected
+from ..parts import parts_of
+from ..store import inbox as inbox_store
+from ..store import objects
+from ..store import reconciliations as runs
 
 webhooks = APIRouter(tags=["stripe"])
 
@@ -31,7 +35,7 @@ async def receive_webhook(request: Request) -> dict[str, bool]:
     """Stripe's webhook endpoint. Verified with `Stripe-Signature` and the endpoint secret,
     stored once under Stripe's event id, answered 200, processed afterwards. A redelivery is
     answered 200 again (`duplicate`) and not processed twice."""
-    inbox: Inbox = request.app.state.parts.inbox
+    inbox = parts_of(request).inbox
     try:
         new = await inbox.receive(await request.body(), request.headers.get("stripe-signature"))
     except WebhookRejected as rejected:
@@ -44,10 +48,6 @@ async def receive_webhook(request: Request) -> dict[str, bool]:
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=PROBLEM_RESPONSES)
 
 OrganisationPath = Annotated[str, Path(pattern=ORGANISATION_ID_PATTERN)]
-
-
-def _commands(request: Request) -> Commands:
-    return request.app.state.parts.commands
 
 
 class CheckoutIn(BaseModel):
@@ -81,6 +81,12 @@ _REFUSALS = {
     "no_subscription": (409, "no-subscription", "The organisation has no live subscription"),
     "stripe_invalid_request": (422, "stripe-refused", "Stripe refused the request"),
     "stripe_unavailable": (503, "stripe-unavailable", "Stripe did not answer"),
+    "idempotency_conflict": (
+        409,
+        "idempotency-conflict",
+        "This request id was used for another request",
+    ),
+    "command_in_progress": (409, "in-progress", "The same request is still running"),
 }
 
 
@@ -95,7 +101,7 @@ async def create_checkout_session(body: CheckoutIn, request: Request) -> Session
     """A Checkout session (subscription mode) for the organisation: redirect the owner to
     `url` (R4). The plan is in force when `stripe_checkout.completed.v1` arrives."""
     try:
-        result = await _commands(request).checkout(
+        result = await parts_of(request).commands.checkout(
             body.organisation_id,
             body.request_id,
             CheckoutRequest(
@@ -116,7 +122,7 @@ async def create_portal_session(body: PortalIn, request: Request) -> SessionOut:
     """A Billing Portal session for the organisation's customer: payment methods, invoices,
     billing details (R11)."""
     try:
-        result = await _commands(request).portal(
+        result = await parts_of(request).commands.portal(
             body.organisation_id, body.request_id, PortalRequest(return_url=body.return_url)
         )
     except CommandRefused as refused:
@@ -125,6 +131,7 @@ async def create_portal_session(body: PortalIn, request: Request) -> SessionOut:
 
 
 class SubscriptionOut(BaseModel):
+    organisation_id: str
     subscription_id: str
     customer_id: str
     status: str
@@ -134,8 +141,25 @@ class SubscriptionOut(BaseModel):
     current_period_end: datetime | None
     cancel_at_period_end: bool
     deleted: bool
-    stripe_event_id: str
-    stripe_event_created: datetime
+    version: int
+    """Increases with every new state the gateway observed (as in its events)."""
+
+
+def _subscription_out(held: Held) -> SubscriptionOut:
+    sub = held.subscription
+    return SubscriptionOut(
+        organisation_id=held.organisation_id,
+        subscription_id=sub.subscription_id,
+        customer_id=sub.customer_id,
+        status=sub.status.value,
+        price_id=sub.price_id,
+        quantity=sub.quantity,
+        current_period_start=sub.period_start,
+        current_period_end=sub.period_end,
+        cancel_at_period_end=sub.cancel_at_period_end,
+        deleted=held.deleted,
+        version=held.version,
+    )
 
 
 @router.get(
@@ -146,24 +170,24 @@ class SubscriptionOut(BaseModel):
 async def subscriptions(
     organisation_id: OrganisationPath, request: Request
 ) -> list[SubscriptionOut]:
-    """The organisation's subscriptions as Stripe last reported them, newest first."""
-    known = await store.subscriptions_of(request.app.state.runtime.pool, organisation_id)
-    return [
-        SubscriptionOut(
-            subscription_id=k.subscription.subscription_id,
-            customer_id=k.subscription.customer_id,
-            status=k.subscription.status.value,
-            price_id=k.subscription.price_id,
-            quantity=k.subscription.quantity,
-            current_period_start=k.subscription.period_start,
-            current_period_end=k.subscription.period_end,
-            cancel_at_period_end=k.subscription.cancel_at_period_end,
-            deleted=k.deleted,
-            stripe_event_id=k.version.event_id,
-            stripe_event_created=k.version.created,
-        )
-        for k in known
-    ]
+    """The organisation's subscriptions as the gateway last observed them in Stripe, newest
+    first."""
+    held = await objects.subscriptions_of(request.app.state.runtime.pool, organisation_id)
+    return [_subscription_out(h) for h in held]
+
+
+@router.get("/subscriptions", response_model=list[SubscriptionOut], tags=["subscriptions"])
+async def all_subscriptions(
+    request: Request,
+    after: Annotated[StripeId | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> list[SubscriptionOut]:
+    """Every subscription held, in id order, a page at a time (`after`: the last id of the
+    previous page): what other services' reconcilers compare with."""
+    held = await objects.page_of_subscriptions(
+        request.app.state.runtime.pool, after=after, limit=limit
+    )
+    return [_subscription_out(h) for h in held]
 
 
 class InboxEventOut(BaseModel):
@@ -184,7 +208,9 @@ async def inbox_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> list[InboxEventOut]:
     """Received webhook events, newest first; `status=parked` lists those that need a look."""
-    found = await store.list_events(request.app.state.runtime.pool, status=status, limit=limit)
+    found = await inbox_store.list_events(
+        request.app.state.runtime.pool, status=status, limit=limit
+    )
     return [InboxEventOut.model_validate(e, from_attributes=True) for e in found]
 
 
@@ -196,12 +222,58 @@ async def inbox_events(
 )
 async def replay(event_id: Annotated[Identifier, Path()], request: Request) -> InboxEventOut:
     """Process a parked event again, with a fresh count of attempts."""
-    inbox: Inbox = request.app.state.parts.inbox
     pool = request.app.state.runtime.pool
-    if not await inbox.replay(event_id):
-        found = await store.get_event(pool, event_id)
+    if not await parts_of(request).reports.replay(event_id):
+        found = await inbox_store.get_event(pool, event_id)
         if found is None:
             raise Problem(404, "event-not-found", "No such event")
         raise Problem(409, "not-parked", f"The event is {found.status}", status_detail=found.status)
-    found = await store.get_event(pool, event_id)
+    found = await inbox_store.get_event(pool, event_id)
     return InboxEventOut.model_validate(found, from_attributes=True)
+
+
+class ReconcileIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    organisation_id: OrganisationId | None = None
+    """One organisation; none: all of them."""
+
+
+class ReconciliationOut(BaseModel):
+    id: int
+    organisation_id: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    subscriptions: int
+    """Subscriptions Stripe listed and the gateway compared."""
+    checkouts: int
+    """Checkout sessions still open on our side, asked about."""
+    quantities: int
+    """Seat quantities compared with the newest count asked for."""
+    repaired: int
+    alerts: int
+    error: str | None
+
+
+@router.post(
+    "/reconciliations",
+    response_model=ReconciliationOut,
+    tags=["reconciliation"],
+    responses={409: {"description": "A sweep of the same scope is running"}},
+)
+async def reconcile(body: ReconcileIn, request: Request) -> ReconciliationOut:
+    """Compare what the gateway holds with what Stripe holds now, and repair (Stripe wins):
+    subscriptions, checkouts still open, seat quantities. Answers when it is done."""
+    record = await parts_of(request).reconciler.sweep(body.organisation_id)
+    if "skipped" in record:
+        raise Problem(409, "reconciliation-running", "A sweep of the same scope is running")
+    return ReconciliationOut.model_validate(record)
+
+
+@router.get("/reconciliations", response_model=list[ReconciliationOut], tags=["reconciliation"])
+async def reconciliations(
+    request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 20
+) -> list[ReconciliationOut]:
+    """The latest reconciliations, newest first, with their counts."""
+    found = await runs.recent(request.app.state.runtime.pool, limit)
+    return [ReconciliationOut.model_validate(r) for r in found]

@@ -25,9 +25,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+StripePriceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
+
+
 class Price(_Strict):
     per_seat: Annotated[int, Field(strict=True, ge=0)]
-    stripe_price_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
+    stripe_price_id: StripePriceId
+    """What new subscriptions of the plan are billed at."""
+    also_billed_as: tuple[StripePriceId, ...] = ()
+    """Other Stripe prices of the same plan and cycle that existing subscriptions may still be
+    billed at (an earlier or a regional price): reports naming them are the plan too."""
 
 
 class PlanTerms(_Strict):
@@ -69,6 +76,14 @@ class Catalogue:
         for plan, terms in data.plans.items():
             if Cycle.ANNUAL in terms.prices and plan not in (Plan.PRO, Plan.MAX):
                 raise ValueError(f"{plan.value} cannot have an annual price (R2)")
+        ids = [
+            price_id
+            for terms in data.plans.values()
+            for price in terms.prices.values()
+            for price_id in (price.stripe_price_id, *price.also_billed_as)
+        ]
+        if len(ids) != len(set(ids)):
+            raise ValueError("a Stripe price may bill one plan and cycle only")
         return cls(data.version, data.currency, data.plans)
 
     def terms(self, plan: Plan, enterprise: EnterpriseTerms | None = None) -> PlanTerms:
@@ -89,6 +104,9 @@ class Catalogue:
     def plan_of_price(self, stripe_price_id: str) -> tuple[Plan, Cycle] | None:
         for plan, terms in self.plans.items():
             for cycle, price in terms.prices.items():
-                if price.stripe_price_id == stripe_price_id:
+                if (
+                    stripe_price_id == price.stripe_price_id
+                    or stripe_price_id in price.also_billed_as
+                ):
                     return plan, cycle
         return None

@@ -37,6 +37,18 @@ class Refused(Exception):
         self.detail = detail
 
 
+class Unappliable(Exception):
+    """A report of Stripe's that cannot be applied as it is: nothing changes, and the report
+    is parked (replayable once the cause is fixed). `reason`: `unknown_price` (the catalogue
+    has no plan for what Stripe bills), `another_subscription` (Stripe bills the organisation
+    on two live subscriptions), `checkout_mismatch`, `unknown_organisation`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
     reason: str
@@ -80,8 +92,12 @@ class Subscription:
     pending_cycle: Cycle | None
     stripe_subscription_id: str | None
     stripe_version: datetime | None
+    """Of reports in the first version of the gateway's events: Stripe's event time."""
     revision: int
     enterprise: EnterpriseTerms | None = None
+    stripe_facts: StripeFacts | None = None
+    """The newest state of the Stripe subscription applied (`stripe_facts.version` orders
+    the gateway's reports): what Stripe holds, as opposed to what an owner asked for since."""
 
     @property
     def paid(self) -> bool:
@@ -212,20 +228,18 @@ def request_change(
     if (plan, cycle) == (sub.plan, sub.cycle):
         if sub.pending_plan is None:
             raise Refused("already_on_plan", f"the organisation is on {plan.value} {cycle.value}")
-        # Staying on the current plan withdraws the pending downgrade.
+        # Staying on the current plan withdraws the pending downgrade: the price paid for
+        # this period again, without proration (nothing more is owed).
         return Outcome(
             _bump(sub, pending_plan=None, pending_cycle=None),
             SubscriptionChange.PLAN_CHANGED,
-            commands=(PriceChange(price.stripe_price_id, "now"),),
+            commands=(PriceChange(price.stripe_price_id, "period_end"),),
         )
     if not sub.paid:
         return NeedsCheckout(plan, cycle, price.stripe_price_id)
     if sub.cancel_at_period_end:
         raise Refused("cancelled", "reactivate the subscription before changing its plan")
-    upgrade = RANK[plan] > RANK[sub.plan] or (
-        plan is sub.plan and cycle is Cycle.ANNUAL and sub.cycle is Cycle.MONTHLY
-    )
-    if upgrade:
+    if _is_upgrade(sub, plan, cycle):
         before = _allotment(catalogue, sub)
         after_sub = _bump(sub, plan=plan, cycle=cycle, pending_plan=None, pending_cycle=None)
         difference = _allotment(catalogue, after_sub) - before
@@ -253,6 +267,17 @@ def request_change(
         SubscriptionChange.DOWNGRADE_SCHEDULED,
         commands=(PriceChange(price.stripe_price_id, "period_end"),),
     )
+
+
+def action_of(before: Subscription, outcome: Outcome) -> str:
+    """What an owner's plan change did: `upgraded`, `downgrade_scheduled` or
+    `downgrade_withdrawn`."""
+    after = outcome.subscription
+    if after.pending_plan is not None:
+        return "downgrade_scheduled"
+    if before.pending_plan is not None and (after.plan, after.cycle) == (before.plan, before.cycle):
+        return "downgrade_withdrawn"
+    return "upgraded"
 
 
 def cancel(sub: Subscription) -> Outcome:
@@ -293,9 +318,16 @@ def checkout_completed(
     at: datetime,
     catalogue: Catalogue,
 ) -> Outcome:
-    """The owner paid: the plan is in force at once, with its whole allotment (R4)."""
+    """The owner paid: the plan is in force at once, with its whole allotment (R4). A second
+    paid subscription while one is in force is not applied: Stripe bills both, and an
+    operator must settle which stays (`Unappliable`)."""
     if sub.stripe_subscription_id == stripe_subscription_id:
         return Outcome(sub, None)
+    if sub.paid:
+        raise Unappliable(
+            "another_subscription",
+            f"{stripe_subscription_id} was paid while {sub.stripe_subscription_id} is in force",
+        )
     months = 12 if cycle is Cycle.ANNUAL else 1
     started = _bump(
         sub,
@@ -308,6 +340,8 @@ def checkout_completed(
         pending_plan=None,
         pending_cycle=None,
         stripe_subscription_id=stripe_subscription_id,
+        stripe_facts=None,
+        stripe_version=None,
         enterprise=None,
     )
     started, grant = _starting(started, catalogue, at)
@@ -316,6 +350,8 @@ def checkout_completed(
 
 @dataclass(frozen=True, slots=True)
 class StripeFacts:
+    """A Stripe subscription as the gateway observed it."""
+
     subscription_id: str
     status: str
     price_id: str | None
@@ -323,39 +359,69 @@ class StripeFacts:
     period_end: datetime | None
     cancel_at_period_end: bool
     deleted: bool
-    version: datetime
+    version: int | None
+    """The gateway's version of this state (its reports v2): higher is newer."""
+    quantity: int | None = None
+    legacy_created: datetime | None = None
+    """Reports v1 only (no `version`): Stripe's event time, whole seconds."""
+
+    @property
+    def live(self) -> bool:
+        return not self.deleted and self.status in _LIVE
 
 
+_LIVE = {"active", "trialing", "past_due", "unpaid"}
 _PAST_DUE = {"past_due", "unpaid"}
+_ENDED = {"canceled", "incomplete_expired"}
+
+
+def _newer(sub: Subscription, facts: StripeFacts, force: bool) -> bool:
+    """Whether `facts` is newer than what `sub` applied of its subscription. `force` also
+    takes the same version again (a reconciliation, a command that failed): Stripe's state
+    then overrides what was asked for since."""
+    applied = sub.stripe_facts
+    if applied is not None and applied.subscription_id != facts.subscription_id:
+        applied = None  # of an earlier subscription
+    if facts.version is not None:
+        held = applied.version if applied else None
+        return held is None or facts.version > held or (force and facts.version == held)
+    if applied is not None and applied.version is not None:
+        return False  # a report of the first version, after reports of the second
+    return facts.legacy_created is not None and (
+        sub.stripe_version is None or facts.legacy_created > sub.stripe_version
+    )
 
 
 def stripe_reported(
-    sub: Subscription, facts: StripeFacts, now: datetime, catalogue: Catalogue
+    sub: Subscription,
+    facts: StripeFacts,
+    now: datetime,
+    catalogue: Catalogue,
+    *,
+    force: bool = False,
 ) -> Outcome:
-    """Stripe is the source of truth for paid periods: the state follows its newest report.
-    Older reports (and reports about other subscriptions) change nothing."""
+    """Stripe is the truth for what is paid: the state follows its newest report, whatever
+    was asked for meanwhile. Older reports, and reports of an ended subscription that is not
+    the organisation's, change nothing. Raises `Unappliable` for a report that cannot apply
+    (a price the catalogue does not know, a second live subscription)."""
     if facts.subscription_id != sub.stripe_subscription_id:
-        adoptable = not sub.paid and not facts.deleted and facts.status in ("active", "trialing")
-        known = catalogue.plan_of_price(facts.price_id) if facts.price_id else None
-        if not adoptable or known is None:
-            return Outcome(sub, None)
-        # The subscription's report came before its checkout's: the same thing happened.
-        started = checkout_completed(
-            sub,
-            plan=known[0],
-            cycle=known[1],
-            stripe_subscription_id=facts.subscription_id,
-            at=facts.period_start or now,
-            catalogue=catalogue,
-        )
-        return stripe_reported(started.subscription, facts, now, catalogue).merged_after(started)
-    if sub.stripe_version is not None and facts.version <= sub.stripe_version:
+        return _another_subscription(sub, facts, now, catalogue)
+    if not _newer(sub, facts, force):
         return Outcome(sub, None)
-    if facts.deleted:
-        return fall_back_to_free(replace(sub, stripe_version=facts.version), now, catalogue)
+    reported = _plan_of(catalogue, facts)
+    updated = replace(
+        sub, stripe_facts=facts, stripe_version=facts.legacy_created or sub.stripe_version
+    )
+    if facts.deleted or facts.status in _ENDED:
+        return fall_back_to_free(updated, now, catalogue)
     change: SubscriptionChange | None = None
-    updated = replace(sub, stripe_version=facts.version)
-    standing = Standing.PAST_DUE if facts.status in _PAST_DUE else Standing.ACTIVE
+    standing = (
+        Standing.PAST_DUE
+        if facts.status in _PAST_DUE
+        else Standing.ACTIVE
+        if facts.status in ("active", "trialing")
+        else sub.standing
+    )
     if standing is not sub.standing:
         updated = replace(updated, standing=standing)
         change = (
@@ -375,41 +441,90 @@ def stripe_reported(
             updated = replace(updated, anchor=facts.period_start, paid_period_end=facts.period_end)
             change = change or SubscriptionChange.BILLING_UPDATED
     grants: tuple[Grant, ...] = ()
-    commands: tuple[Command, ...] = ()
-    reported = catalogue.plan_of_price(facts.price_id) if facts.price_id else None
-    if reported is not None and reported != (updated.plan, updated.cycle):
-        if reported == (updated.pending_plan, updated.pending_cycle):
+    if reported is not None:
+        if reported == (updated.plan, updated.cycle):
+            if updated.pending_plan is not None:  # the downgrade was withdrawn
+                updated = replace(updated, pending_plan=None, pending_cycle=None)
+                change = SubscriptionChange.PLAN_CHANGED
+        elif reported == (updated.pending_plan, updated.pending_cycle):
             pass  # the downgrade, billed from the next period: it stays pending until then
-        elif RANK[reported[0]] > RANK[updated.plan] or reported[1] is Cycle.ANNUAL:
+        elif _is_upgrade(updated, *reported):
             upgraded = request_change(
-                replace(updated, cancel_at_period_end=False), *reported, catalogue
+                replace(updated, cancel_at_period_end=False, pending_plan=None, pending_cycle=None),
+                *reported,
+                catalogue,
             )
-            if isinstance(upgraded, Outcome):
-                updated = replace(
-                    upgraded.subscription, cancel_at_period_end=updated.cancel_at_period_end
-                )
-                grants, change = upgraded.grants, SubscriptionChange.PLAN_CHANGED
+            assert isinstance(upgraded, Outcome)
+            updated = replace(
+                upgraded.subscription,
+                cancel_at_period_end=updated.cancel_at_period_end,
+                revision=updated.revision,
+            )
+            grants, change = upgraded.grants, SubscriptionChange.PLAN_CHANGED
         else:
             updated = replace(updated, pending_plan=reported[0], pending_cycle=reported[1])
             change = SubscriptionChange.DOWNGRADE_SCHEDULED
     if change is None:
         return Outcome(updated, None)
-    outcome = Outcome(_bump(updated), change, grants, commands)
+    outcome = Outcome(_bump(updated), change, grants)
     renewed = renew(outcome.subscription, now, catalogue)
     return renewed.merged_after(outcome) if renewed.changed else outcome
 
 
-def payment_failed(sub: Subscription) -> Outcome:
-    """Past due: visible, and the plan continues while Stripe retries the payment."""
-    if sub.standing is Standing.PAST_DUE or not sub.paid:
-        return Outcome(sub, None)
-    return Outcome(_bump(sub, standing=Standing.PAST_DUE), SubscriptionChange.PAYMENT_FAILED)
+def _plan_of(catalogue: Catalogue, facts: StripeFacts) -> tuple[Plan, Cycle] | None:
+    if facts.price_id is None:
+        return None
+    found = catalogue.plan_of_price(facts.price_id)
+    if found is None and not facts.deleted and facts.status not in _ENDED:
+        raise Unappliable(
+            "unknown_price",
+            f"Stripe bills {facts.price_id} on {facts.subscription_id}; the catalogue has no "
+            "plan with that price",
+        )
+    return found
 
 
-def invoice_paid(sub: Subscription) -> Outcome:
-    if sub.standing is Standing.ACTIVE:
+def _is_upgrade(sub: Subscription, plan: Plan, cycle: Cycle) -> bool:
+    return RANK[plan] > RANK[sub.plan] or (
+        plan is sub.plan and cycle is Cycle.ANNUAL and sub.cycle is Cycle.MONTHLY
+    )
+
+
+def _another_subscription(
+    sub: Subscription, facts: StripeFacts, now: datetime, catalogue: Catalogue
+) -> Outcome:
+    """A report of a subscription that is not the organisation's current one."""
+    if not facts.live:
+        return Outcome(sub, None)  # an ended one (replaced, or cancelled long ago)
+    if sub.paid:
+        raise Unappliable(
+            "another_subscription",
+            f"Stripe bills {sub.organisation_id} on {facts.subscription_id} while its plan is "
+            f"paid by {sub.stripe_subscription_id}",
+        )
+    if sub.plan is not Plan.FREE:
+        return Outcome(sub, None)  # Enterprise by contract: its old subscription is ending
+    reported = _plan_of(catalogue, facts)
+    if reported is None:
+        raise Unappliable("unknown_price", f"{facts.subscription_id} has no price")
+    # Paid (its checkout's report comes later, or never): the same as the checkout.
+    started = checkout_completed(
+        sub,
+        plan=reported[0],
+        cycle=reported[1],
+        stripe_subscription_id=facts.subscription_id,
+        at=min(facts.period_start or now, now),
+        catalogue=catalogue,
+    )
+    return stripe_reported(started.subscription, facts, now, catalogue).merged_after(started)
+
+
+def stripe_restored(sub: Subscription, now: datetime, catalogue: Catalogue) -> Outcome:
+    """A command to Stripe failed: what Stripe holds (its newest state applied) stands again
+    over what an owner asked for."""
+    if sub.stripe_facts is None or sub.stripe_facts.subscription_id != sub.stripe_subscription_id:
         return Outcome(sub, None)
-    return Outcome(_bump(sub, standing=Standing.ACTIVE), SubscriptionChange.PAYMENT_RECOVERED)
+    return stripe_reported(sub, sub.stripe_facts, now, catalogue, force=True)
 
 
 def fall_back_to_free(sub: Subscription, at: datetime, catalogue: Catalogue) -> Outcome:

@@ -18,7 +18,8 @@ from shared.http import PROBLEM_RESPONSES, Problem, require_token
 
 from ..domain.catalogue import EnterpriseTerms
 from ..domain.subscription import Refused, Subscription
-from ..service import Denied, GatewayUnavailable, NoSubscription, Subscriptions
+from ..gateway import GatewayUnavailable
+from ..service import Denied, NoSubscription, Subscriptions
 from ..settings import SubscriptionSettings
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=PROBLEM_RESPONSES)
@@ -96,7 +97,12 @@ def _out(service: Subscriptions, sub: Subscription) -> SubscriptionOut:
     )
 
 
-_UNPROCESSABLE = {"cycle_not_offered", "enterprise_by_contract", "cancel_instead"}
+_UNPROCESSABLE = {
+    "cycle_not_offered",
+    "enterprise_by_contract",
+    "cancel_instead",
+    "stripe_invalid_request",
+}
 
 
 def _problem(exc: Exception) -> Problem:
@@ -169,18 +175,11 @@ async def change(body: ChangeIn, acting: Acting, request: Request) -> ChangeOut:
         )
     except (Denied, Refused, NoSubscription, GatewayUnavailable) as exc:
         raise _problem(exc) from None
-    sub = result.subscription
-    if result.checkout_url:
-        action = "checkout"
-    elif sub.pending_plan is not None:
-        action = "downgrade_scheduled"
-    elif sub.plan is body.plan:
-        action = "upgraded"
-    else:
-        action = "downgrade_withdrawn"
     return ChangeOut(
-        action=action, checkout_url=result.checkout_url, subscription=_out(service, sub)
-    )  # type: ignore[arg-type]
+        action=result.action,  # type: ignore[arg-type]
+        checkout_url=result.checkout_url,
+        subscription=_out(service, result.subscription),
+    )
 
 
 @router.post("/subscription/cancel", response_model=SubscriptionOut, tags=["subscription"])
@@ -216,7 +215,7 @@ async def billing_portal(acting: Acting, request: Request) -> PortalOut:
         return PortalOut(
             url=await _service(request).portal(acting.organisation_id, acting.member_id)
         )
-    except (Denied, GatewayUnavailable) as exc:
+    except (Denied, Refused, GatewayUnavailable) as exc:
         raise _problem(exc) from None
 
 
@@ -310,3 +309,43 @@ async def set_enterprise(
     except NoSubscription as exc:
         raise _problem(exc) from None
     return _out(service, sub)
+
+
+class ReconcileIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    organisation_id: Annotated[str, Field(pattern=ORGANISATION_ID_PATTERN)] | None = None
+    """One organisation; none: every paid one."""
+
+
+class RepairOut(BaseModel):
+    organisation_id: str
+    fields: list[str]
+    before: dict[str, str | bool | None]
+    after: dict[str, str | bool | None]
+
+
+class ReconciliationOut(BaseModel):
+    compared: int
+    """Subscriptions the gateway holds, compared with the organisations' state."""
+    repaired: int
+    alerts: int
+    skipped: int
+    """Organisations changed too recently: left to the next round."""
+    repairs: list[RepairOut]
+
+
+@router.post(
+    "/reconciliations",
+    response_model=ReconciliationOut,
+    tags=["operations"],
+    responses={503: {"description": "The Stripe gateway did not answer"}},
+)
+async def reconcile(body: ReconcileIn, request: Request) -> ReconciliationOut:
+    """Compare paid organisations with what the Stripe gateway holds of Stripe and repair
+    them (Stripe wins for what is paid); every repair is announced with before and after."""
+    try:
+        found = await request.app.state.parts.reconciler.run(body.organisation_id)
+    except GatewayUnavailable as exc:
+        raise _problem(exc) from None
+    return ReconciliationOut.model_validate(found)
