@@ -42,7 +42,13 @@ def main() -> None:
     configure_logging("INFO", service="devstripe")
     port = args.localstripe_port or free_port()
     localstripe = subprocess.Popen(
-        [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
+        [
+            sys.executable,
+            "-m",
+            "services.stripe_gateway.devstripe.localstripe_in_memory",
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         preexec_fn=_die_with_parent,
