@@ -241,16 +241,20 @@ class Kernel(Generic[S]):
     def periodic(
         self,
         name: str,
-        step: Callable[[], Awaitable[int]],
+        step: Callable[[], Awaitable[Any]],
         every_seconds: float,
         *,
         batch: int | None = None,
+        first_after: bool = False,
     ) -> None:
-        """Run `step()` every `every_seconds` from start to stop; at once again while it
-        reports a full `batch` done (a backlog). A failed round is logged and the next one
-        runs on schedule: a database blip never ends the task."""
+        """Run `step()` every `every_seconds` from start to stop (`first_after`: the first
+        round one interval after start, not at once); at once again while it reports a full
+        `batch` done (a backlog). A failed round is logged and the next one runs on schedule:
+        a database blip never ends the task."""
 
         async def run() -> None:
+            if first_after:
+                await asyncio.sleep(every_seconds)
             while True:
                 try:
                     done = await step()

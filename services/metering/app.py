@@ -63,8 +63,8 @@ async def build(kernel: Kernel[MeteringSettings]) -> Parts:
     kernel.background("hold-sweeper", lambda: authorizer.run_sweeper(settings.hold_sweep_seconds))
     ledger_check = LedgerCheck(kernel.pool, kernel.clock, topic_prefix=settings.topic_prefix)
     if settings.ledger_check_seconds > 0 and settings.run_consumers:
-        kernel.background(
-            "ledger-check", lambda: ledger_check.forever(settings.ledger_check_seconds)
+        kernel.periodic(
+            "ledger-check", ledger_check.run, settings.ledger_check_seconds, first_after=True
         )
     kernel.on_stop(authorizer.close)
     return Parts(metering, authorizer, ledger_check)

@@ -8,7 +8,6 @@ is append-only and the cause must be found before anyone adjusts a balance.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import asyncpg
@@ -28,17 +27,6 @@ class LedgerCheck:
         self._pool = pool
         self._clock = clock
         self._prefix = topic_prefix
-
-    async def forever(self, every_seconds: float) -> None:
-        """A check of every wallet every `every_seconds` (the first one interval after start)."""
-        while True:
-            await asyncio.sleep(every_seconds)
-            try:
-                await self.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("ledger check failed", error=repr(exc)[:300])
 
     async def run(self, organisation: str | None = None) -> dict[str, Any]:
         """Check every wallet (or one). Returns how many were checked and the mismatches."""

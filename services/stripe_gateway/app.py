@@ -82,7 +82,9 @@ async def build(kernel: Kernel[StripeGatewaySettings]) -> Parts:
             "seat-quantities", lambda: quantities.run(settings.quantity_poll_seconds, 100)
         )
         if settings.reconcile_seconds > 0:
-            kernel.background("reconcile", lambda: reconciler.run(settings.reconcile_seconds))
+            kernel.periodic(
+                "reconcile", reconciler.sweep, settings.reconcile_seconds, first_after=True
+            )
     kernel.detail("parked_webhooks", lambda: inbox_store.parked_count(pool))
     return Parts(api, inbox, observer, reports, commands, quantities, reconciler)
 

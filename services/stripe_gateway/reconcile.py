@@ -25,7 +25,6 @@ at a time across instances (its record is the claim; no transaction is held).
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -78,17 +77,6 @@ class Reconciler:
         self._api = api
         self._observer = observer
         self._prefix = topic_prefix
-
-    async def run(self, every_seconds: float) -> None:
-        """A sweep of every organisation every `every_seconds` (the first after one interval)."""
-        while True:
-            await asyncio.sleep(every_seconds)
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("reconciliation failed", error=repr(exc)[:300])
 
     async def sweep(self, organisation: str | None = None) -> dict[str, Any]:
         """One reconciliation (all organisations, or one). Returns its record with counts, or

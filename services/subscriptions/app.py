@@ -79,7 +79,7 @@ async def build(kernel: Kernel[SubscriptionSettings]) -> Parts:
         batch=settings.renewal_batch,
     )
     if settings.reconcile_seconds > 0:
-        kernel.background("reconcile", lambda: reconciler.forever(settings.reconcile_seconds))
+        kernel.periodic("reconcile", reconciler.run, settings.reconcile_seconds, first_after=True)
     kernel.on_stop(client.aclose)
     return Parts(subscriptions, reconciler)
 

@@ -13,7 +13,6 @@ still be on its way to Stripe.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
@@ -60,17 +59,6 @@ class Reconciler:
         self._subscriptions = subscriptions
         self._prefix = topic_prefix
         self._grace = grace
-
-    async def forever(self, every_seconds: float) -> None:
-        """`run()` over every organisation every `every_seconds` (the first after one)."""
-        while True:
-            await asyncio.sleep(every_seconds)
-            try:
-                await self.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("reconciliation failed", error=repr(exc)[:300])
 
     async def run(self, organisation: str | None = None) -> dict[str, Any]:
         """Compare every paid organisation (or one) with what the Stripe gateway holds of
