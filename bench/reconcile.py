@@ -54,7 +54,7 @@ async def seed(devstripe: Devstripe, count: int, concurrency: int = 16) -> list[
                 )
             created.append(sub.json())
 
-        await one(0)  # the price (a plan in localstripe) exists after the first
+        await one(0)  # the price exists after the first
         await asyncio.gather(*(one(n) for n in range(1, count)))
     return created
 

@@ -1,6 +1,6 @@
 """Suite-wide settings and fixtures. The broker, the database and per-test isolation come
 from the `shared.testing.plugin` pytest plugin; each service's fixtures live in its own folder.
-devstripe (the Stripe API here: localstripe plus Checkout and the Billing Portal) runs once per
+devstripe (the Stripe API here: the part of Stripe this project uses, in memory) runs once per
 session, for every test that needs Stripe."""
 
 from collections.abc import Iterator

@@ -91,8 +91,9 @@ async def build(kernel: Kernel[StripeGatewaySettings]) -> Parts:
 
 @contextlib.contextmanager
 def development(data_dir: Path, env: dict[str, str], port: int) -> Iterator[DevResources]:
-    """Under `make run`: devstripe (localstripe plus Checkout and the Billing Portal) as the
-    Stripe API, its webhooks delivered here; unless a Stripe key is configured."""
+    """Under `make run`: devstripe (the part of Stripe this project uses, in memory, on a
+    clock) as the Stripe API, its webhooks delivered here; unless a Stripe key is
+    configured."""
     webhook = f"http://127.0.0.1:{port}/stripe/webhook"
     if "STRIPE_GATEWAY_API_KEY" in env:
         yield DevResources(lines=(f"stripe webhooks: point your endpoint at {webhook}",))
@@ -110,7 +111,7 @@ def development(data_dir: Path, env: dict[str, str], port: int) -> Iterator[DevR
                 "STRIPE_GATEWAY_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET,
             },
             lines=(
-                f"{'devstripe':<15}{devstripe.url}  (localstripe + Checkout and Billing Portal "
+                f"{'devstripe':<15}{devstripe.url}  (Stripe in memory, Checkout and Billing Portal "
                 f"pages; log {data_dir / 'devstripe.log'})",
                 f"{'stripe webhook':<15}{webhook}",
             ),

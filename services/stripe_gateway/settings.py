@@ -1,9 +1,9 @@
 """Stripe gateway settings: `STRIPE_GATEWAY_*` variables, plus the shared ones.
 
-The defaults talk to devstripe (`services.stripe_gateway.devstripe`: localstripe plus Checkout
-and the Billing Portal), which `make run` starts on 127.0.0.1:8420. With a real Stripe account
-set `API_BASE=https://api.stripe.com`, `API_KEY` and `WEBHOOK_SECRET`; the development key and
-secret are refused for any API base other than loopback."""
+The defaults talk to devstripe (`services.stripe_gateway.devstripe`: the part of Stripe this
+project uses, in memory, on a clock), which `make run` starts on 127.0.0.1:8420. With a real
+Stripe account set `API_BASE=https://api.stripe.com`, `API_KEY` and `WEBHOOK_SECRET`; the
+development key and secret are refused for any API base other than loopback."""
 
 from __future__ import annotations
 

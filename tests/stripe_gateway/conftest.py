@@ -1,5 +1,5 @@
-"""Fixtures for the Stripe gateway: devstripe (localstripe plus Checkout and the Billing
-Portal) once per session, and a gateway serving HTTP on a real port, so that devstripe's
+"""Fixtures for the Stripe gateway: devstripe (the part of Stripe this project uses, in
+memory) once per session, and a gateway serving HTTP on a real port, so that devstripe's
 signed webhooks reach it: once per test module (`gateway`; its tests use organisations of
 their own), or per test where a test needs its own settings (`running_gateway`). Webhook
 payloads are built from Stripe's own fixtures (`fixtures/`) and signed as Stripe signs them;
@@ -237,12 +237,16 @@ class GatewayHarness:
         """Ask devstripe (the Stripe API here) directly."""
         return await stripe_call(self.devstripe, method, path, **kwargs)
 
-    async def mine(self, organisation: str, at_least: int = 1) -> list[dict[str, Any]]:
-        """What the gateway announced for the organisation, in order."""
+    async def mine(
+        self, organisation: str, at_least: int = 1, *, kind: str = ""
+    ) -> list[dict[str, Any]]:
+        """What the gateway announced for the organisation, in order (only the types that
+        start with `kind`)."""
 
         async def found() -> list[dict[str, Any]] | None:
             records = await read_topic(self.bootstrap, self.topic(STRIPE_EVENTS))
             mine = [orjson.loads(r.value) for r in records if r.key == organisation.encode()]
+            mine = [e for e in mine if e["type"].startswith(kind)]
             return mine if len(mine) >= at_least else None
 
         return await eventually(found, what=f"{at_least} events of {organisation}")

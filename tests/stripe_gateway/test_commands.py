@@ -1,4 +1,4 @@
-"""Commands reach Stripe (devstripe: localstripe plus Checkout and the Billing Portal) once,
+"""Commands reach Stripe (devstripe, the part of Stripe this project uses) once,
 with idempotency keys scoped by organisation; concurrent identical requests make one call;
 failures are retried, then reported and parked; no transaction is open during a Stripe call."""
 
@@ -324,7 +324,8 @@ async def test_concurrent_identical_requests_make_one_stripe_call_and_one_outcom
 
 async def test_no_transaction_is_open_while_stripe_is_called(gateway: GatewayHarness) -> None:
     """Processing a completed checkout asks Stripe for the session and its subscription;
-    while Stripe takes its time, the gateway holds no transaction (nor the locks in it)."""
+    while Stripe takes its time (a second each), the gateway holds no transaction (nor the
+    locks in it): none stays idle in a transaction for half a second."""
     org = organisation()
     session = (await checkout(gateway, org, f"req_{uuid.uuid4().hex}")).json()
     completed = await gateway.stripe(
@@ -350,7 +351,8 @@ async def test_no_transaction_is_open_while_stripe_is_called(gateway: GatewayHar
         idle_in_transaction += await gateway.kernel.pool.fetch(
             """SELECT pid, query FROM pg_stat_activity
                WHERE application_name = 'stripe-gateway' AND datname = current_database()
-                 AND state LIKE 'idle in transaction%'"""
+                 AND state LIKE 'idle in transaction%'
+                 AND now() - state_change > interval '0.5 seconds'"""
         )
         await asyncio.sleep(0.05)
 

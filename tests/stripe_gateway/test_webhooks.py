@@ -23,6 +23,8 @@ from tests.stripe_gateway.conftest import (
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
+SUBSCRIPTION = "stripe_subscription."
+
 
 def organisation() -> str:
     return f"org_{uuid.uuid4().hex[:10]}"
@@ -43,7 +45,7 @@ async def test_a_validly_signed_event_is_stored_answered_and_what_stripe_holds_a
 ) -> None:
     org = organisation()
     sub = await stripe_subscription(gateway.devstripe, org, quantity=3)
-    await gateway.held(org)  # localstripe's own `created` came and was processed
+    await gateway.held(org)  # devstripe's own `created` came and was processed
     event = stripe_event("customer.subscription.updated", stale(sub, quantity=4, status="past_due"))
 
     response = await gateway.deliver(event)
@@ -51,7 +53,7 @@ async def test_a_validly_signed_event_is_stored_answered_and_what_stripe_holds_a
     assert response.status_code == 200
     assert response.json() == {"received": True, "duplicate": False}
     await gateway.processed(event["id"])
-    (activated,) = await gateway.mine(org)
+    (activated,) = await gateway.mine(org, kind=SUBSCRIPTION)
     assert activated["type"] == "stripe_subscription.activated.v2"
     assert activated["organisation_id"] == org
     data = activated["data"]
@@ -122,7 +124,7 @@ async def test_one_event_delivered_five_times_also_at_once_is_processed_once(
     assert sorted(r.json()["duplicate"] for r in responses) == [False, True, True, True, True]
     assert (await gateway.inbox(event["id"]))["attempts"] == 1  # type: ignore[index]
     await gateway.quiet()
-    announced = [e["data"] for e in await gateway.mine(org, 2)]
+    announced = [e["data"] for e in await gateway.mine(org, 2, kind=SUBSCRIPTION)]
     assert [(a["version"], a["quantity"]) for a in announced] == [(1, 1), (2, 2)]
 
 
@@ -154,7 +156,7 @@ async def test_reports_in_any_order_and_within_one_second_leave_what_stripe_hold
 
     held = await gateway.held(org)
     assert (held["quantity"], held["cancel_at_period_end"]) == (7, False)
-    newest = (await gateway.mine(org, 2))[-1]["data"]
+    newest = (await gateway.mine(org, 2, kind=SUBSCRIPTION))[-1]["data"]
     assert (newest["quantity"], newest["cancel_at_period_end"], newest["version"]) == (7, False, 2)
 
 
@@ -171,7 +173,7 @@ async def test_a_deleted_subscription_stays_deleted(gateway: GatewayHarness) -> 
 
     held = await gateway.held(org)
     assert (held["deleted"], held["status"], held["quantity"]) == (True, "canceled", 1)
-    assert [e["type"] for e in await gateway.mine(org, 2)] == [
+    assert [e["type"] for e in await gateway.mine(org, 2, kind=SUBSCRIPTION)] == [
         "stripe_subscription.activated.v2",
         "stripe_subscription.deleted.v2",
     ]
@@ -268,7 +270,9 @@ async def test_a_report_that_cannot_be_applied_is_retried_parked_and_replays(
 
     assert again.status_code == 409
     assert done["attempts"] == 1
-    announced = [e["data"]["subscription_id"] for e in await gateway.mine(org, 2)]
+    announced = [
+        e["data"]["subscription_id"] for e in await gateway.mine(org, 2, kind=SUBSCRIPTION)
+    ]
     assert orphan["id"] in announced
     unknown = await gateway.http.post("/v1/inbox/evt_nothing_here/replay")
     assert unknown.status_code == 404

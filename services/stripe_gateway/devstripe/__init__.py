@@ -1,5 +1,6 @@
-"""devstripe: localstripe plus Checkout, the Billing Portal and the webhooks it lacks
-(see `app`). `Devstripe` runs both processes, for `make run` and the tests."""
+"""devstripe: the part of Stripe this project uses, in memory, on a clock that can be moved
+(see `app` and `core`). `Devstripe` runs it in its own process, for `make run` and the
+tests."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from shared.devstack.processes import free_port, wait_for_port
 
 
 class Devstripe:
-    """localstripe on a free port, fronted by the devstripe app on `port`."""
+    """devstripe in its own process, on `port`."""
 
     def __init__(
         self,
@@ -64,6 +65,16 @@ class Devstripe:
         form = {"url": url, "secret": secret, **{k: str(v) for k, v in disorder.items()}}
         httpx.post(f"{self.url}/_config/webhooks/{name}", data=form)
 
+    def clock(self) -> dict[str, str | None]:
+        """Its clock's now, and when something next falls due there."""
+        return httpx.get(f"{self.url}/_devstripe/clock").json()
+
+    def move_clock(self, to: str) -> dict[str, object]:
+        """Move its clock forward to `to` (ISO 8601), running what falls due on the way."""
+        response = httpx.post(f"{self.url}/_devstripe/clock", json={"to": to}, timeout=120)
+        response.raise_for_status()
+        return response.json()
+
     def deliveries(self) -> dict[str, int]:
         """Deliveries still on their way, per endpoint."""
         return httpx.get(f"{self.url}/_devstripe/deliveries").json()
@@ -72,7 +83,7 @@ class Devstripe:
         httpx.delete(f"{self.url}/_config/webhooks/{name}")
 
     def stop(self) -> None:
-        """Stop devstripe and its localstripe (they share a process group)."""
+        """Stop devstripe (and whatever it started: its process group)."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return

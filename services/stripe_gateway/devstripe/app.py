@@ -1,36 +1,30 @@
 """devstripe: a Stripe for development and tests, without the network.
 
-- localstripe (PyPI; a fake, stateful Stripe API in its own process) answers what it
-  implements: customers, legacy plans, subscriptions, invoices.
-- This app fronts it on the same base URL and adds what localstripe lacks:
-  - Checkout sessions and Billing Portal sessions, answered here and recorded for tests
-    (`GET /_devstripe/requests`), with a small page per session so that a person (or a test)
-    can complete a checkout: the subscription is then created in localstripe and a signed
-    `checkout.session.completed` is delivered;
-  - `customer.subscription.updated` webhooks after every subscription update (localstripe
-    sends none);
-  - the current request shape: `items[][price]` becomes localstripe's `items[][plan]` (a plan
-    with the price's id is created on first use, free of charge); `proration_behavior`,
-    which localstripe does not take, is dropped; an item's quantity, which Stripe keeps when
-    only the price changes and localstripe resets to 1, is sent along (localstripe gives the
-    item a new id on every change: the only item is the one meant).
+- The Stripe API this project uses, answered by `core.Stripe` (in memory): customers,
+  prices, subscriptions of one item, invoices and their payments, lists with pagination, and
+  Checkout and Billing Portal sessions, with a page per session so that a person (or a test)
+  can complete a checkout (`/checkout/<id>`, or `POST /_devstripe/checkout/<id>/complete`).
+  Requests to Checkout, the Portal and subscription updates are recorded for tests
+  (`GET /_devstripe/requests`).
+- A clock, as Stripe's test clocks: `GET /_devstripe/clock` (now, and when something next
+  falls due), `POST /_devstripe/clock {"to": "<ISO 8601>"}` or `{"advance_seconds": n}` moves
+  it forward and runs what fell due on the way, in time order: renewals and their invoices,
+  payment retries, cancellations at period end.
 - Idempotency keys, as Stripe keeps them: a POST with a key seen before is answered as the
   first time (another body with the same key: 400 `idempotency_error`).
+- Webhooks: endpoints register with `POST /_config/webhooks/{name}` (`url`, `secret`) and
+  unregister with `DELETE`. Every event is signed with each endpoint's secret at delivery
+  time (the clock's time). Delivery is Stripe's: a delivery that is not answered 2xx is
+  retried with back-off (`retry_seconds`, doubling, up to `retry_attempts`; Stripe's schedule
+  spans three days, devstripe's is compressed). An endpoint may also ask for Stripe's disorder
+  (`duplicate`: the probability that an event is delivered twice; `max_delay`: each delivery
+  waits up to that many seconds, so events overtake each other; `seed`), and
+  `GET /_devstripe/deliveries` says how many deliveries are still on their way to each.
+- Drift, for reconciliation tests: a request with the header `Devstripe-Silent: 1` (or a
+  checkout completed with `?silent=1`) changes Stripe without any webhook about that object.
 - Faults: `POST /_devstripe/faults {"path": "/v1/subscriptions", "status": 503, "times": 2}`
   makes the next matching requests fail, as Stripe sometimes does; with `"delay": 2` they are
   answered two seconds late (without `status`: then answered normally).
-- Webhooks: endpoints register with `POST /_config/webhooks/{name}` (`url`, `secret`), as with
-  localstripe, and unregister with `DELETE`. Every event from localstripe or from here is
-  signed with each endpoint's secret at delivery time. Delivery is Stripe's: a delivery that
-  is not answered 2xx is retried with back-off (`retry_seconds`, doubling, up to
-  `retry_attempts`; Stripe's schedule spans three days, devstripe's is compressed). An endpoint
-  may also ask for Stripe's disorder (`duplicate`: the probability that an event is delivered
-  twice; `max_delay`: each delivery waits up to that many seconds, so events overtake each
-  other; `seed`), and `GET /_devstripe/deliveries` says how many deliveries are still on their
-  way to each endpoint.
-- Drift, for reconciliation tests: a request with the header `Devstripe-Silent: 1` (or a
-  checkout completed with `?silent=1`) changes Stripe without any webhook about that object
-  for a few seconds, as if Stripe never sent it.
 
 It is a development tool, never used in production.
 """
@@ -45,12 +39,12 @@ import hashlib
 import hmac
 import html
 import random
-import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 import httpx
 import orjson
@@ -59,7 +53,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from shared.logging import get_logger
 
+from .core import Event, Stripe, StripeError, missing, new_id
+
 log = get_logger("devstripe")
+
+SILENCE_SECONDS = 5.0
+"""How long events about an object changed silently are withheld."""
 
 
 def unflatten(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -91,36 +90,10 @@ def unflatten(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     return root
 
 
-def flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    pairs: list[tuple[str, str]] = []
-    for key, value in data.items():
-        name = f"{prefix}[{key}]" if prefix else str(key)
-        if isinstance(value, Mapping):
-            pairs += flatten(value, name)
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                if isinstance(item, Mapping):
-                    pairs += flatten(item, f"{name}[{index}]")
-                else:
-                    pairs.append((f"{name}[{index}]", str(item)))
-        elif value is not None:
-            pairs.append((name, str(value).lower() if isinstance(value, bool) else str(value)))
-    return pairs
-
-
 def sign(payload: bytes, secret: str, timestamp: int) -> str:
     signed = b"%d.%s" % (timestamp, payload)
     digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={digest}"
-
-
-def _id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
-
-
-SILENCE_SECONDS = 5.0
-"""How long events about an object changed silently are dropped (localstripe sends its own
-events a second after the change)."""
 
 
 @dataclass
@@ -133,40 +106,33 @@ class Endpoint:
     pending: int = 0
 
 
-def create_app(
-    localstripe: str, public_url: str, *, retry_seconds: float = 1.0, retry_attempts: int = 8
-) -> FastAPI:
-    client = httpx.AsyncClient(base_url=localstripe, timeout=30)
+def create_app(public_url: str, *, retry_seconds: float = 1.0, retry_attempts: int = 8) -> FastAPI:
+    stripe = Stripe()
     outbound = httpx.AsyncClient(timeout=10)
     deliveries: set[asyncio.Task[None]] = set()
     idempotency: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await register_relay()
-        try:
-            yield
-        finally:
-            for task in deliveries:
-                task.cancel()
-            await client.aclose()
-            await outbound.aclose()
-
-    app = FastAPI(
-        title="devstripe", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
-    )
     state: dict[str, Any] = {
         "webhooks": {},  # name -> Endpoint
         "silenced": {},  # object id -> until (monotonic)
         "requests": [],
         "sessions": {},  # checkout session id -> session
         "portals": {},
-        "by_key": {},  # idempotency key -> object (Checkout, Portal)
-        "answered": {},  # idempotency key -> (request, status, body, media type) (localstripe)
-        "relay_secret": secrets.token_hex(16),
-        "plans": set(),
-        "faults": [],  # [path prefix, status, times left]
+        "answered": {},  # idempotency key -> (request, status, body)
+        "faults": [],  # [path prefix, status, times left, delay]
     }
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            for task in deliveries:
+                task.cancel()
+            await outbound.aclose()
+
+    app = FastAPI(
+        title="devstripe", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
 
     @app.middleware("http")
     async def faults(request: Request, call_next: Any) -> Response:
@@ -185,6 +151,10 @@ def create_app(
                 )
         return await call_next(request)
 
+    @app.exception_handler(StripeError)
+    async def stripe_error(request: Request, exc: StripeError) -> JSONResponse:
+        return JSONResponse(exc.body, status_code=exc.status)
+
     @app.post("/_devstripe/faults")
     async def inject(request: Request) -> dict[str, Any]:
         body = orjson.loads(await request.body())
@@ -193,22 +163,9 @@ def create_app(
         )
         return {"faults": state["faults"]}
 
-    async def register_relay() -> None:
-        for _ in range(100):
-            try:
-                response = await client.post(
-                    "/_config/webhooks/devstripe",
-                    data={"url": f"{public_url}/_devstripe/relay", "secret": state["relay_secret"]},
-                )
-                if response.status_code < 300:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"localstripe does not answer at {localstripe}")
+    # Webhooks ----------------------------------------------------------------------------
 
-    def silenced(event: dict[str, Any]) -> bool:
-        obj = (event.get("data") or {}).get("object") or {}
+    def silenced(obj: Mapping[str, Any]) -> bool:
         now = time.monotonic()
         return any(
             state["silenced"].get(ref, 0) > now
@@ -221,22 +178,37 @@ def create_app(
             if object_id:
                 state["silenced"][object_id] = time.monotonic() + SILENCE_SECONDS
 
-    async def deliver(event: dict[str, Any]) -> None:
-        """Queue the event for every endpoint; each delivery goes on, and is retried, on its
+    def send(events: list[Event]) -> None:
+        """Queue each event for every endpoint; each delivery goes on, and is retried, on its
         own (the request that caused the event does not wait for it)."""
-        if silenced(event):
-            log.info("webhook withheld", type=event["type"])
-            return
-        payload = orjson.dumps(event)
-        for name, endpoint in list(state["webhooks"].items()):
-            copies = 2 if endpoint.rng.random() < endpoint.duplicate else 1
-            for _ in range(copies):
-                endpoint.pending += 1
-                task = asyncio.create_task(deliver_one(name, endpoint, payload, event["type"]))
-                deliveries.add(task)
-                task.add_done_callback(deliveries.discard)
+        for kind, obj, previous, created in events:
+            if silenced(obj):
+                log.info("webhook withheld", type=kind)
+                continue
+            data: dict[str, Any] = {"object": obj}
+            if previous is not None:
+                data["previous_attributes"] = previous
+            event = {
+                "id": new_id("evt"),
+                "object": "event",
+                "api_version": "2025-01-01",
+                "created": created,
+                "livemode": False,
+                "pending_webhooks": len(state["webhooks"]),
+                "request": {"id": None, "idempotency_key": None},
+                "type": kind,
+                "data": data,
+            }
+            payload = orjson.dumps(event)
+            for name, endpoint in list(state["webhooks"].items()):
+                copies = 2 if endpoint.rng.random() < endpoint.duplicate else 1
+                for _ in range(copies):
+                    endpoint.pending += 1
+                    task = asyncio.create_task(deliver(name, endpoint, payload, kind))
+                    deliveries.add(task)
+                    task.add_done_callback(deliveries.discard)
 
-    async def deliver_one(name: str, endpoint: Endpoint, payload: bytes, kind: str) -> None:
+    async def deliver(name: str, endpoint: Endpoint, payload: bytes, kind: str) -> None:
         try:
             delay = endpoint.rng.uniform(0, endpoint.max_delay) if endpoint.max_delay else 0.0
             for attempt in range(1, retry_attempts + 1):
@@ -246,7 +218,7 @@ def create_app(
                     return  # unregistered meanwhile
                 headers = {
                     "Content-Type": "application/json; charset=utf-8",
-                    "Stripe-Signature": sign(payload, endpoint.secret, int(time.time())),
+                    "Stripe-Signature": sign(payload, endpoint.secret, stripe.clock.seconds()),
                 }
                 try:
                     response = await outbound.post(endpoint.url, content=payload, headers=headers)
@@ -269,55 +241,6 @@ def create_app(
         finally:
             endpoint.pending -= 1
 
-    def event(kind: str, obj: dict[str, Any], previous: dict[str, Any] | None = None) -> dict:
-        data: dict[str, Any] = {"object": obj}
-        if previous is not None:
-            data["previous_attributes"] = previous
-        return {
-            "id": _id("evt"),
-            "object": "event",
-            "api_version": "2025-01-01",
-            "created": int(time.time()),
-            "livemode": False,
-            "pending_webhooks": len(state["webhooks"]),
-            "request": {"id": None, "idempotency_key": None},
-            "type": kind,
-            "data": data,
-        }
-
-    def record(request: Request, kind: str, params: dict[str, Any]) -> None:
-        state["requests"].append(
-            {
-                "kind": kind,
-                "method": request.method,
-                "path": request.url.path,
-                "params": params,
-                "idempotency_key": request.headers.get("idempotency-key"),
-                "at": time.time(),
-            }
-        )
-
-    async def ensure_plan(price_id: str) -> None:
-        if price_id in state["plans"]:
-            return
-        interval = "year" if ("annual" in price_id or "year" in price_id) else "month"
-        response = await client.post(
-            "/v1/plans",
-            data={
-                "id": price_id,
-                "amount": "0",
-                "currency": "usd",
-                "interval": interval,
-                "product[name]": price_id,
-            },
-            headers={"Authorization": "Bearer sk_test_devstripe"},
-        )
-        if response.status_code >= 300 and response.status_code != 409:
-            log.warning("plan not created", price=price_id, status=response.status_code)
-        state["plans"].add(price_id)
-
-    # Webhook endpoints ---------------------------------------------------------------------
-
     @app.post("/_config/webhooks/{name}")
     async def register(name: str, request: Request) -> dict[str, str]:
         form = dict(parse_qsl((await request.body()).decode()))
@@ -330,49 +253,144 @@ def create_app(
         )
         return {"registered": name}
 
-    @app.get("/_devstripe/deliveries")
-    async def in_flight() -> dict[str, int]:
-        """Deliveries still on their way (or waiting for a retry), per endpoint."""
-        return {name: e.pending for name, e in state["webhooks"].items()}
-
     @app.delete("/_config/webhooks/{name}")
     async def unregister(name: str) -> dict[str, str]:
         state["webhooks"].pop(name, None)
         return {"unregistered": name}
 
-    @app.post("/_devstripe/relay")
-    async def relay(request: Request) -> dict[str, bool]:
-        """Events from localstripe, delivered to every endpoint with its own signature."""
-        await deliver(orjson.loads(await request.body()))
-        return {"relayed": True}
+    @app.get("/_devstripe/deliveries")
+    async def in_flight() -> dict[str, int]:
+        """Deliveries still on their way (or waiting for a retry), per endpoint."""
+        return {name: e.pending for name, e in state["webhooks"].items()}
 
     @app.get("/_devstripe/requests")
     async def requests(kind: str | None = None) -> list[dict[str, Any]]:
         return [r for r in state["requests"] if kind is None or r["kind"] == kind]
 
-    # Checkout ------------------------------------------------------------------------------
+    # The clock ---------------------------------------------------------------------------
 
-    async def received(request: Request, kind: str) -> tuple[dict[str, Any], Any]:
-        """The request's parameters (recorded), and what was answered before under its
-        idempotency key, if anything."""
-        params = unflatten(parse_qsl((await request.body()).decode(), keep_blank_values=True))
-        record(request, kind, params)
-        key = request.headers.get("idempotency-key")
-        return params, state["by_key"].get(key) if key else None
+    @app.get("/_devstripe/clock")
+    async def clock() -> dict[str, Any]:
+        due = stripe.next_due()
+        return {"now": stripe.clock.now().isoformat(), "next_due": due and due.isoformat()}
 
-    def answered(request: Request, obj: dict[str, Any]) -> dict[str, Any]:
-        key = request.headers.get("idempotency-key")
-        if key:
-            state["by_key"][key] = obj
-        return obj
+    @app.post("/_devstripe/clock")
+    async def move_clock(request: Request) -> dict[str, Any]:
+        """Forward only: to an instant, or by a number of seconds."""
+        body = orjson.loads(await request.body() or b"{}")
+        now = stripe.clock.now()
+        if "to" in body:
+            target = datetime.fromisoformat(str(body["to"]).replace("Z", "+00:00"))
+        else:
+            target = now + timedelta(seconds=float(body.get("advance_seconds", 0)))
+        if target < now:
+            raise StripeError(400, "invalid_request_error", "the clock only moves forward")
+        events = stripe.advance(target)
+        send(events)
+        return {"now": stripe.clock.now().isoformat(), "events": len(events)}
 
-    @app.post("/v1/checkout/sessions")
-    async def create_checkout(request: Request) -> dict[str, Any]:
-        params, before = await received(request, "checkout")
-        if before is not None:
-            return before
-        session_id = _id("cs_test")
+    # The API ------------------------------------------------------------------------------
+
+    async def params_of(request: Request) -> dict[str, Any]:
+        if request.method == "GET":
+            return unflatten(list(request.query_params.multi_items()))
+        return unflatten(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+
+    def record(request: Request, kind: str, params: dict[str, Any]) -> None:
+        state["requests"].append(
+            {
+                "kind": kind,
+                "method": request.method,
+                "path": request.url.path,
+                "params": copy.deepcopy(params),
+                "idempotency_key": request.headers.get("idempotency-key"),
+                "at": time.time(),
+            }
+        )
+
+    @app.api_route("/v1/{path:path}", methods=["GET", "POST", "DELETE"])
+    async def api(path: str, request: Request) -> Response:
+        """Every `/v1` request, answered once per idempotency key."""
+        key = request.headers.get("idempotency-key") if request.method == "POST" else None
+        body = await request.body()
+        async with idempotency[key] if key else contextlib.nullcontext():
+            if key and key in state["answered"]:
+                fingerprint, status, content = state["answered"][key]
+                if fingerprint != (path, body):
+                    raise StripeError(
+                        400,
+                        "idempotency_error",
+                        "Keys for idempotent requests can only be used with the same "
+                        "parameters they were first used with.",
+                    )
+                return Response(content, status_code=status, media_type="application/json")
+            try:
+                answer, status = await route(path, request), 200
+            except StripeError as exc:
+                answer, status = exc.body, exc.status
+            content = orjson.dumps(answer)
+            if key and status < 500:
+                state["answered"][key] = ((path, body), status, content)
+            return Response(content, status_code=status, media_type="application/json")
+
+    async def route(path: str, request: Request) -> Any:
+        method, parts = request.method, path.strip("/").split("/")
+        params = await params_of(request)
+        quiet = request.headers.get("devstripe-silent") == "1"
+        match method, parts:
+            case "POST", ["customers"]:
+                customer, events = stripe.create_customer(params)
+                return emit(customer.export(), events, quiet)
+            case "GET", ["customers", customer_id]:
+                return stripe.customer(customer_id).export()
+            case "POST", ["customers", customer_id]:
+                customer, events = stripe.update_customer(customer_id, params)
+                return emit(customer.export(), events, quiet)
+            case "POST", ["subscriptions"]:
+                subscription, events = stripe.create_subscription(params)
+                return emit(subscription.export(), events, quiet)
+            case "GET", ["subscriptions"]:
+                return stripe.list_subscriptions(
+                    status=params.get("status"),
+                    customer=params.get("customer"),
+                    limit=min(100, int(params.get("limit", 10))),
+                    starting_after=params.get("starting_after"),
+                )
+            case "GET", ["subscriptions", subscription_id]:
+                return stripe.subscription(subscription_id).export()
+            case "POST", ["subscriptions", subscription_id]:
+                record(request, "subscription_update", params)
+                subscription, events = stripe.update_subscription(subscription_id, params)
+                return emit(subscription.export(), events, quiet)
+            case "DELETE", ["subscriptions", subscription_id]:
+                subscription, events = stripe.cancel_subscription(subscription_id)
+                return emit(subscription.export(), events, quiet)
+            case "GET", ["invoices", invoice_id]:
+                return stripe.invoice(invoice_id).export()
+            case "GET", ["prices", price_id]:
+                return stripe.price(price_id).export()
+            case "POST", ["checkout", "sessions"]:
+                record(request, "checkout", params)
+                return create_checkout(params)
+            case "GET", ["checkout", "sessions", session_id]:
+                return _public(session_of(session_id))
+            case "POST", ["billing_portal", "sessions"]:
+                record(request, "portal", params)
+                return create_portal(params)
+        raise StripeError(404, "invalid_request_error", f"Unrecognized request URL: /v1/{path}")
+
+    def emit(answer: dict[str, Any], events: list[Event], quiet: bool) -> dict[str, Any]:
+        if quiet:
+            silence(answer.get("id"))
+        send(events)
+        return answer
+
+    # Checkout --------------------------------------------------------------------------------
+
+    def create_checkout(params: dict[str, Any]) -> dict[str, Any]:
+        session_id = new_id("cs_test")
         items = params.get("line_items") or [{}]
+        stripe.customer(str(params.get("customer")))  # 404 if unknown
         session = {
             "id": session_id,
             "object": "checkout.session",
@@ -386,50 +404,41 @@ def create_app(
             "success_url": params.get("success_url"),
             "cancel_url": params.get("cancel_url"),
             "url": f"{public_url}/checkout/{session_id}",
-            "created": int(time.time()),
+            "created": stripe.clock.seconds(),
+            "expires_at": stripe.clock.seconds() + 24 * 3600,
             "livemode": False,
             "_line": items[0],
             "_subscription_metadata": (params.get("subscription_data") or {}).get("metadata") or {},
         }
         state["sessions"][session_id] = session
-        return answered(request, _public(session))
+        return _public(session)
 
-    @app.get("/v1/checkout/sessions/{session_id}")
-    async def get_checkout(session_id: str) -> Response:
+    def session_of(session_id: str) -> dict[str, Any]:
         session = state["sessions"].get(session_id)
         if session is None:
-            return _missing("checkout.session", session_id)
-        return JSONResponse(_public(session))
+            raise missing("checkout.session", session_id)
+        return session
 
-    async def complete(session_id: str, *, silent: bool = False) -> dict[str, Any] | None:
-        session = state["sessions"].get(session_id)
-        if session is None:
-            return None
+    def complete(session_id: str, *, silent: bool = False) -> dict[str, Any]:
+        """The customer pays: the subscription is created, its first invoice paid."""
+        session = session_of(session_id)
         if session["status"] == "complete":
             return session
         line = session["_line"]
-        await ensure_plan(line["price"])
-        form = flatten(
+        subscription, events = stripe.create_subscription(
             {
                 "customer": session["customer"],
-                "items": [{"plan": line["price"], "quantity": line.get("quantity", "1")}],
+                "items": [{"price": line["price"], "quantity": line.get("quantity", "1")}],
                 "metadata": session["_subscription_metadata"],
             }
         )
-        response = await client.post(
-            "/v1/subscriptions",
-            content=urlencode(form),
-            headers={
-                "Authorization": "Bearer sk_test_devstripe",
-                "Content-Type": "application/x-www-form-urlencoded",
-            },
-        )
-        response.raise_for_status()
-        session.update(status="complete", payment_status="paid", subscription=response.json()["id"])
+        session.update(status="complete", payment_status="paid", subscription=subscription.id)
         if silent:
-            silence(session_id, session["subscription"])
-        else:
-            await deliver(event("checkout.session.completed", _public(session)))
+            silence(session_id, subscription.id)
+        events.append(
+            ("checkout.session.completed", _public(session), None, stripe.clock.seconds())
+        )
+        send(events)
         return session
 
     @app.get("/checkout/{session_id}", response_class=HTMLResponse)
@@ -453,37 +462,31 @@ seat(s). No card is charged: this is devstripe.</p>
 
     @app.post("/checkout/{session_id}/pay")
     async def pay(session_id: str) -> Response:
-        session = await complete(session_id)
-        if session is None:
+        if session_id not in state["sessions"]:
             return HTMLResponse("<h1>No such checkout session</h1>", status_code=404)
+        session = complete(session_id)
         return RedirectResponse(session["success_url"], status_code=303)
 
     @app.post("/_devstripe/checkout/{session_id}/complete")
     async def complete_for_tests(session_id: str, silent: bool = False) -> Response:
-        session = await complete(session_id, silent=silent)
-        if session is None:
-            return _missing("checkout.session", session_id)
-        return JSONResponse(_public(session))
+        return JSONResponse(_public(complete(session_id, silent=silent)))
 
     # Billing Portal --------------------------------------------------------------------------
 
-    @app.post("/v1/billing_portal/sessions")
-    async def create_portal(request: Request) -> dict[str, Any]:
-        params, before = await received(request, "portal")
-        if before is not None:
-            return before
-        portal_id = _id("bps")
+    def create_portal(params: dict[str, Any]) -> dict[str, Any]:
+        stripe.customer(str(params.get("customer")))  # 404 if unknown
+        portal_id = new_id("bps")
         portal = {
             "id": portal_id,
             "object": "billing_portal.session",
             "customer": params.get("customer"),
             "return_url": params.get("return_url"),
             "url": f"{public_url}/portal/{portal_id}",
-            "created": int(time.time()),
+            "created": stripe.clock.seconds(),
             "livemode": False,
         }
         state["portals"][portal_id] = portal
-        return answered(request, portal)
+        return portal
 
     @app.get("/portal/{portal_id}", response_class=HTMLResponse)
     async def portal_page(portal_id: str) -> HTMLResponse:
@@ -500,96 +503,9 @@ billing details would be managed here.</p>
 </body></html>"""
         )
 
-    # Everything else: localstripe, adapted -----------------------------------------------------
-
-    @app.api_route("/v1/{path:path}", methods=["GET", "POST", "DELETE"])
-    async def proxy(path: str, request: Request) -> Response:
-        body = await request.body()
-        update = request.method == "POST" and path.startswith("subscriptions/")
-        quiet = request.headers.get("devstripe-silent") == "1"
-        if quiet and path.startswith("subscriptions/"):
-            silence(path.split("/")[1])
-        previous = None
-        if request.method == "POST" and path.startswith("subscriptions"):
-            if update:
-                before = await client.get(f"/v1/{path}", headers=_forwarded(request))
-                previous = before.json() if before.status_code == 200 else None
-            params = unflatten(parse_qsl(body.decode(), keep_blank_values=True))
-            if update:
-                record(request, "subscription_update", copy.deepcopy(params))
-            params.pop("proration_behavior", None)
-            current = ((previous or {}).get("items") or {}).get("data") or []
-            for item in params.get("items") or []:
-                if not isinstance(item, dict):
-                    continue
-                if item.get("price"):
-                    await ensure_plan(item["price"])
-                    item["plan"] = item.pop("price")
-                if "quantity" not in item and len(current) == 1:
-                    # Stripe keeps the item (and its id) when only its price changes;
-                    # localstripe replaces the item on every change and resets it to 1.
-                    item["quantity"] = current[0].get("quantity")
-            body = urlencode(flatten(params)).encode()
-        key = request.headers.get("idempotency-key") if request.method == "POST" else None
-        async with idempotency[key] if key else contextlib.nullcontext():
-            if key and key in state["answered"]:
-                fingerprint, status, content, media = state["answered"][key]
-                if fingerprint != (path, body):
-                    return JSONResponse(
-                        {
-                            "error": {
-                                "type": "idempotency_error",
-                                "message": "Keys for idempotent requests can only be used "
-                                "with the same parameters they were first used with.",
-                            }
-                        },
-                        status_code=400,
-                    )
-                return Response(content, status_code=status, media_type=media)
-            response = await client.request(
-                request.method,
-                f"/v1/{path}",
-                params=list(request.query_params.multi_items()),
-                content=body,
-                headers=_forwarded(request),
-            )
-            if key and response.status_code < 500:
-                state["answered"][key] = (
-                    (path, body),
-                    response.status_code,
-                    response.content,
-                    response.headers.get("content-type", "application/json"),
-                )
-        if update and response.status_code == 200 and previous is not None and not quiet:
-            current = response.json()
-            changed = {k: previous.get(k) for k in current if previous.get(k) != current.get(k)}
-            await deliver(event("customer.subscription.updated", current, changed))
-        return Response(
-            response.content,
-            status_code=response.status_code,
-            media_type=response.headers.get("content-type", "application/json"),
-        )
-
+    app.state.stripe = stripe
     return app
-
-
-def _forwarded(request: Request) -> dict[str, str]:
-    keep = ("authorization", "content-type", "stripe-version")
-    return {k: v for k, v in request.headers.items() if k.lower() in keep}
 
 
 def _public(session: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in session.items() if not k.startswith("_")}
-
-
-def _missing(kind: str, object_id: str) -> JSONResponse:
-    return JSONResponse(
-        {
-            "error": {
-                "type": "invalid_request_error",
-                "code": "resource_missing",
-                "message": f"No such {kind}: '{object_id}'",
-            }
-        },
-        status_code=404,
-    )
