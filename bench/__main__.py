@@ -22,6 +22,7 @@ from . import (
     restart,
     seats,
     webhooks,
+    year,
 )
 
 
@@ -382,6 +383,38 @@ async def run_reconcile(kafka: str, database: str, args: argparse.Namespace) -> 
     return found
 
 
+async def run_year(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
+    count = args.year_organisations
+    print(f"a year: {count:,} organisations on mixed plans, moved forward twelve months")
+    found = await year.run(kafka, database, count)
+    print()
+    print(
+        report.table(
+            "A year of billing on the movable clock (`billing clock advance 1y`)",
+            [
+                ("measure", "figure", "target"),
+                (
+                    f"one year, {count:,} organisations ({found['paid']} paid)",
+                    f"{found['year_seconds']} s in {found['steps']} steps",
+                    "target < 60 s",
+                ),
+                (
+                    "credit renewals (metering's renewal resets)",
+                    f"{found['credit_renewals']:,}",
+                    f"expected {12 * count:,}",
+                ),
+                (
+                    "Stripe's renewal invoices (devstripe)",
+                    f"{found['stripe_renewal_invoices']:,}",
+                    "",
+                ),
+                ("cost per renewal (both kinds)", f"{found['ms_per_renewal']} ms", ""),
+            ],
+        )
+    )
+    return found
+
+
 SUITES = {
     "metering": run_metering,
     "authorization": run_authorization,
@@ -391,6 +424,7 @@ SUITES = {
     "seats": run_seats,
     "dashboard": run_dashboard,
     "reconcile": run_reconcile,
+    "year": run_year,
 }
 """Every suite, in the order a full run takes them."""
 
@@ -428,6 +462,7 @@ def main() -> None:
     parser.add_argument("--webhook-seconds", type=float, default=15)
     parser.add_argument("--reconcile-organisations", type=int, default=10_000)
     parser.add_argument("--reconcile-drifted", type=int, default=100)
+    parser.add_argument("--year-organisations", type=int, default=1_000)
     args = parser.parse_args()
     with embedded_stack(
         "billing_bench",

@@ -227,6 +227,22 @@ class BatchConsumer(Generic[E]):
 
         return _Listener()
 
+    async def caught_up(self) -> bool:
+        """No batch in flight or stalled, no offset waiting to be committed, and every assigned
+        partition fetched up to its end (as far as the broker's last answer says)."""
+        if any(lane.inflight is not None and not lane.inflight.done() for lane in self._lanes):
+            return False
+        if self._offsets or any(s.stalled_since is not None for s in self._partitions.values()):
+            return False
+        consumer = self._consumer
+        if consumer is None:
+            return True
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is not None and highwater > await consumer.position(tp):
+                return False
+        return True
+
     def stalled(self) -> list[Stalled]:
         """Partitions that cannot advance: their last batch failed, not as poison."""
         found = []

@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -40,8 +41,8 @@ from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
-from shared import outbox
-from shared.clock import Clock, SystemClock
+from shared import clock_control, outbox
+from shared.clock import Clock, MovableClock, SystemClock
 from shared.consumer import Apply, BatchConsumer
 from shared.db import Migrations, apply_migrations, create_pool
 from shared.deadletter import DeadLetters
@@ -121,7 +122,11 @@ class Service(Generic[S, P]):
 
     @property
     def all_migrations(self) -> tuple[Migrations, ...]:
-        return (outbox.MIGRATIONS, Migrations(self.name, self.migrations))
+        return (
+            outbox.MIGRATIONS,
+            clock_control.MIGRATIONS,
+            Migrations(self.name, self.migrations),
+        )
 
     async def migrate(self, settings: S) -> list[str]:
         return await apply_migrations(
@@ -147,6 +152,8 @@ class Kernel(Generic[S]):
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _details: dict[str, Callable[[], Awaitable[Any]]] = field(default_factory=dict)
+    _due: dict[str, Callable[[], Awaitable[datetime | None]]] = field(default_factory=dict)
+    _nudge: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     async def start(cls, service: Service[S, Any], settings: S, clock: Clock) -> Kernel[S]:
@@ -158,6 +165,9 @@ class Kernel(Generic[S]):
             application_name=service.name,
             max_size=settings.db_pool_size,
         )
+        if settings.clock_control:
+            clock = MovableClock(clock, await clock_control.load(pool))
+            log.warning("the clock may be moved (CLOCK_CONTROL)", now=clock.now().isoformat())
         kernel = cls(service, settings, clock, pool, make_broker(settings, client_id=service.name))
         try:
             kernel.parts = await service.build(kernel)
@@ -264,9 +274,42 @@ class Kernel(Generic[S]):
                     raise
                 except Exception as exc:
                     log.warning("periodic round failed", task=name, error=repr(exc))
-                await asyncio.sleep(every_seconds)
+                with contextlib.suppress(TimeoutError):  # or at once when the clock moves
+                    await asyncio.wait_for(self._nudge.wait(), every_seconds)
 
         self.background(name, run)
+
+    def due(self, name: str, next_due: Callable[[], Awaitable[datetime | None]]) -> None:
+        """Declare scheduled work: `await next_due()` is when it next falls due (None:
+        nothing scheduled). Moving the clock (`billing clock`) steps to these instants in
+        order, and waits until what fell due has run."""
+        self._due[name] = next_due
+
+    async def due_and_waiting(self, now: datetime) -> tuple[datetime | None, list[str]]:
+        """The earliest instant scheduled work falls due, and what keeps the service busy at
+        `now`: its outbox, consumers with records to read, work due already."""
+        waiting: list[str] = []
+        if await self.pool.fetchval("SELECT EXISTS (SELECT 1 FROM outbox)"):
+            waiting.append("outbox")
+        waiting += [f"consumer {c.name}" for c in self.consumers if not await c.caught_up()]
+        earliest: datetime | None = None
+        for name, next_due in self._due.items():
+            at = await next_due()
+            if at is None:
+                continue
+            if at <= now:
+                waiting.append(f"{name} due at {at.isoformat()}")
+            earliest = at if earliest is None else min(earliest, at)
+        return earliest, waiting
+
+    async def move_clock(self, to: datetime) -> None:
+        """Move the movable clock forward to `to`, keep it, and wake the scheduled tasks."""
+        assert isinstance(self.clock, MovableClock)
+        offset = self.clock.move_to(to)
+        await clock_control.save(self.pool, offset, self.clock.now())
+        log.info("clock moved", now=self.clock.now().isoformat())
+        self._nudge.set()
+        self._nudge.clear()
 
     def detail(self, name: str, read: Callable[[], Awaitable[Any]]) -> None:
         """Show `await read()` under `name` in readiness's body (it never decides readiness:
@@ -444,7 +487,7 @@ def create_app(
     if service.hot_routes:
         app.add_middleware(HotRoutes, routes=service.hot_routes)
     install_problem_handlers(app)
-    for router in service.routers:
+    for router in (*service.routers, clock_control.router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["operations"])

@@ -111,6 +111,9 @@ class ServiceSettings(CommonSettings):
     """A partition stalled longer than this makes `/readyz` answer 503."""
     rebalance_flush_seconds: float = Field(5.0, gt=0, le=300)
     """How long a rebalance waits for batches in flight before abandoning them."""
+    clock_control: bool = Field(False, validation_alias=AliasChoices("CLOCK_CONTROL"))
+    """The stack's clock may be moved forward (`billing clock`): development and tests only,
+    refused unless the service listens on loopback."""
 
     @field_validator("db_schema")
     @classmethod
@@ -131,6 +134,15 @@ class ServiceSettings(CommonSettings):
             raise ValueError(
                 f"the development token is accepted only on loopback, and this service listens "
                 f"on {self.http_host}: set {self.model_config.get('env_prefix', '')}API_TOKENS"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _clock_control_on_loopback_only(self) -> Self:
+        if self.clock_control and self.http_host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                "CLOCK_CONTROL moves the service's clock: development and tests only, on "
+                f"loopback; this service listens on {self.http_host}"
             )
         return self
 

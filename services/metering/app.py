@@ -66,6 +66,12 @@ async def build(kernel: Kernel[MeteringSettings]) -> Parts:
         kernel.periodic(
             "ledger-check", ledger_check.run, settings.ledger_check_seconds, first_after=True
         )
+    kernel.due(
+        "hold expiries",
+        lambda: kernel.pool.fetchval(
+            "SELECT min(expires_at) FROM authorizations WHERE status = 'held'"
+        ),
+    )
     kernel.on_stop(authorizer.close)
     return Parts(metering, authorizer, ledger_check)
 

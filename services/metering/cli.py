@@ -21,9 +21,8 @@ from typing import Any
 from uuid import uuid4
 
 from shared.calendar import add_months
-from shared.cli.client import PRODUCER, CliSettings, call, publish
+from shared.cli.client import PRODUCER, CliSettings, call, publish, stack_now
 from shared.cli.common import add_reconcile_step
-from shared.clock import SystemClock
 from shared.events import (
     AgentMessageProcessed,
     AgentMessageProcessedV1,
@@ -41,7 +40,7 @@ def _api(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> int
 
 
 def grant(args: argparse.Namespace) -> int:
-    now = SystemClock().now()
+    now = stack_now()
     reason = GrantReason(args.reason)
     period_start = args.period_start or (now if reason.starts_period else None)
     period_end = args.period_end or (add_months(period_start, 1) if reason.starts_period else None)
@@ -70,7 +69,7 @@ def grant(args: argparse.Namespace) -> int:
 
 
 def usage(args: argparse.Namespace) -> int:
-    now = SystemClock().now()
+    now = stack_now()
     conversation = args.conversation or f"conv_{uuid4().hex[:8]}"
     events = [
         AgentMessageProcessedV1.new(

@@ -53,6 +53,10 @@ async def build(kernel: Kernel[SeatSettings]) -> Parts:
         settings.quantity_poll_seconds,
         batch=settings.quantity_batch,
     )
+    kernel.due(
+        "seat quantities",
+        lambda: kernel.pool.fetchval("SELECT min(due_at) FROM quantity_syncs WHERE pending"),
+    )
     return Parts(seats)
 
 

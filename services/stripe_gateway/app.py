@@ -86,6 +86,11 @@ async def build(kernel: Kernel[StripeGatewaySettings]) -> Parts:
                 "reconcile", reconciler.sweep, settings.reconcile_seconds, first_after=True
             )
     kernel.detail("parked_webhooks", lambda: inbox_store.parked_count(pool))
+    kernel.due(
+        "webhook retries",
+        lambda: pool.fetchval("SELECT min(next_attempt_at) FROM inbox WHERE status = 'pending'"),
+    )
+    kernel.due("seat quantities", lambda: pool.fetchval("SELECT min(due_at) FROM quantities"))
     return Parts(api, inbox, observer, reports, commands, quantities, reconciler)
 
 

@@ -39,8 +39,9 @@ class StripeGatewaySettings(ServiceSettings):
     api_timeout_seconds: float = Field(20.0, gt=0, le=120)
     api_attempts: int = Field(5, ge=1, le=20)
     """Attempts of one Stripe request answered 429, 5xx or not at all, with back-off."""
-    api_requests_per_second: float = Field(20.0, ge=1, le=100)
-    """Requests to Stripe started per second at most (Stripe: 100/s live, 25/s test mode)."""
+    api_requests_per_second: float = Field(20.0, ge=1, le=1_000)
+    """Requests to Stripe started per second at most (Stripe: 100/s live, 25/s test mode;
+    more only against devstripe)."""
     inbox_max_attempts: int = Field(8, ge=1, le=100)
     """Processing attempts of one webhook event before it is parked."""
     inbox_retry_seconds: float = Field(1.0, gt=0, le=3_600)

@@ -80,6 +80,10 @@ async def build(kernel: Kernel[SubscriptionSettings]) -> Parts:
     )
     if settings.reconcile_seconds > 0:
         kernel.periodic("reconcile", reconciler.run, settings.reconcile_seconds, first_after=True)
+    kernel.due(
+        "renewals",
+        lambda: kernel.pool.fetchval("SELECT min(next_renewal_at) FROM subscriptions"),
+    )
     kernel.on_stop(client.aclose)
     return Parts(subscriptions, reconciler)
 

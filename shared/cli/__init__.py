@@ -19,7 +19,7 @@ from importlib.metadata import entry_points
 
 from pydantic import ValidationError
 
-from . import common, directory
+from . import clock, common, directory
 
 ENTRY_POINTS = "billing.cli"
 
@@ -33,6 +33,7 @@ def parser() -> argparse.ArgumentParser:
         entry.load()(commands)
     common.register(commands)
     directory.register(commands)
+    clock.register(commands)
     return root
 
 

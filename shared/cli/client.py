@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib.metadata import entry_points
 
 import httpx
 from pydantic import AliasChoices, Field, SecretStr
@@ -22,6 +25,40 @@ class CliSettings(CommonSettings):
         SecretStr(DEV_API_TOKEN),
         validation_alias=AliasChoices("BILLING_API_TOKEN", "METERING_API_TOKEN"),
     )
+    devstripe_url: str = Field(
+        "http://127.0.0.1:8420", validation_alias=AliasChoices("DEVSTRIPE_URL")
+    )
+
+
+def service_urls() -> dict[str, str]:
+    """Where each service listens: `<NAME>_URL` (`STRIPE_GATEWAY_URL`, …, as `make run` sets
+    them for the services), else its default port on loopback. `BILLING_SERVICES` (names,
+    comma-separated) limits them to a part of the stack."""
+    only = {n.strip() for n in os.environ.get("BILLING_SERVICES", "").split(",") if n.strip()}
+    found = {}
+    for entry in sorted(entry_points(group="billing.services"), key=lambda e: e.name):
+        service = entry.load()
+        if only and service.name not in only:
+            continue
+        variable = f"{service.name.upper().replace('-', '_')}_URL"
+        found[service.name] = os.environ.get(variable, f"http://127.0.0.1:{service.default_port}")
+    return found
+
+
+def stack_now() -> datetime:
+    """The stack's now (its clock may have been moved: `billing clock`), from the first
+    service that answers; the real time if none does."""
+    token = CliSettings().api_token.get_secret_value()
+    for url in service_urls().values():
+        try:
+            response = httpx.get(
+                f"{url}/v1/clock", headers={"Authorization": f"Bearer {token}"}, timeout=2
+            )
+        except httpx.HTTPError:
+            continue
+        if response.status_code == 200:
+            return datetime.fromisoformat(response.json()["now"])
+    return datetime.now(UTC)
 
 
 async def publish(settings: CommonSettings, events: Sequence[Event]) -> None:

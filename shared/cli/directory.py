@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from shared.events import Event
@@ -28,7 +28,7 @@ from shared.events.members import (
     OrganisationCreatedV1,
 )
 
-from .client import PRODUCER, CliSettings, publish
+from .client import PRODUCER, CliSettings, publish, stack_now
 
 CHANGES: dict[str, tuple[type[Event], MemberStatus]] = {
     "joined": (MemberJoinedV1, MemberStatus.ACTIVE),
@@ -57,7 +57,7 @@ def member_event(
 
 
 def org_created(args: argparse.Namespace) -> int:
-    now = datetime.now(UTC)
+    now = stack_now()
     events: list[Event] = [
         OrganisationCreatedV1.new(
             organisation_id=args.organisation,
@@ -75,7 +75,7 @@ def org_created(args: argparse.Namespace) -> int:
 
 def member(args: argparse.Namespace) -> int:
     event = member_event(
-        args.organisation, args.member, args.change, MemberRole(args.role), datetime.now(UTC)
+        args.organisation, args.member, args.change, MemberRole(args.role), stack_now()
     )
     asyncio.run(publish(CliSettings(), [event]))
     print(f"published {event.type} for {args.member} of {args.organisation}")

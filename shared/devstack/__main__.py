@@ -154,6 +154,7 @@ def run(data_dir: Path) -> int:
                 _say(f"migrated {service.name}")
             children = []
             helpers: list[str] = []
+            env.setdefault("CLOCK_CONTROL", "true")  # `billing clock` moves the stack's time
             ports = {s.name: int(env.get(s.port_variable, s.default_port)) for s in services}
             for name, port in ports.items():  # where each service is, for the others and the CLI
                 env.setdefault(f"{name.upper().replace('-', '_')}_URL", f"http://127.0.0.1:{port}")

@@ -30,7 +30,7 @@ from services.stripe_gateway.app import SERVICE
 from services.stripe_gateway.devstripe import Devstripe
 from services.stripe_gateway.devstripe.app import sign
 from services.stripe_gateway.settings import DEV_WEBHOOK_SECRET, StripeGatewaySettings
-from shared.clock import SystemClock
+from shared.clock import Clock, SystemClock
 from shared.devstack import free_port
 from shared.events import Event
 from shared.service import Kernel, create_app
@@ -343,11 +343,12 @@ async def running_gateway(
     *,
     port: int | None = None,
     name: str | None = None,
+    clock: Clock | None = None,
     **disorder: float | int,
 ) -> AsyncIterator[GatewayHarness]:
     """The gateway serving on `port` (a free one by default), registered with devstripe as
     the endpoint `name` (with Stripe's `disorder`, see `Devstripe.register_webhook`)."""
-    app = create_app(SERVICE, settings, SystemClock())
+    app = create_app(SERVICE, settings, clock or SystemClock())
     port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)

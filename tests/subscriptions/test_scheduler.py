@@ -14,7 +14,7 @@ from shared.testing import eventually
 from shared.testing.service import running_service
 from tests.subscriptions.conftest import Billing
 
-ORGANISATIONS = 40
+ORGANISATIONS = 20
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -27,7 +27,9 @@ class Devstripe:
         log_file: Path | None = None,
         retry_seconds: float = 1.0,
         retry_attempts: int = 12,
+        frozen_clock: bool = False,
     ):
+        self.frozen_clock = frozen_clock
         self.host = host
         self.port = port
         self.log_file = log_file
@@ -52,6 +54,7 @@ class Devstripe:
                 str(self.retry_seconds),
                 "--retry-attempts",
                 str(self.retry_attempts),
+                *(["--frozen-clock"] if self.frozen_clock else []),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -22,6 +22,11 @@ def main() -> None:
         help="first delay before an unacknowledged webhook is sent again (it doubles)",
     )
     parser.add_argument("--retry-attempts", type=int, default=12)
+    parser.add_argument(
+        "--frozen-clock",
+        action="store_true",
+        help="time stands still but when moved (a Stripe test clock); default: it runs",
+    )
     args = parser.parse_args()
     configure_logging("INFO", service="devstripe")
     uvicorn.run(
@@ -29,6 +34,7 @@ def main() -> None:
             f"http://{args.host}:{args.port}",
             retry_seconds=args.retry_seconds,
             retry_attempts=args.retry_attempts,
+            frozen_clock=args.frozen_clock,
         ),
         host=args.host,
         port=args.port,

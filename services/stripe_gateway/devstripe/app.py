@@ -42,7 +42,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -53,7 +53,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from shared.logging import get_logger
 
-from .core import Event, Stripe, StripeError, missing, new_id
+from .core import Clock, Event, Stripe, StripeError, missing, new_id
 
 log = get_logger("devstripe")
 
@@ -106,8 +106,17 @@ class Endpoint:
     pending: int = 0
 
 
-def create_app(public_url: str, *, retry_seconds: float = 1.0, retry_attempts: int = 8) -> FastAPI:
-    stripe = Stripe()
+def create_app(
+    public_url: str,
+    *,
+    retry_seconds: float = 1.0,
+    retry_attempts: int = 8,
+    frozen_clock: bool = False,
+) -> FastAPI:
+    """`frozen_clock`: time stands still but for `POST /_devstripe/clock` (as a Stripe test
+    clock's); otherwise it runs, and moving it adds to it."""
+    started = datetime.now(UTC)
+    stripe = Stripe(clock=Clock((lambda: started) if frozen_clock else (lambda: datetime.now(UTC))))
     outbound = httpx.AsyncClient(timeout=10)
     deliveries: set[asyncio.Task[None]] = set()
     idempotency: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
@@ -262,6 +271,18 @@ def create_app(public_url: str, *, retry_seconds: float = 1.0, retry_attempts: i
     async def in_flight() -> dict[str, int]:
         """Deliveries still on their way (or waiting for a retry), per endpoint."""
         return {name: e.pending for name, e in state["webhooks"].items()}
+
+    @app.get("/_devstripe/stats")
+    async def stats() -> dict[str, Any]:
+        """How many of each object devstripe holds (invoices by billing reason and status)."""
+        invoices: collections.Counter[str] = collections.Counter(
+            f"{i.billing_reason}:{i.status}" for i in stripe.invoices.values()
+        )
+        return {
+            "customers": len(stripe.customers),
+            "subscriptions": collections.Counter(s.status for s in stripe.subscriptions.values()),
+            "invoices": invoices,
+        }
 
     @app.get("/_devstripe/requests")
     async def requests(kind: str | None = None) -> list[dict[str, Any]]:
