@@ -175,6 +175,9 @@ async def run(kafka: str, database: str, count: int) -> dict[str, Any]:
             urls = {n: f"http://127.0.0.1:{p.port}" for n, p in processes.items()}
             clock = Stack(urls, devstripe.url, httpx.Client(headers=AUTH, timeout=60))
             began = datetime.fromisoformat(clock.states()["metering"]["now"])
+            await asyncio.to_thread(  # Stripe's test clock at the services' now
+                clock.http.post, f"{devstripe.url}/_devstripe/clock", json={"to": began.isoformat()}
+            )
             orgs = await organisations(kafka, prefix, count, began)
             started = time.perf_counter()
             paid = await subscribe(urls["subscriptions"], devstripe.url, orgs)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from services.seats.app import SERVICE
 from services.seats.settings import SeatSettings
 from shared import cli
-from shared.cli.clock import target_of
+from shared.cli.clock import advance, target_of
 from shared.clock import FrozenClock, MovableClock
 from shared.testing.plugin import Infrastructure, Isolation
 from shared.testing.service import running_service, serving_service
@@ -58,6 +58,48 @@ def test_clock_control_is_refused_off_loopback(monkeypatch: pytest.MonkeyPatch) 
 )
 def test_durations_and_instants(words: tuple[str, str], expected: datetime) -> None:
     assert target_of(*words, datetime(2027, 1, 31, 9, tzinfo=UTC)) == expected
+
+
+class Steps:
+    """A stack whose services and devstripe each have work due at given instants."""
+
+    def __init__(self, services: dict[str, list[datetime]], stripe: list[datetime]) -> None:
+        self.now, self.due, self.stripe_due, self.moves = START, services, stripe, []
+
+    def _next(self, due: list[datetime]) -> str | None:
+        upcoming = sorted(d for d in due if d > self.now)
+        return upcoming[0].isoformat() if upcoming else None
+
+    def states(self) -> dict[str, dict[str, object]]:
+        return {
+            n: {"now": self.now.isoformat(), "next_due": self._next(d)} for n, d in self.due.items()
+        }
+
+    def stripe(self) -> dict[str, object]:
+        return {"next_due": self._next(self.stripe_due)}
+
+    def move(self, to: datetime) -> None:
+        assert to > self.now
+        self.now = to
+        self.moves.append(to)
+
+    def wait_idle(self, timeout: float) -> None:
+        pass
+
+
+def test_advance_steps_through_what_falls_due_grouping_within_the_resolution() -> None:
+    hour = timedelta(hours=1)
+    renewals = [START + timedelta(days=30, minutes=m) for m in range(0, 50, 7)]
+    retry = START + timedelta(days=33)
+    stack = Steps({"subscriptions": renewals, "metering": []}, [renewals[0], retry])
+
+    steps = advance(stack, START + timedelta(days=40), timeout=1, resolution=hour)  # type: ignore[arg-type]
+
+    assert stack.moves == [renewals[0] + hour, retry + hour, START + timedelta(days=40)]
+    assert steps == 3
+    fine = Steps({"subscriptions": renewals}, [])
+    advance(fine, START + timedelta(days=31), timeout=1, resolution=timedelta(0))  # type: ignore[arg-type]
+    assert fine.moves == [*renewals, START + timedelta(days=31)]
 
 
 async def test_a_service_without_clock_control_refuses_to_move(

@@ -309,7 +309,8 @@ async def test_a_year_in_the_life(year: Year, y: int) -> None:
     assert (await year.owner(org, "reactivate"))["cancel_at_period_end"] is False
     assert (await year.owner(org, "cancel"))["cancel_at_period_end"] is True
     await year.clock("set", f"{y + 1}-03-30T09:00:00Z")
-    await year.subscription(org, plan="pro", cancel_at_period_end=True)
+    sub = await year.subscription(org, plan="pro", cancel_at_period_end=True)
+    assert sub["credit_period_start"] == f"{y + 1}-02-{feb_next}T09:00:00Z"  # not Mar 28/29
     await year.clock("set", f"{y + 1}-03-31T09:00:00Z")
     free = await year.subscription(org, plan="free")
     assert free["credit_period_start"] == f"{y + 1}-03-31T09:00:00Z"

@@ -325,6 +325,62 @@ def test_a_subscription_stripe_deletes_falls_back_to_free() -> None:
     assert [(g.reason, g.amount) for g in gone.grants] == [("plan_start", FREE)]
 
 
+def test_stripes_period_after_a_clamped_month_keeps_the_anchors_day() -> None:
+    """Anchored on the 30th: Stripe's period after February starts Feb 28 and ends Mar 30.
+    Credits renew on Mar 30, once, not on Mar 28 as well."""
+    sub = on_plan(Plan.PRO, Cycle.MONTHLY, at(2027, 1, 30, 8)).subscription
+    reported = stripe_reported(
+        sub,
+        facts(2, period_start=at(2027, 2, 28, 8), period_end=at(2027, 3, 30, 8)),
+        at(2027, 2, 28, 8),
+        CATALOGUE,
+    )
+    sub = reported.subscription
+    assert (sub.anchor, sub.paid_period_end) == (at(2027, 1, 30, 8), at(2027, 3, 30, 8))
+    assert [g.period_start for g in reported.grants] == [at(2027, 2, 28, 8)]
+
+    assert renew(sub, at(2027, 3, 29), CATALOGUE).grants == ()
+    renewed = renew(sub, at(2027, 3, 30, 8), CATALOGUE)
+    assert [(g.period_start, g.period_end) for g in renewed.grants] == [
+        (at(2027, 3, 30, 8), at(2027, 4, 30, 8))
+    ]
+
+
+def test_a_period_off_the_anchors_schedule_moves_the_anchor() -> None:
+    """Stripe's billing cycle was reset (an anchor change in the dashboard): its period
+    start is the new anchor."""
+    sub = on_plan(Plan.PRO, Cycle.MONTHLY, at(2027, 1, 30, 8)).subscription
+    moved = stripe_reported(
+        sub,
+        facts(2, period_start=at(2027, 2, 15), period_end=at(2027, 3, 15)),
+        at(2027, 2, 15),
+        CATALOGUE,
+    ).subscription
+    assert (moved.anchor, moved.paid_period_end) == (at(2027, 2, 15), at(2027, 3, 15))
+    assert [g.period_start for g in renew(moved, at(2027, 3, 15), CATALOGUE).grants] == [
+        at(2027, 3, 15)
+    ]
+
+
+def test_a_plan_never_starts_before_the_credit_period_in_force() -> None:
+    """Stripe's clock a little behind ours: the checkout's instant precedes the Free period
+    that started when the organisation was created. The paid credits start with that period
+    (metering refuses a period older than its current one)."""
+    created = at(2027, 1, 30, 8)
+    free = start("org_a", created, created, CATALOGUE).subscription
+    paid = checkout_completed(
+        free,
+        plan=Plan.PRO,
+        cycle=Cycle.MONTHLY,
+        stripe_subscription_id="sub_1",
+        at=created - timedelta(seconds=20),
+        catalogue=CATALOGUE,
+    )
+    (grant,) = paid.grants
+    assert (grant.reason, grant.amount, grant.period_start) == ("plan_start", PRO, created)
+    assert paid.subscription.credit_period_start == created
+
+
 def test_a_subscription_reported_before_its_checkout_is_the_same_plan_change() -> None:
     sub = start("org_a", at(2026, 1, 5), at(2026, 1, 5), CATALOGUE).subscription
     reported = stripe_reported(

@@ -119,6 +119,9 @@ def create_app(
     stripe = Stripe(clock=Clock((lambda: started) if frozen_clock else (lambda: datetime.now(UTC))))
     outbound = httpx.AsyncClient(timeout=10)
     deliveries: set[asyncio.Task[None]] = set()
+    sending = asyncio.Semaphore(16)
+    """Deliveries in flight at once (thousands waiting in the HTTP client's pool cost it time
+    that grows with their number)."""
     idempotency: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
     state: dict[str, Any] = {
         "webhooks": {},  # name -> Endpoint
@@ -230,7 +233,10 @@ def create_app(
                     "Stripe-Signature": sign(payload, endpoint.secret, stripe.clock.seconds()),
                 }
                 try:
-                    response = await outbound.post(endpoint.url, content=payload, headers=headers)
+                    async with sending:
+                        response = await outbound.post(
+                            endpoint.url, content=payload, headers=headers
+                        )
                     status: int | str = response.status_code
                 except httpx.HTTPError as exc:
                     status = repr(exc)

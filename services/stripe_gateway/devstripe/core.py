@@ -286,6 +286,8 @@ class Stripe:
     invoices: dict[str, Invoice] = field(default_factory=dict)
     _order: list[str] = field(default_factory=list)
     """Subscription ids, oldest first (lists are newest first)."""
+    _open: set[str] = field(default_factory=set)
+    """Invoices waiting for a payment retry."""
 
     # Prices and customers --------------------------------------------------------------------
 
@@ -443,9 +445,9 @@ class Stripe:
         """The earliest instant something falls due: a period end, a payment retry."""
         due = [s.period_end for s in self.subscriptions.values() if s.live]
         due += [
-            datetime.fromtimestamp(i.next_payment_attempt, UTC)
-            for i in self.invoices.values()
-            if i.status == "open" and i.next_payment_attempt is not None
+            datetime.fromtimestamp(attempt, UTC)
+            for i in self._open
+            if (attempt := self.invoices[i].next_payment_attempt) is not None
         ]
         return min(due, default=None)
 
@@ -461,9 +463,10 @@ class Stripe:
 
     def _run_due(self, now: datetime) -> list[Event]:
         events: list[Event] = []
-        for invoice in list(self.invoices.values()):
+        for invoice_id in sorted(self._open):
+            invoice = self.invoices[invoice_id]
             attempt = invoice.next_payment_attempt
-            if invoice.status == "open" and attempt is not None and attempt <= _seconds(now):
+            if attempt is not None and attempt <= _seconds(now):
                 events += self._attempt(invoice, first=False)
         for subscription in list(self.subscriptions.values()):
             if subscription.live and subscription.period_end <= now:
@@ -494,9 +497,11 @@ class Stripe:
         subscription.status = "canceled"
         subscription.ended_at = _seconds(at)
         subscription.canceled_at = subscription.canceled_at or _seconds(at)
-        for invoice in self.invoices.values():
-            if invoice.subscription == subscription.id and invoice.status == "open":
+        for invoice_id in sorted(self._open):
+            invoice = self.invoices[invoice_id]
+            if invoice.subscription == subscription.id:
                 invoice.status, invoice.next_payment_attempt = "void", None
+                self._open.discard(invoice_id)
         return [self._event("customer.subscription.deleted", subscription.export())]
 
     # Invoices and payments ---------------------------------------------------------------------
@@ -536,6 +541,7 @@ class Stripe:
             invoice.amount_due == 0 or self.customer(invoice.customer).payment_method != DECLINING
         )
         events: list[Event] = []
+        self._open.discard(invoice.id)
         if pays:
             invoice.status, invoice.amount_paid = "paid", invoice.amount_due
             invoice.paid_at, invoice.next_payment_attempt = self.clock.seconds(), None
@@ -553,6 +559,7 @@ class Stripe:
         else:
             retry = self.clock.now() + RETRIES[invoice.attempt_count - 1]
             invoice.next_payment_attempt = _seconds(retry)
+            self._open.add(invoice.id)
             events.append(self._event("invoice.payment_failed", invoice.export()))
             if subscription is not None and subscription.live:
                 subscription.status = "past_due"

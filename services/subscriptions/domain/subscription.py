@@ -161,7 +161,10 @@ def _bump(sub: Subscription, **changes: object) -> Subscription:
 
 def _starting(sub: Subscription, catalogue: Catalogue, at: datetime) -> tuple[Subscription, Grant]:
     """The plan in `sub` starts at `at`: a credit period from `at` to the anchor's next
-    boundary, with the plan's whole allotment (`plan_start`)."""
+    boundary, with the plan's whole allotment (`plan_start`). Never before the credit period
+    in force starts (Stripe's clock may be behind ours by a little): metering refuses a
+    period older than its current one."""
+    at = max(at, sub.credit_period_start)
     _, end = period_containing(sub.anchor, at)
     grant = Grant(
         "plan_start",
@@ -437,8 +440,9 @@ def stripe_reported(
             else SubscriptionChange.REACTIVATED
         )
     if facts.period_start is not None and facts.period_end is not None:
-        if facts.period_end != sub.paid_period_end or facts.period_start != sub.anchor:
-            updated = replace(updated, anchor=facts.period_start, paid_period_end=facts.period_end)
+        anchor = sub.anchor if _on_schedule(sub.anchor, facts.period_start) else facts.period_start
+        if facts.period_end != sub.paid_period_end or anchor != sub.anchor:
+            updated = replace(updated, anchor=anchor, paid_period_end=facts.period_end)
             change = change or SubscriptionChange.BILLING_UPDATED
     grants: tuple[Grant, ...] = ()
     if reported is not None:
@@ -469,6 +473,12 @@ def stripe_reported(
     outcome = Outcome(_bump(updated), change, grants)
     renewed = renew(outcome.subscription, now, catalogue)
     return renewed.merged_after(outcome) if renewed.changed else outcome
+
+
+def _on_schedule(anchor: datetime, at: datetime) -> bool:
+    """Whether `at` starts one of the anchor's periods. Stripe's period after a clamped month
+    (Feb 28 for an anchor on the 30th) is on the schedule: the anchor keeps its day."""
+    return period_containing(anchor, at)[0] == at
 
 
 def _plan_of(catalogue: Catalogue, facts: StripeFacts) -> tuple[Plan, Cycle] | None:
