@@ -106,6 +106,33 @@ class Endpoint:
     pending: int = 0
 
 
+class Faults:
+    """Answers injected by tests (`POST /_devstripe/faults`): Stripe failing for a while. A
+    plain ASGI middleware: it costs nothing while no fault is set."""
+
+    def __init__(self, app: Any, faults: list[list[Any]]) -> None:
+        self.app, self.faults = app, faults
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            for fault in self.faults:
+                prefix, status, left, delay = fault
+                if left > 0 and scope["path"].startswith(prefix):
+                    fault[2] -= 1
+                    if delay:
+                        await asyncio.sleep(delay)
+                    if status < 400:
+                        break
+                    kind = "rate_limit_error" if status == 429 else "api_error"
+                    answer = JSONResponse(
+                        {"error": {"type": kind, "message": f"injected {status}"}},
+                        status_code=status,
+                    )
+                    await answer(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
 def create_app(
     public_url: str,
     *,
@@ -146,22 +173,7 @@ def create_app(
         title="devstripe", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
 
-    @app.middleware("http")
-    async def faults(request: Request, call_next: Any) -> Response:
-        """Answers injected by tests (`POST /_devstripe/faults`): Stripe failing for a while."""
-        for fault in state["faults"]:
-            prefix, status, left, delay = fault
-            if left > 0 and request.url.path.startswith(prefix):
-                fault[2] -= 1
-                if delay:
-                    await asyncio.sleep(delay)
-                if status < 400:
-                    break
-                kind = "rate_limit_error" if status == 429 else "api_error"
-                return JSONResponse(
-                    {"error": {"type": kind, "message": f"injected {status}"}}, status_code=status
-                )
-        return await call_next(request)
+    app.add_middleware(Faults, faults=state["faults"])
 
     @app.exception_handler(StripeError)
     async def stripe_error(request: Request, exc: StripeError) -> JSONResponse:
