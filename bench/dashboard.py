@@ -15,7 +15,10 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from services.dashboard.app import SERVICE
-from shared.topics import CREDIT_BALANCE, ensure_topics
+from shared import identity
+from shared.events.members import MemberJoinedV1, MemberRole, MemberState, MemberStatus
+from shared.identity import IDENTITY_HEADER
+from shared.topics import CREDIT_BALANCE, WORKSPACE_MEMBERS, ensure_topics
 
 from .httpload import latencies
 from .process import ServiceProcess
@@ -44,6 +47,10 @@ def _balance(organisation: str, balance: int, revision: int) -> bytes:
     )
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 class Stream:
     """One open page's event stream, read with plain asyncio (a lean client)."""
 
@@ -58,7 +65,8 @@ class Stream:
         writer.write(
             (
                 "GET /billing/stream HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n"
-                f"X-Organisation-Id: {self.organisation}\r\nX-Member-Id: {self.member}\r\n\r\n"
+                f"{IDENTITY_HEADER}: {identity.sign(self.organisation, self.member, _now())}"
+                "\r\n\r\n"
             ).encode()
         )
         try:
@@ -83,9 +91,22 @@ async def _pages(kafka: str, port: int, prefix: str, pages: int, organisations: 
     producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", linger_ms=0)
     await producer.start()
     try:
-        # every organisation known, with a first balance, before the pages open
+        # every organisation known, with a first balance and its member, before the pages open
+        members = WORKSPACE_MEMBERS.topic(prefix)
         for org in orgs:
             await producer.send(topic, _balance(org, 1000, 1), key=org.encode())
+            joined = MemberJoinedV1.new(
+                organisation_id=org,
+                producer="bench",
+                occurred_at=_now(),
+                data=MemberState(
+                    member_id="member_bench",
+                    role=MemberRole.MEMBER,
+                    status=MemberStatus.ACTIVE,
+                    sequence=1,
+                ),
+            )
+            await producer.send(members, joined.to_bytes(), key=joined.key)
         await producer.flush()
         await asyncio.sleep(2)
         streams = [Stream(port, orgs[n % organisations], "member_bench") for n in range(pages)]

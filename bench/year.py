@@ -21,6 +21,7 @@ from services.stripe_gateway.app import SERVICE as GATEWAY
 from services.stripe_gateway.devstripe import Devstripe
 from services.stripe_gateway.settings import DEV_WEBHOOK_SECRET
 from services.subscriptions.app import SERVICE as SUBSCRIPTIONS
+from shared import identity
 from shared.calendar import add_months
 from shared.cli.clock import Stack, advance
 from shared.devstack import free_port
@@ -32,6 +33,7 @@ from shared.events.members import (
     OrganisationCreated,
     OrganisationCreatedV1,
 )
+from shared.identity import IDENTITY_HEADER
 from shared.settings import DEV_API_TOKEN
 from shared.testing import produce
 from shared.topics import WORKSPACE_MEMBERS, ensure_topics
@@ -96,12 +98,14 @@ async def subscribe(
 
     async def one(client: httpx.AsyncClient, org: str, plan: str, cycle: str) -> None:
         nonlocal paid
+        clock = (await client.get(f"{subscriptions}/v1/clock", headers=AUTH)).json()
+        now = datetime.fromisoformat(clock["now"])
         async with lanes:
             for _ in range(100):  # until the directory's announcement is projected
                 answer = await client.post(
                     f"{subscriptions}/v1/subscription/change",
                     json={"plan": plan, "cycle": cycle},
-                    headers={**AUTH, "X-Organisation-Id": org, "X-Member-Id": "ada"},
+                    headers={**AUTH, IDENTITY_HEADER: identity.sign(org, "ada", now)},
                 )
                 if answer.status_code == 200:
                     break

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import asyncpg
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
+from shared.access import EVERY_SCOPE, Scope, allow
 from shared.clock import MovableClock
 from shared.db import Migrations
-from shared.http import PROBLEM_RESPONSES, Problem, require_token
+from shared.http import PROBLEM_RESPONSES, Problem
 
 if TYPE_CHECKING:
     from shared.service import Kernel
@@ -64,7 +65,7 @@ class MoveIn(BaseModel):
     """The new now: later than the clock's now."""
 
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=PROBLEM_RESPONSES)
+router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
 
 
 def _kernel(request: Request) -> Kernel:  # type: ignore[type-arg]
@@ -85,7 +86,7 @@ async def _state(kernel: Kernel) -> ClockOut:  # type: ignore[type-arg]
     )
 
 
-@router.get("/clock", response_model=ClockOut, tags=["clock"])
+@router.get("/clock", dependencies=[allow(*EVERY_SCOPE)], response_model=ClockOut, tags=["clock"])
 async def read_clock(request: Request) -> ClockOut:
     """The service's now, its next scheduled work, and whether it is idle."""
     return await _state(_kernel(request))
@@ -93,6 +94,7 @@ async def read_clock(request: Request) -> ClockOut:
 
 @router.post(
     "/clock",
+    dependencies=[allow(Scope.OPERATOR)],
     response_model=ClockOut,
     tags=["clock"],
     responses={409: {"description": "The clock cannot be moved here, or not backwards"}},

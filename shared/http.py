@@ -7,17 +7,18 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shared.access import Scope as CallerScope
+from shared.access import scopes_of
 from shared.failures import FAILURE_TYPES, Failure, classify
 from shared.logging import get_logger
 from shared.settings import ServiceSettings
@@ -67,6 +68,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, text in (
         (400, "Invalid request"),
         (401, "Missing or invalid bearer token"),
+        (403, "The credential or the acting member may not do this"),
         (404, "Not found"),
         (413, "Body too large"),
         (503, "Temporarily unavailable; retry after the Retry-After header"),
@@ -139,26 +141,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", path=request.url.path)
         return problem_response(500, "internal-error", "Internal error", "", request.url.path)
-
-
-_bearer = HTTPBearer(auto_error=False, description="Token of an internal caller")
-
-
-async def require_token(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Route dependency: a bearer token from the service's `API_TOKENS`, else 401."""
-    settings: ServiceSettings = request.app.state.settings
-    if credentials is None or not settings.token_accepted(credentials.credentials):
-        prefix = settings.model_config.get("env_prefix", "")
-        raise Problem(
-            401,
-            "unauthorized",
-            "Missing or invalid bearer token",
-            f"Send `Authorization: Bearer <token>` with a token configured in {prefix}API_TOKENS.",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
 
 
 class BodySizeLimit:
@@ -245,15 +227,16 @@ class Answer:
 class HotRoute:
     """A route answered in front of the framework, for a path called at high rates on another
     system's request path (the chat gateway's authorization, the invite flow's seat check).
-    Only the plain case is answered here: a valid token, a path that matches `path` (a regex
-    with named groups), a body within the size limit, and input that `answer` accepts; anything
-    else (no token, malformed input: `answer` raises `Delegate`; an unexpected error) goes on,
-    body included, to the framework's route of the same path, which answers it the usual way
-    and documents it. `answer` returns the JSON body (or an `Answer` with headers), or raises
-    `Problem`."""
+    Only the plain case is answered here: a token holding one of `scopes`, a path that matches
+    `path` (a regex with named groups), a body within the size limit, and input that `answer`
+    accepts. Anything else (no token or another scope, malformed input: `answer` raises
+    `Delegate`; an unexpected error) goes on, body included, to the framework's route of the
+    same path, which answers it the usual way and documents it. `answer` returns the JSON body
+    (or an `Answer` with headers), or raises `Problem`."""
 
     path: re.Pattern[str]
     answer: Callable[[HotRequest], Awaitable[Any]]
+    scopes: frozenset[CallerScope]
     method: str = "GET"
 
 
@@ -306,7 +289,7 @@ class HotRoutes:
         state = scope["app"].state
         settings: ServiceSettings = state.settings
         token = _bearer_token(scope)
-        if token is None or not settings.token_accepted(token):
+        if token is None or not scopes_of(settings.credentials, token) & route.scopes:
             return False
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
         try:

@@ -41,7 +41,7 @@ from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
-from shared import clock_control, outbox
+from shared import clock_control, directory, outbox
 from shared.clock import Clock, MovableClock, SystemClock
 from shared.consumer import Apply, BatchConsumer
 from shared.db import Migrations, apply_migrations, create_pool
@@ -107,6 +107,8 @@ class Service(Generic[S, P]):
     hot_routes: Sequence[HotRoute] = ()
     """GET routes answered in front of the framework (`shared.http.HotRoute`)."""
     development: Development | None = None
+    directory: bool = False
+    """Keeps the member directory's projection (`shared.directory`) in its schema."""
 
     @property
     def env_prefix(self) -> str:
@@ -125,6 +127,7 @@ class Service(Generic[S, P]):
         return (
             outbox.MIGRATIONS,
             clock_control.MIGRATIONS,
+            *((directory.MIGRATIONS,) if self.directory else ()),
             Migrations(self.name, self.migrations),
         )
 

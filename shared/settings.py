@@ -7,12 +7,15 @@ service (or the tests) at other servers; they are read without a service prefix.
 
 from __future__ import annotations
 
-import hmac
 import re
-from typing import Self
+from functools import cached_property
+from typing import Any, Self
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.access import DEV_API_TOKEN, Credential, parse_credentials
+from shared.identity import DEV_IDENTITY_KEYS, parse_keys, uses_development_key
 
 DEV_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 DEV_DATABASE_URL = "postgresql://postgres@127.0.0.1:55432/billing"
@@ -77,9 +80,6 @@ def validate_schema_name(value: str) -> str:
     return value
 
 
-DEV_API_TOKEN = "dev-token"
-"""The bearer token `make run` and the `billing` command use. Accepted only on loopback."""
-
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
@@ -101,8 +101,12 @@ class ServiceSettings(CommonSettings):
     """False leaves publishing the outbox to another process of the service (one that runs
     it): an API process kept free for requests."""
     api_tokens: SecretStr = SecretStr(DEV_API_TOKEN)
-    """Bearer tokens accepted from internal callers, comma-separated, each ≥ 8 characters. The
-    development token is refused unless the service listens on loopback only."""
+    """The credentials of internal callers, `scope:token` comma-separated (`shared.access`).
+    The development token is refused unless the service listens on loopback only."""
+    identity_keys: str = DEV_IDENTITY_KEYS
+    """Public keys that verify the acting member's signed identity (`shared.identity`),
+    `key-id:key` comma-separated. The development key is refused unless the service listens
+    on loopback only."""
     max_request_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
     max_event_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
     batch_timeout_ms: int = Field(10, ge=1, le=5_000)
@@ -122,10 +126,8 @@ class ServiceSettings(CommonSettings):
 
     @field_validator("api_tokens")
     @classmethod
-    def _tokens_present(cls, value: SecretStr) -> SecretStr:
-        tokens = _split(value)
-        if not tokens or any(len(t) < 8 for t in tokens):
-            raise ValueError("give at least one API token, each of at least 8 characters")
+    def _tokens_scoped(cls, value: SecretStr) -> SecretStr:
+        parse_credentials(value.get_secret_value())
         return value
 
     @model_validator(mode="after")
@@ -134,6 +136,22 @@ class ServiceSettings(CommonSettings):
             raise ValueError(
                 f"the development token is accepted only on loopback, and this service listens "
                 f"on {self.http_host}: set {self.model_config.get('env_prefix', '')}API_TOKENS"
+            )
+        return self
+
+    @field_validator("identity_keys")
+    @classmethod
+    def _identity_keys(cls, value: str) -> str:
+        parse_keys(value)
+        return value
+
+    @model_validator(mode="after")
+    def _dev_identity_key_on_loopback_only(self) -> Self:
+        if uses_development_key(self.identity_keys) and self.http_host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"the development identity key is accepted only on loopback, and this service "
+                f"listens on {self.http_host}: set {self.model_config.get('env_prefix', '')}"
+                "IDENTITY_KEYS"
             )
         return self
 
@@ -150,10 +168,13 @@ class ServiceSettings(CommonSettings):
     def accepts_dev_token(self) -> bool:
         return DEV_API_TOKEN in _split(self.api_tokens)
 
-    def token_accepted(self, presented: str) -> bool:
-        """Constant-time comparison against every configured token."""
-        given = presented.encode()
-        return any(hmac.compare_digest(given, token.encode()) for token in _split(self.api_tokens))
+    @cached_property
+    def credentials(self) -> tuple[Credential, ...]:
+        return parse_credentials(self.api_tokens.get_secret_value())
+
+    @cached_property
+    def identity_public_keys(self) -> dict[str, Any]:
+        return parse_keys(self.identity_keys)
 
     def group_id(self, consumer: str) -> str:
         """One consumer group per subscription, so that subscriptions never rebalance each other."""

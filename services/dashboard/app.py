@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from shared import directory
 from shared.service import DevResources, Kernel, Service
 from shared.topics import (
     AGENT_USAGE,
@@ -17,6 +18,7 @@ from shared.topics import (
     CREDIT_BALANCE,
     SEATS_STATE,
     SUBSCRIPTION_STATE,
+    WORKSPACE_MEMBERS,
 )
 
 from . import PRODUCER
@@ -52,6 +54,13 @@ async def build(kernel: Kernel[DashboardSettings]) -> Parts:
         (SEATS_STATE, "seats", dashboard.on_seats, "Seats and owners."),
     ):
         kernel.consume(spec, name, apply, max_records=2000, description=what)
+    kernel.consume(
+        WORKSPACE_MEMBERS,
+        "directory",
+        directory.projector(kernel.pool, kernel.clock),
+        max_records=2000,
+        description="Who is an active member (only they see the page).",
+    )
     kernel.background(
         "page-notifications",
         lambda: dashboard.listen(settings.database_url.get_secret_value(), settings.db_schema),
@@ -67,8 +76,9 @@ async def build(kernel: Kernel[DashboardSettings]) -> Parts:
 
 @contextlib.contextmanager
 def development(data: Path, env: dict[str, str], port: int) -> Iterator[DevResources]:
-    """Under `make run`: a plain browser sets no proxy headers, so the page also takes the
-    identity from its query."""
+    """Under `make run`: a plain browser sends no signed identity, so the page stands in for
+    the front proxy and signs one (development key) for its `organisation` and `member`
+    query parameters."""
     yield DevResources(
         env={"DASHBOARD_IDENTITY_FROM_QUERY": "true"},
         lines=(
@@ -87,4 +97,5 @@ SERVICE = Service(
     build=build,
     routers=(http.router,),
     development=development,
+    directory=True,
 )

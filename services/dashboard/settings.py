@@ -14,14 +14,12 @@ class DashboardSettings(ServiceSettings):
     db_schema: str = "dashboard"
     http_port: int = Field(8085, ge=0, le=65535)
     consumer_group: str = Field("dashboard", min_length=1, max_length=100)
-    organisation_header: str = "X-Organisation-Id"
-    member_header: str = "X-Member-Id"
-    """Set by the trusted front proxy: who looks at which organisation's page."""
     identity_from_query: bool = False
-    """Development only (`make run`, loopback): also take the identity from the
-    `organisation` and `member` query parameters, since a plain browser sets no headers."""
+    """Development only (`make run`, loopback): without a signed identity from the front
+    proxy, sign one (development key) for the `organisation` and `member` query parameters."""
     subscriptions_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8082")
     subscriptions_token: SecretStr = SecretStr(DEV_API_TOKEN)
+    """The page's credential at the subscription service (scope `front`)."""
     recent_debits: int = Field(20, ge=1, le=500)
     chart_days: int = Field(31, ge=1, le=366)
 

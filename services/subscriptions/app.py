@@ -97,4 +97,5 @@ SERVICE = Service(
     migrations=Path(__file__).parent / "migrations",
     build=build,
     routers=(http.router,),
+    directory=True,
 )

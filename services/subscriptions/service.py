@@ -11,7 +11,7 @@ from datetime import datetime
 
 import asyncpg
 
-from shared import outbox
+from shared import directory, outbox
 from shared.clock import Clock
 from shared.consumer import Decoded
 from shared.events import CreditGrantRequested, CreditGrantRequestedV1, Event, GrantReason
@@ -115,15 +115,10 @@ class Subscriptions:
         """Project organisations and members; a new organisation starts on Free (with its
         credits). Idempotent: an organisation starts once, a member keeps its newest state."""
         now = self._clock.now()
-        created, events = split_directory(i.event for i in items)
-        members = [
-            store.MemberChange(
-                e.organisation_id, e.data.member_id, e.data.role, e.data.status, e.data.sequence
-            )
-            for e in events
-        ]
+        created, _ = split_directory(i.event for i in items)
+        members = directory.changes(i.event for i in items)
         async with self._pool.acquire() as conn, conn.transaction():
-            await store.apply_members(conn, members, now)
+            await directory.apply(conn, members, now)
             for event in created:
                 organisation, data = event.organisation_id, event.data
                 await store.add_organisation(conn, organisation, data.name, data.created_at, now)
@@ -284,7 +279,7 @@ class Subscriptions:
                 member_id,
                 now,
             )
-            seats = max(1, await store.active_members(conn, organisation))
+            seats = max(1, await directory.active_members(conn, organisation))
         session_id, url = await self._checkout(organisation, request_id, decided, seats)
         await store.checkout_opened(self._pool, request_id, session_id, url)
         return ChangeResult(sub, "checkout", checkout_url=url)
@@ -349,7 +344,7 @@ class Subscriptions:
 
     async def _owner(self, conn: asyncpg.Connection, organisation: str, member_id: str) -> None:
         """Only an active owner may change the plan, cancel or reactivate (R3)."""
-        found = await store.member(conn, organisation, member_id)
+        found = await directory.member(conn, organisation, member_id)
         if found is None:
             raise Denied("unknown_member", f"{member_id} is not a member of {organisation}")
         if found.status is not MemberStatus.ACTIVE:

@@ -30,9 +30,7 @@ class SubscriptionSettings(ServiceSettings):
     """The Stripe gateway's HTTP API (Checkout and Billing Portal sessions, the subscriptions
     it holds); `make run` sets `STRIPE_GATEWAY_URL`."""
     gateway_token: SecretStr = SecretStr(DEV_API_TOKEN)
-    organisation_header: str = "X-Organisation-Id"
-    member_header: str = "X-Member-Id"
-    """Set by the trusted front proxy: who acts, for which organisation."""
+    """This service's credential at the gateway (scope `service`)."""
     checkout_success_url: AnyHttpUrl = AnyHttpUrl(f"{APP}/billing?checkout=success")
     checkout_cancel_url: AnyHttpUrl = AnyHttpUrl(f"{APP}/billing?checkout=cancelled")
     portal_return_url: AnyHttpUrl = AnyHttpUrl(f"{APP}/billing")

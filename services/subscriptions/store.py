@@ -10,7 +10,6 @@ from datetime import datetime
 import asyncpg
 import orjson
 
-from shared.events.members import MemberRole, MemberStatus
 from shared.events.subscriptions import Cycle, Plan, Standing
 
 from .domain.catalogue import EnterpriseTerms
@@ -33,58 +32,6 @@ async def add_organisation(
         name,
         created_at,
         now,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class MemberChange:
-    organisation_id: str
-    member_id: str
-    role: MemberRole
-    status: MemberStatus
-    sequence: int
-
-
-async def apply_members(
-    conn: asyncpg.Connection, changes: Sequence[MemberChange], now: datetime
-) -> None:
-    """Keep each member's state with the highest sequence (in any order, any number of times)."""
-    await conn.executemany(
-        """INSERT INTO members (organisation_id, member_id, role, status, sequence, updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6)
-           ON CONFLICT (organisation_id, member_id) DO UPDATE
-               SET role = excluded.role, status = excluded.status,
-                   sequence = excluded.sequence, updated_at = excluded.updated_at
-               WHERE members.sequence < excluded.sequence""",
-        [
-            (c.organisation_id, c.member_id, c.role.value, c.status.value, c.sequence, now)
-            for c in changes
-        ],
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    member_id: str
-    role: MemberRole
-    status: MemberStatus
-
-
-async def member(
-    conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str, member_id: str
-) -> Member | None:
-    row = await conn.fetchrow(
-        "SELECT member_id, role, status FROM members WHERE organisation_id = $1 AND member_id = $2",
-        organisation_id,
-        member_id,
-    )
-    return None if row is None else Member(row[0], MemberRole(row[1]), MemberStatus(row[2]))
-
-
-async def active_members(conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str) -> int:
-    return await conn.fetchval(
-        "SELECT count(*) FROM members WHERE organisation_id = $1 AND status = 'active'",
-        organisation_id,
     )
 
 

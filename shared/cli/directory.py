@@ -4,6 +4,9 @@ publishes the `workspace.members` contract the way that system does.
   billing org-created org_acme --owner member_ada           # an organisation and its owner
   billing member org_acme member_bob joined --role member  # a member joins
   billing member org_acme member_bob deactivated           # ... leaves their seat
+  billing identity org_acme member_ada                     # the front proxy's signed identity
+
+`identity` signs with the development key, which services accept on loopback only.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from shared import identity
 from shared.events import Event
 from shared.events.members import (
     MemberDeactivatedV1,
@@ -82,6 +86,12 @@ def member(args: argparse.Namespace) -> int:
     return 0
 
 
+def signed_identity(args: argparse.Namespace) -> int:
+    lifetime = timedelta(minutes=args.minutes)
+    print(identity.sign(args.organisation, args.member, stack_now(), lifetime=lifetime))
+    return 0
+
+
 def register(commands: Any) -> None:
     p = commands.add_parser(
         "org-created", help="publish an organisation's creation (as the member directory does)"
@@ -99,3 +109,13 @@ def register(commands: Any) -> None:
     p.add_argument("change", choices=sorted(CHANGES))
     p.add_argument("--role", choices=[r.value for r in MemberRole], default="member")
     p.set_defaults(run=member)
+
+    p = commands.add_parser(
+        "identity",
+        help="print a member's signed identity (development key), as the front proxy sends it "
+        f"in {identity.IDENTITY_HEADER}",
+    )
+    p.add_argument("organisation")
+    p.add_argument("member")
+    p.add_argument("--minutes", type=int, default=60, help="valid for (default 60)")
+    p.set_defaults(run=signed_identity)

@@ -50,9 +50,8 @@ async def browser(chromium: str) -> AsyncIterator[Browser]:
 async def open_page(
     browser: Browser, page: Page, org: str, member: str
 ) -> tuple[BrowserContext, Tab]:
-    settings = page.settings
     context = await browser.new_context(
-        extra_http_headers={settings.organisation_header: org, settings.member_header: member},
+        extra_http_headers=page.billing.acting(org, member),
         viewport={"width": 1100, "height": 1400},
     )
     tab = await context.new_page()

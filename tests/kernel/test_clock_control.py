@@ -38,10 +38,14 @@ def test_the_clock_moves_forward_only_and_keeps_running() -> None:
         clock.move_to(START)
 
 
+OTHER_PUBLIC_KEY = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+
+
 def test_clock_control_is_refused_off_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLOCK_CONTROL", "true")
     monkeypatch.setenv("SEATS_HTTP_HOST", "0.0.0.0")
-    monkeypatch.setenv("SEATS_API_TOKENS", "a-real-token-1234")
+    monkeypatch.setenv("SEATS_API_TOKENS", "reader:a-real-token-1234")
+    monkeypatch.setenv("SEATS_IDENTITY_KEYS", f"k1:{OTHER_PUBLIC_KEY}")
     with pytest.raises(ValidationError, match="CLOCK_CONTROL"):
         SeatSettings()
 

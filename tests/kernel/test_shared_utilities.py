@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from datetime import UTC, datetime
 
 import pytest
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import ValidationError
 
 from services.metering.app import SERVICE
 from services.metering.settings import MeteringSettings
+from shared.access import Scope, parse_credentials, scopes_of
 from shared.calendar import add_months
+from shared.identity import DEV_PUBLIC_KEY
 from shared.logging import configure_logging, get_logger, mask_secrets
 from shared.outbox import OutboxRelay
 from shared.service import load_settings
@@ -96,20 +101,57 @@ def test_the_development_token_is_refused_off_loopback(monkeypatch, host: str) -
     monkeypatch.setenv("METERING_HTTP_HOST", host)
     with pytest.raises(ValidationError, match="development token"):
         MeteringSettings()
-    monkeypatch.setenv("METERING_API_TOKENS", "a-real-secret-token")
+    monkeypatch.setenv("METERING_API_TOKENS", "chat:a-real-secret-token,operator:another-secret-1")
+    with pytest.raises(ValidationError, match="development identity key"):
+        MeteringSettings()
+    monkeypatch.setenv("METERING_IDENTITY_KEYS", f"renamed:{DEV_PUBLIC_KEY}")
+    with pytest.raises(ValidationError, match="development identity key"):
+        MeteringSettings()
+    monkeypatch.setenv("METERING_IDENTITY_KEYS", f"k1:{_public_key()}")
     settings = MeteringSettings()
-    assert settings.token_accepted("a-real-secret-token")
-    assert not settings.token_accepted("dev-token")
+    assert scopes_of(settings.credentials, "a-real-secret-token") == {Scope.CHAT}
+    assert scopes_of(settings.credentials, "another-secret-1") == {Scope.OPERATOR}
+    assert not scopes_of(settings.credentials, "dev-token")
+    assert not scopes_of(settings.credentials, "a-real-secret-token ")
 
 
-def test_the_development_token_is_accepted_on_loopback(monkeypatch) -> None:
+def _public_key() -> str:
+    raw = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def test_the_development_token_holds_every_scope_on_loopback(monkeypatch) -> None:
     monkeypatch.setenv("METERING_HTTP_HOST", "127.0.0.1")
-    assert MeteringSettings().token_accepted("dev-token")
+    assert scopes_of(MeteringSettings().credentials, "dev-token") == set(Scope)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "why"),
+    [
+        ("s3cret-without-a-scope", "scope:token"),
+        ("root:s3cret-unknown-scope", "scope:token"),
+        ("chat:s3cret-short", "fewer than 16"),
+        (" , ", "at least one"),
+    ],
+)
+def test_credentials_need_a_known_scope_and_length_and_are_never_echoed(
+    tokens: str, why: str
+) -> None:
+    with pytest.raises(ValueError, match=why) as refused:
+        parse_credentials(tokens)
+    assert "s3cret" not in str(refused.value)
+
+
+def test_rotation_several_tokens_per_scope_each_compared() -> None:
+    found = parse_credentials("front:old-front-token-123,front:new-front-token-456,dev-token")
+    assert scopes_of(found, "old-front-token-123") == {Scope.FRONT}
+    assert scopes_of(found, "new-front-token-456") == {Scope.FRONT}
+    assert scopes_of(found, "new-front-token-45") == frozenset()
 
 
 def test_a_bad_setting_is_reported_without_echoing_secrets(monkeypatch, capsys) -> None:
     monkeypatch.setenv("METERING_HTTP_HOST", "0.0.0.0")
-    monkeypatch.setenv("METERING_API_TOKENS", "dev-token,s3cret-production-token")
+    monkeypatch.setenv("METERING_API_TOKENS", "dev-token,chat:s3cret-production-token")
     with pytest.raises(SystemExit):
         load_settings(SERVICE)
     err = capsys.readouterr().err

@@ -27,6 +27,7 @@ from services.stripe_gateway.devstripe import Devstripe
 from services.stripe_gateway.settings import DEV_WEBHOOK_SECRET
 from services.subscriptions.app import SERVICE as SUBSCRIPTIONS
 from services.subscriptions.settings import SubscriptionSettings
+from shared import identity
 from shared.clock import SystemClock
 from shared.devstack import free_port
 from shared.events import Event
@@ -39,6 +40,7 @@ from shared.events.members import (
     OrganisationCreated,
     OrganisationCreatedV1,
 )
+from shared.identity import IDENTITY_HEADER
 from shared.testing import eventually, read_topic
 from shared.testing.plugin import Infrastructure, Isolation
 from shared.testing.service import Publishing, running_service
@@ -163,7 +165,7 @@ class Stack(Publishing):
         )
 
     def acting(self, org: str, member: str = OWNER) -> dict[str, str]:
-        return {"X-Organisation-Id": org, "X-Member-Id": member}
+        return {IDENTITY_HEADER: identity.sign(org, member, SystemClock().now())}
 
     async def owner(self, org: str, action: str, body: dict | None = None) -> httpx.Response:
         """An owner's request: `change`, `cancel` or `reactivate`."""

@@ -32,7 +32,7 @@ from services.seats.settings import SeatSettings
 from services.stripe_gateway.devstripe import Devstripe
 from services.subscriptions.app import SERVICE as SUBSCRIPTIONS
 from services.subscriptions.settings import SubscriptionSettings
-from shared import cli
+from shared import cli, identity
 from shared.clock import FrozenClock
 from shared.devstack import free_port
 from shared.events import AgentMessageProcessed, AgentMessageProcessedV1
@@ -44,6 +44,7 @@ from shared.events.members import (
     OrganisationCreated,
     OrganisationCreatedV1,
 )
+from shared.identity import IDENTITY_HEADER
 from shared.settings import DEV_API_TOKEN
 from shared.testing import eventually
 from shared.testing.plugin import Infrastructure, Isolation
@@ -119,7 +120,7 @@ class Year(Publishing):
         response = await self.http.post(
             f"{self.urls['subscriptions']}/v1/subscription/{action}",
             json=body,
-            headers={"X-Organisation-Id": org, "X-Member-Id": OWNER},
+            headers={IDENTITY_HEADER: identity.sign(org, OWNER, await self.now())},
         )
         assert response.status_code == 200, response.text
         return response.json()

@@ -25,6 +25,7 @@ from services.stripe_gateway.settings import StripeGatewaySettings
 from services.subscriptions.app import SERVICE
 from services.subscriptions.service import Subscriptions
 from services.subscriptions.settings import SubscriptionSettings
+from shared import identity
 from shared.clock import FrozenClock
 from shared.events import Event
 from shared.events.members import (
@@ -36,6 +37,7 @@ from shared.events.members import (
     OrganisationCreated,
     OrganisationCreatedV1,
 )
+from shared.identity import IDENTITY_HEADER
 from shared.service import Kernel
 from shared.testing import eventually, read_topic
 from shared.testing.plugin import Infrastructure, Isolation
@@ -119,10 +121,10 @@ class Billing(Publishing):
         )
 
     def acting(self, organisation: str, member: str | None = OWNER) -> dict[str, str]:
-        headers = {self.settings.organisation_header: organisation}
-        if member is not None:
-            headers[self.settings.member_header] = member
-        return headers
+        """The front proxy's header: `member`'s signed identity (none for None)."""
+        if member is None:
+            return {}
+        return {IDENTITY_HEADER: identity.sign(organisation, member, self.clock.now())}
 
     async def subscription(self, organisation: str, **expected: object) -> dict:
         async def matches() -> dict | None:

@@ -8,8 +8,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shared import cli
+from shared import cli, identity
 from shared.events.members import MemberRole
 from shared.events.stripe import (
     ObservedBy,
@@ -19,8 +20,9 @@ from shared.events.stripe import (
     StripeSubscriptionObserved,
     StripeSubscriptionUpdatedV2,
 )
+from shared.identity import IDENTITY_HEADER
 from shared.testing import eventually
-from tests.subscriptions.conftest import ADMIN, MEMBER, Billing
+from tests.subscriptions.conftest import ADMIN, MEMBER, OWNER, Billing
 
 FREE, PRO, MAX = 1_000, 20_000, 100_000
 
@@ -113,7 +115,7 @@ async def test_an_owner_goes_from_free_to_pro_through_checkout_with_the_credits_
     [
         (ADMIN, 403, "not_owner"),
         (MEMBER, 403, "not_owner"),
-        ("member_stranger", 403, "unknown_member"),
+        ("member_stranger", 403, "not_a_member"),
     ],
 )
 async def test_only_an_owner_may_change_cancel_or_reactivate(
@@ -353,3 +355,33 @@ async def test_the_directory_stand_in_creates_an_organisation_and_its_owner(
         return bob.status_code == 403 and bob.json()["reason"] == "not_owner"
 
     await eventually(bob_is_a_member, what="member_bob projected as a plain member")
+
+
+async def test_forged_expired_and_foreign_identities_are_refused(billing: Billing) -> None:
+    org, other = organisation(), organisation()
+    await billing.organisation(org)
+    await billing.organisation(other)
+    await billing.promote(org, "member_carol", MemberRole.MEMBER, 1)
+    now = billing.clock.now()
+
+    async def carol_reads_her_own() -> bool:
+        answer = await billing.http.get(
+            "/v1/subscription", headers=billing.acting(org, "member_carol")
+        )
+        return answer.status_code == 200
+
+    await eventually(carol_reads_her_own, what="a member reads her organisation's plan")
+    cases = (
+        (identity.sign(org, OWNER, now, key=Ed25519PrivateKey.generate()), 401, "invalid-identity"),
+        (identity.sign(org, OWNER, now - timedelta(minutes=6)), 401, "invalid-identity"),
+        (identity.sign(org, OWNER, now)[:-3] + "AAA", 401, "invalid-identity"),
+        (identity.sign(other, "member_carol", now), 403, "not-a-member"),
+        ("", 401, "missing-identity"),
+    )
+    for token, status, slug in cases:
+        for path in ("/v1/subscription", "/v1/subscription/cancel"):
+            method = "GET" if path == "/v1/subscription" else "POST"
+            answer = await billing.http.request(method, path, headers={IDENTITY_HEADER: token})
+            assert answer.status_code == status, (slug, path, answer.text)
+            assert answer.json()["type"].endswith(slug)
+    assert (await billing.subscription(org))["cancel_at_period_end"] is False

@@ -1,22 +1,27 @@
-"""The Billing page for people (behind the trusted front proxy, which sets who looks at which
-organisation in two headers): the page, its live stream, and the owner's actions, which the
-page forwards to the subscription service's API as the acting member."""
+"""The Billing page for people, behind the front proxy, which sends the member's signed
+identity; only an active member of the organisation sees its page. The page, its live stream,
+and the owner's actions, which the page forwards to the subscription service's API with the
+member's identity."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
 import httpx
 import orjson
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
-from pydantic import BaseModel, Field, ValidationError
 
-from shared.events.envelope import ORGANISATION_ID_PATTERN, Identifier
+from shared import identity
+from shared.acting import prove
+from shared.events.envelope import ORGANISATION_ID_PATTERN
 from shared.http import Problem
+from shared.identity import IDENTITY_HEADER
 
 from ..service import Dashboard
 from ..settings import DashboardSettings
@@ -27,40 +32,38 @@ router = APIRouter()
 HEARTBEAT_SECONDS = 15
 
 
-class Viewer(BaseModel):
-    organisation_id: Annotated[str, Field(pattern=ORGANISATION_ID_PATTERN)]
-    member_id: Identifier
+@dataclass(frozen=True)
+class Viewer:
+    organisation_id: str
+    member_id: str
+    identity: str
+    """The signed identity, forwarded with the owner's actions."""
     query: str = ""
     """What links and forms carry along (the identity, when it came from the query)."""
 
 
-def viewer(request: Request) -> Viewer:
-    """Who looks at which organisation: the front proxy's headers (or, in development only,
-    the `organisation` and `member` query parameters)."""
+async def viewer(request: Request) -> Viewer:
+    """Who looks at which organisation: the front proxy's signed identity (or, in development
+    only, one signed here for the `organisation` and `member` query parameters); an active
+    member of that organisation (`shared.acting`)."""
     settings: DashboardSettings = request.app.state.settings
-    organisation = request.headers.get(settings.organisation_header)
-    member = request.headers.get(settings.member_header)
-    query = ""
-    if not (organisation and member) and settings.identity_from_query:
-        organisation = request.query_params.get("organisation")
-        member = request.query_params.get("member")
-        query = (
-            "?"
-            + httpx.QueryParams(
-                {"organisation": organisation or "", "member": member or ""}
-            ).__str__()
-        )
-    if not organisation or not member:
+    token, query = request.headers.get(IDENTITY_HEADER), ""
+    if not token and settings.identity_from_query:
+        organisation = request.query_params.get("organisation", "")
+        member = request.query_params.get("member", "")
+        if not re.fullmatch(ORGANISATION_ID_PATTERN, organisation) or not 0 < len(member) <= 128:
+            raise Problem(400, "invalid-identity", "Give `organisation` and `member`")
+        token = identity.sign(organisation, member, request.app.state.runtime.clock.now())
+        query = "?" + str(httpx.QueryParams({"organisation": organisation, "member": member}))
+    if not token:
         raise Problem(
             401,
             "missing-identity",
             "Who is looking is unknown",
-            f"The front proxy sets {settings.organisation_header} and {settings.member_header}.",
+            f"The front proxy sends the member's signed identity in {IDENTITY_HEADER}.",
         )
-    try:
-        return Viewer(organisation_id=organisation, member_id=member, query=query)
-    except ValidationError:
-        raise Problem(400, "invalid-identity", "Malformed identity headers") from None
+    acting = await prove(request, token)
+    return Viewer(acting.organisation_id, acting.member_id, token, query)
 
 
 Looking = Annotated[Viewer, Depends(viewer)]
@@ -126,15 +129,11 @@ async def stream(who: Looking, request: Request) -> StreamingResponse:
 async def _act(
     request: Request, who: Viewer, path: str, body: dict | None = None
 ) -> httpx.Response:
-    settings: DashboardSettings = request.app.state.settings
     try:
         return await request.app.state.parts.subscriptions.post(
             path,
             json=body,
-            headers={
-                settings.organisation_header: who.organisation_id,
-                settings.member_header: who.member_id,
-            },
+            headers={IDENTITY_HEADER: who.identity},
         )
     except httpx.HTTPError:
         raise Problem(

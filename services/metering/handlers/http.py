@@ -9,9 +9,10 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.access import READERS, Scope, allow
 from shared.events import MAX_CREDITS_PER_MESSAGE, CreditLevel
 from shared.events.envelope import ORGANISATION_ID_PATTERN, Identifier, OrganisationId
 from shared.http import (
@@ -21,7 +22,6 @@ from shared.http import (
     HotRequest,
     HotRoute,
     Problem,
-    require_token,
 )
 
 from ..authorizer import (
@@ -38,7 +38,7 @@ from ..settings import MeteringSettings
 
 BIGINT_MAX = 2**63 - 1
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=PROBLEM_RESPONSES)
+router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
 
 OrganisationPath = Annotated[
     str,
@@ -101,6 +101,7 @@ def _out(authorization: Authorization) -> AuthorizationOut:
 
 @router.post(
     "/authorizations",
+    dependencies=[allow(Scope.CHAT)],
     response_model=AuthorizationOut,
     tags=["authorizations"],
     responses={503: {"description": "Too many requests waiting, or the wallet kept changing"}},
@@ -157,12 +158,18 @@ async def _hot_authorize(request: HotRequest) -> Answer:
 
 
 HOT_AUTHORIZE = HotRoute(
-    path=re.compile(r"^/v1/authorizations$"), answer=_hot_authorize, method="POST"
+    path=re.compile(r"^/v1/authorizations$"),
+    answer=_hot_authorize,
+    scopes=frozenset({Scope.CHAT}),
+    method="POST",
 )
 
 
 @router.get(
-    "/authorizations/{authorization_id}", response_model=AuthorizationOut, tags=["authorizations"]
+    "/authorizations/{authorization_id}",
+    dependencies=[allow(Scope.CHAT, Scope.OPERATOR)],
+    response_model=AuthorizationOut,
+    tags=["authorizations"],
 )
 async def get_authorization(authorization_id: UUID, request: Request) -> AuthorizationOut:
     found = await _authorizer(request).get(authorization_id)
@@ -173,6 +180,7 @@ async def get_authorization(authorization_id: UUID, request: Request) -> Authori
 
 @router.post(
     "/authorizations/{authorization_id}/release",
+    dependencies=[allow(Scope.CHAT)],
     response_model=AuthorizationOut,
     tags=["authorizations"],
     responses={409: {"description": "The hold was settled, expired or denied"}},
@@ -246,7 +254,12 @@ def _no_wallet(organisation_id: str) -> Problem:
     )
 
 
-@router.get("/organisations/{organisation_id}/credits", response_model=CreditsOut, tags=["credits"])
+@router.get(
+    "/organisations/{organisation_id}/credits",
+    dependencies=[allow(*READERS)],
+    response_model=CreditsOut,
+    tags=["credits"],
+)
 async def get_credits(organisation_id: OrganisationPath, request: Request) -> CreditsOut:
     """Balance, holds, allotment, used this period, percent left, level and renewal time."""
     found = await _metering(request).credits(organisation_id)
@@ -270,7 +283,10 @@ async def get_credits(organisation_id: OrganisationPath, request: Request) -> Cr
 
 
 @router.get(
-    "/organisations/{organisation_id}/ledger", response_model=LedgerPageOut, tags=["credits"]
+    "/organisations/{organisation_id}/ledger",
+    dependencies=[allow(*READERS)],
+    response_model=LedgerPageOut,
+    tags=["credits"],
 )
 async def get_ledger(
     organisation_id: OrganisationPath,
@@ -314,7 +330,12 @@ class LedgerCheckOut(BaseModel):
     """Reported, never fixed: each is also an `operator_alert.raised.v1`."""
 
 
-@router.post("/ledger-checks", response_model=LedgerCheckOut, tags=["operations"])
+@router.post(
+    "/ledger-checks",
+    dependencies=[allow(Scope.OPERATOR)],
+    response_model=LedgerCheckOut,
+    tags=["operations"],
+)
 async def ledger_check(body: LedgerCheckIn, request: Request) -> LedgerCheckOut:
     """Check that every wallet's balance (or one's) equals the sum of its ledger entries."""
     found = await request.app.state.parts.ledger_check.run(body.organisation_id)

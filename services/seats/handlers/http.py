@@ -6,18 +6,19 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel
 
+from shared.access import READERS, Scope, allow
 from shared.events.envelope import NO_CONTROL_CHARACTERS, ORGANISATION_ID_PATTERN
 from shared.events.members import MemberRole, MemberStatus
 from shared.events.subscriptions import Plan
-from shared.http import PROBLEM_RESPONSES, Delegate, HotRequest, HotRoute, Problem, require_token
+from shared.http import PROBLEM_RESPONSES, Delegate, HotRequest, HotRoute, Problem
 
 from ..domain.seats import count
 from ..service import Seats, UnknownOrganisation
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=PROBLEM_RESPONSES)
+router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
 
 OrganisationPath = Annotated[str, Path(pattern=ORGANISATION_ID_PATTERN)]
 
@@ -48,6 +49,7 @@ class SeatCheckOut(BaseModel):
 
 @router.get(
     "/organisations/{organisation_id}/seat-check",
+    dependencies=[allow(Scope.FRONT, *READERS)],
     response_model=SeatCheckOut,
     tags=["seats"],
     responses={404: {"description": "Unknown organisation"}},
@@ -100,6 +102,7 @@ HOT_SEAT_CHECK = HotRoute(
         rf"^/v1/organisations/(?P<organisation_id>{ORGANISATION_ID_PATTERN[1:-1]})/seat-check$"
     ),
     answer=_hot_check,
+    scopes=frozenset({Scope.FRONT, *READERS}),
 )
 
 
@@ -125,6 +128,7 @@ class SeatsOut(BaseModel):
 
 @router.get(
     "/organisations/{organisation_id}/seats",
+    dependencies=[allow(*READERS)],
     response_model=SeatsOut,
     tags=["seats"],
     responses={404: {"description": "Unknown organisation"}},

@@ -9,12 +9,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
+from shared.access import READERS, Scope, allow
 from shared.events.envelope import ORGANISATION_ID_PATTERN, Identifier, OrganisationId
 from shared.events.stripe import CheckoutRequest, PortalRequest, Quantity, StripeId
-from shared.http import PROBLEM_RESPONSES, Problem, require_token
+from shared.http import PROBLEM_RESPONSES, Problem
 
 from ..commands import CommandRefused
 from ..domain.projection import Held
@@ -45,7 +46,7 @@ async def receive_webhook(request: Request) -> dict[str, bool]:
     return {"received": True, "duplicate": not new}
 
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=PROBLEM_RESPONSES)
+router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
 
 OrganisationPath = Annotated[str, Path(pattern=ORGANISATION_ID_PATTERN)]
 
@@ -96,7 +97,12 @@ def _problem(refused: CommandRefused) -> Problem:
     return Problem(status, slug, title, refused.detail, headers=headers, reason=refused.reason)
 
 
-@router.post("/checkout-sessions", response_model=SessionOut, tags=["sessions"])
+@router.post(
+    "/checkout-sessions",
+    dependencies=[allow(Scope.SERVICE)],
+    response_model=SessionOut,
+    tags=["sessions"],
+)
 async def create_checkout_session(body: CheckoutIn, request: Request) -> SessionOut:
     """A Checkout session (subscription mode) for the organisation: redirect the owner to
     `url` (R4). The plan is in force when `stripe_checkout.completed.v1` arrives."""
@@ -117,7 +123,12 @@ async def create_checkout_session(body: CheckoutIn, request: Request) -> Session
     return SessionOut(id=str(result["checkout_session_id"]), url=str(result["url"]))
 
 
-@router.post("/portal-sessions", response_model=SessionOut, tags=["sessions"])
+@router.post(
+    "/portal-sessions",
+    dependencies=[allow(Scope.SERVICE)],
+    response_model=SessionOut,
+    tags=["sessions"],
+)
 async def create_portal_session(body: PortalIn, request: Request) -> SessionOut:
     """A Billing Portal session for the organisation's customer: payment methods, invoices,
     billing details (R11)."""
@@ -164,6 +175,7 @@ def _subscription_out(held: Held) -> SubscriptionOut:
 
 @router.get(
     "/organisations/{organisation_id}/subscriptions",
+    dependencies=[allow(Scope.SERVICE, *READERS)],
     response_model=list[SubscriptionOut],
     tags=["subscriptions"],
 )
@@ -176,7 +188,12 @@ async def subscriptions(
     return [_subscription_out(h) for h in held]
 
 
-@router.get("/subscriptions", response_model=list[SubscriptionOut], tags=["subscriptions"])
+@router.get(
+    "/subscriptions",
+    dependencies=[allow(Scope.SERVICE, *READERS)],
+    response_model=list[SubscriptionOut],
+    tags=["subscriptions"],
+)
 async def all_subscriptions(
     request: Request,
     after: Annotated[StripeId | None, Query()] = None,
@@ -201,7 +218,12 @@ class InboxEventOut(BaseModel):
     processed_at: datetime | None
 
 
-@router.get("/inbox", response_model=list[InboxEventOut], tags=["inbox"])
+@router.get(
+    "/inbox",
+    dependencies=[allow(Scope.OPERATOR)],
+    response_model=list[InboxEventOut],
+    tags=["inbox"],
+)
 async def inbox_events(
     request: Request,
     status: Literal["pending", "done", "parked", "ignored"] | None = None,
@@ -216,6 +238,7 @@ async def inbox_events(
 
 @router.post(
     "/inbox/{event_id}/replay",
+    dependencies=[allow(Scope.OPERATOR)],
     response_model=InboxEventOut,
     tags=["inbox"],
     responses={409: {"description": "The event is not parked"}},
@@ -257,6 +280,7 @@ class ReconciliationOut(BaseModel):
 
 @router.post(
     "/reconciliations",
+    dependencies=[allow(Scope.OPERATOR)],
     response_model=ReconciliationOut,
     tags=["reconciliation"],
     responses={409: {"description": "A sweep of the same scope is running"}},
@@ -270,7 +294,12 @@ async def reconcile(body: ReconcileIn, request: Request) -> ReconciliationOut:
     return ReconciliationOut.model_validate(record)
 
 
-@router.get("/reconciliations", response_model=list[ReconciliationOut], tags=["reconciliation"])
+@router.get(
+    "/reconciliations",
+    dependencies=[allow(Scope.OPERATOR)],
+    response_model=list[ReconciliationOut],
+    tags=["reconciliation"],
+)
 async def reconciliations(
     request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 20
 ) -> list[ReconciliationOut]:

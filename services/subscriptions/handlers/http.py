@@ -1,5 +1,5 @@
-"""The subscription API for the web app (behind the trusted front proxy, which sets who acts
-for which organisation in two headers) and for operators.
+"""The subscription API for the web app (behind the front proxy, which sends the acting
+member's signed identity: `shared.acting`), for readers and for operators.
 
 Reading is for any member; changing the plan, cancelling, reactivating and opening the Billing
 Portal are for owners only (R3): anyone else gets 403 with a reason."""
@@ -9,46 +9,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi import APIRouter, Path, Request
+from pydantic import BaseModel, ConfigDict, Field
 
+from shared.access import READERS, Scope, allow
+from shared.acting import Acting
 from shared.events.envelope import ORGANISATION_ID_PATTERN, Identifier
 from shared.events.subscriptions import Cycle, Plan, Standing
-from shared.http import PROBLEM_RESPONSES, Problem, require_token
+from shared.http import PROBLEM_RESPONSES, Problem
 
 from ..domain.catalogue import EnterpriseTerms
 from ..domain.subscription import Refused, Subscription
 from ..gateway import GatewayUnavailable
 from ..service import Denied, NoSubscription, Subscriptions
-from ..settings import SubscriptionSettings
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=PROBLEM_RESPONSES)
-
-
-class Identity(BaseModel):
-    organisation_id: Annotated[str, Field(pattern=ORGANISATION_ID_PATTERN)]
-    member_id: Identifier
-
-
-def identity(request: Request) -> Identity:
-    """Who acts, for which organisation: headers set by the trusted front proxy."""
-    settings: SubscriptionSettings = request.app.state.settings
-    organisation = request.headers.get(settings.organisation_header)
-    member = request.headers.get(settings.member_header)
-    if not organisation or not member:
-        raise Problem(
-            401,
-            "missing-identity",
-            "Who acts is unknown",
-            f"The front proxy sets {settings.organisation_header} and {settings.member_header}.",
-        )
-    try:
-        return Identity(organisation_id=organisation, member_id=member)
-    except ValidationError:
-        raise Problem(400, "invalid-identity", "Malformed identity headers") from None
-
-
-Acting = Annotated[Identity, Depends(identity)]
+router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
 
 
 def _service(request: Request) -> Subscriptions:
@@ -133,7 +108,12 @@ def _problem(exc: Exception) -> Problem:
     raise exc
 
 
-@router.get("/subscription", response_model=SubscriptionOut, tags=["subscription"])
+@router.get(
+    "/subscription",
+    dependencies=[allow(Scope.FRONT)],
+    response_model=SubscriptionOut,
+    tags=["subscription"],
+)
 async def read(acting: Acting, request: Request) -> SubscriptionOut:
     """The acting organisation's subscription: plan, cycle, credits, seats, periods, a pending
     downgrade, a cancellation."""
@@ -161,6 +141,7 @@ class ChangeOut(BaseModel):
 
 @router.post(
     "/subscription/change",
+    dependencies=[allow(Scope.FRONT)],
     response_model=ChangeOut,
     tags=["subscription"],
     responses={403: {"description": "Not an owner"}, 409: {"description": "Does not apply"}},
@@ -182,7 +163,12 @@ async def change(body: ChangeIn, acting: Acting, request: Request) -> ChangeOut:
     )
 
 
-@router.post("/subscription/cancel", response_model=SubscriptionOut, tags=["subscription"])
+@router.post(
+    "/subscription/cancel",
+    dependencies=[allow(Scope.FRONT)],
+    response_model=SubscriptionOut,
+    tags=["subscription"],
+)
 async def cancel(acting: Acting, request: Request) -> SubscriptionOut:
     """Cancel (owners only): in force until the paid period ends, then Free (R12)."""
     service = _service(request)
@@ -192,7 +178,12 @@ async def cancel(acting: Acting, request: Request) -> SubscriptionOut:
         raise _problem(exc) from None
 
 
-@router.post("/subscription/reactivate", response_model=SubscriptionOut, tags=["subscription"])
+@router.post(
+    "/subscription/reactivate",
+    dependencies=[allow(Scope.FRONT)],
+    response_model=SubscriptionOut,
+    tags=["subscription"],
+)
 async def reactivate(acting: Acting, request: Request) -> SubscriptionOut:
     """Withdraw a cancellation within the paid period (owners only): the subscription simply
     continues, no checkout (R13)."""
@@ -207,7 +198,12 @@ class PortalOut(BaseModel):
     url: str
 
 
-@router.post("/billing-portal", response_model=PortalOut, tags=["subscription"])
+@router.post(
+    "/billing-portal",
+    dependencies=[allow(Scope.FRONT)],
+    response_model=PortalOut,
+    tags=["subscription"],
+)
 async def billing_portal(acting: Acting, request: Request) -> PortalOut:
     """The Stripe Billing Portal (owners only): payment methods, invoices, billing details
     (R11). Redirect the owner to `url`."""
@@ -242,7 +238,12 @@ class CatalogueOut(BaseModel):
     plans: list[PlanOut]
 
 
-@router.get("/catalogue", response_model=CatalogueOut, tags=["catalogue"])
+@router.get(
+    "/catalogue",
+    dependencies=[allow(Scope.FRONT, *READERS)],
+    response_model=CatalogueOut,
+    tags=["catalogue"],
+)
 async def catalogue(request: Request) -> CatalogueOut:
     """The plans and their prices, for the plan picker (R1, R2)."""
     found = _service(request).catalogue
@@ -269,6 +270,7 @@ OrganisationPath = Annotated[str, Path(pattern=ORGANISATION_ID_PATTERN)]
 
 @router.get(
     "/organisations/{organisation_id}/subscription",
+    dependencies=[allow(*READERS)],
     response_model=SubscriptionOut,
     tags=["operations"],
 )
@@ -293,6 +295,7 @@ class EnterpriseIn(BaseModel):
 
 @router.put(
     "/organisations/{organisation_id}/enterprise",
+    dependencies=[allow(Scope.OPERATOR)],
     response_model=SubscriptionOut,
     tags=["operations"],
 )
@@ -337,6 +340,7 @@ class ReconciliationOut(BaseModel):
 
 @router.post(
     "/reconciliations",
+    dependencies=[allow(Scope.OPERATOR)],
     response_model=ReconciliationOut,
     tags=["operations"],
     responses={503: {"description": "The Stripe gateway did not answer"}},
