@@ -91,25 +91,30 @@ async def _pages(kafka: str, port: int, prefix: str, pages: int, organisations: 
     producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", linger_ms=0)
     await producer.start()
     try:
-        # every organisation known, with a first balance and its member, before the pages open
+        # every organisation known, with a first balance and its members (a page each), before
+        # the pages open
         members = WORKSPACE_MEMBERS.topic(prefix)
         for org in orgs:
             await producer.send(topic, _balance(org, 1000, 1), key=org.encode())
-            joined = MemberJoinedV1.new(
-                organisation_id=org,
-                producer="bench",
-                occurred_at=_now(),
-                data=MemberState(
-                    member_id="member_bench",
-                    role=MemberRole.MEMBER,
-                    status=MemberStatus.ACTIVE,
-                    sequence=1,
-                ),
-            )
-            await producer.send(members, joined.to_bytes(), key=joined.key)
+            for n in range(-(-pages // organisations)):
+                joined = MemberJoinedV1.new(
+                    organisation_id=org,
+                    producer="bench",
+                    occurred_at=_now(),
+                    data=MemberState(
+                        member_id=f"member_bench{n}",
+                        role=MemberRole.MEMBER,
+                        status=MemberStatus.ACTIVE,
+                        sequence=1,
+                    ),
+                )
+                await producer.send(members, joined.to_bytes(), key=joined.key)
         await producer.flush()
         await asyncio.sleep(2)
-        streams = [Stream(port, orgs[n % organisations], "member_bench") for n in range(pages)]
+        streams = [
+            Stream(port, orgs[n % organisations], f"member_bench{n // organisations}")
+            for n in range(pages)
+        ]
         opened = [asyncio.Event() for _ in streams]
         tasks = [asyncio.create_task(s.run(o)) for s, o in zip(streams, opened, strict=True)]
         await asyncio.wait_for(asyncio.gather(*(o.wait() for o in opened)), 30)

@@ -81,7 +81,7 @@ async def _projected(conn: asyncpg.Connection, seats: int, sequences: int) -> No
     while True:
         found = await conn.fetchrow(
             """SELECT (SELECT coalesce(sum(seats), 0) FROM organisations) AS seats,
-                      (SELECT coalesce(sum(sequence), 0) FROM members) AS sequences"""
+                      (SELECT coalesce(sum(sequence), 0) FROM directory_members) AS sequences"""
         )
         if (found["seats"], found["sequences"]) == (seats, sequences):
             return
@@ -137,8 +137,8 @@ async def insert_ceiling(database: str, events: int, organisations: int) -> dict
             columns = list(zip(*newest.values(), strict=True))
             async with conn.transaction():
                 await conn.execute(
-                    """INSERT INTO members (organisation_id, member_id, role, status, sequence,
-                                            updated_at)
+                    """INSERT INTO directory_members
+                           (organisation_id, member_id, role, status, sequence, updated_at)
                        SELECT o, m, r, s, q, $6
                        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
                            AS n(o, m, r, s, q)
@@ -208,7 +208,8 @@ async def postgres_checks(
     )
     rng = random.Random(7)
     query = """SELECT o.seats, o.seat_limit, m.status FROM organisations o
-               LEFT JOIN members m ON m.organisation_id = o.organisation_id AND m.member_id = $2
+               LEFT JOIN directory_members m
+                   ON m.organisation_id = o.organisation_id AND m.member_id = $2
                WHERE o.organisation_id = $1"""
     try:
 

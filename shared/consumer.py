@@ -141,6 +141,8 @@ class BatchConsumer(Generic[E]):
     """Offsets of applied batches not yet sent to the broker."""
     _committing: asyncio.Task[None] | None = field(init=False, default=None)
     parked: Parked = field(init=False, default_factory=Parked)
+    positions: dict[TopicPartition, int] = field(init=False, default_factory=dict)
+    """Per partition, the next offset to take: every record before it is applied or parked."""
 
     def __post_init__(self) -> None:
         self._lanes = [_Lane() for _ in range(self.lanes)]
@@ -424,6 +426,7 @@ class BatchConsumer(Generic[E]):
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
             offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+            self.positions[tp] = max(self.positions.get(tp, 0), record.offset + 1)
             state = self._partitions.pop(tp, None)
             if state is not None and state.stalled_since is not None:
                 log.info(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 
 from shared.clock import Clock
 from shared.db import Migrations
@@ -57,21 +58,70 @@ def changes(events: Iterable[Event]) -> list[MemberChange]:
 
 async def apply(conn: asyncpg.Connection, found: Sequence[MemberChange], now: datetime) -> None:
     """Keep each member's state with the highest sequence."""
+    await save(conn, found, now)
+
+
+async def lock(
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], MemberChange]:
+    """The stored states of these (organisation, member) keys, locked in key order (for a
+    service that derives more from them in the same transaction: seats)."""
+    rows = await conn.fetch(
+        """SELECT m.organisation_id, m.member_id, m.role, m.status, m.sequence
+           FROM directory_members m
+           JOIN jsonb_to_recordset($1::jsonb) AS k(o text, m text)
+             ON m.organisation_id = k.o AND m.member_id = k.m
+           ORDER BY m.organisation_id, m.member_id FOR UPDATE OF m""",
+        _rows([{"o": o, "m": m} for o, m in keys]),
+    )
+    return {
+        (r[0], r[1]): MemberChange(r[0], r[1], MemberRole(r[2]), MemberStatus(r[3]), r[4])
+        for r in rows
+    }
+
+
+async def save(conn: asyncpg.Connection, found: Sequence[MemberChange], now: datetime) -> None:
+    """Store these states where they are newer than the stored ones (at most one per member)."""
     if not found:
         return
-    await conn.executemany(
+    await conn.execute(
         """INSERT INTO directory_members
                (organisation_id, member_id, role, status, sequence, updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6)
+           SELECT n.o, n.m, n.r, n.s, n.q, $2
+           FROM jsonb_to_recordset($1::jsonb) AS n(o text, m text, r text, s text, q bigint)
            ON CONFLICT (organisation_id, member_id) DO UPDATE
-               SET role = excluded.role, status = excluded.status,
-                   sequence = excluded.sequence, updated_at = excluded.updated_at
+               SET role = excluded.role, status = excluded.status, sequence = excluded.sequence,
+                   updated_at = excluded.updated_at
                WHERE directory_members.sequence < excluded.sequence""",
-        [
-            (c.organisation_id, c.member_id, c.role.value, c.status.value, c.sequence, now)
-            for c in found
-        ],
+        _rows(
+            [
+                {
+                    "o": c.organisation_id,
+                    "m": c.member_id,
+                    "r": c.role,
+                    "s": c.status,
+                    "q": c.sequence,
+                }
+                for c in _newest(found)
+            ]
+        ),
+        now,
     )
+
+
+def _newest(found: Sequence[MemberChange]) -> list[MemberChange]:
+    newest: dict[tuple[str, str], MemberChange] = {}
+    for c in found:
+        key = (c.organisation_id, c.member_id)
+        if key not in newest or newest[key].sequence < c.sequence:
+            newest[key] = c
+    return list(newest.values())
+
+
+def _rows(rows: list[dict[str, object]]) -> str:
+    """Many rows as one JSON parameter (`jsonb_to_recordset`): one string to encode, instead
+    of arrays whose every element the driver inspects."""
+    return orjson.dumps(rows).decode()
 
 
 async def member(

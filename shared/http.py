@@ -7,11 +7,11 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,11 +19,21 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.access import Scope as CallerScope
 from shared.access import scopes_of
+from shared.events.envelope import ORGANISATION_ID_PATTERN
 from shared.failures import FAILURE_TYPES, Failure, classify
 from shared.logging import get_logger
 from shared.settings import ServiceSettings
 
 log = get_logger("shared.http")
+
+OrganisationPath = Annotated[
+    str,
+    Path(
+        max_length=68,
+        pattern=ORGANISATION_ID_PATTERN,
+        description="`org_` and 1–64 letters, digits, _ or -",
+    ),
+]
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://billing.example/problems/"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
@@ -47,6 +48,7 @@ class Dashboard:
         self.recent_debits = recent_debits
         self.chart_days = chart_days
         self._pages: dict[str, set[asyncio.Queue[store.Stored]]] = {}
+        self._members: Counter[tuple[str, str]] = Counter()
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
 
@@ -133,14 +135,24 @@ class Dashboard:
             recent=self.recent_debits,
         )
 
+    def open_pages(self, organisation_id: str, member_id: str) -> tuple[int, int]:
+        """How many live pages are open on this instance: the organisation's, the member's."""
+        return len(self._pages.get(organisation_id, ())), self._members[organisation_id, member_id]
+
     @contextlib.asynccontextmanager
-    async def watch(self, organisation_id: str) -> AsyncIterator[asyncio.Queue[store.Stored]]:
+    async def watch(
+        self, organisation_id: str, member_id: str
+    ) -> AsyncIterator[asyncio.Queue[store.Stored]]:
         """A queue that gets the organisation's view after each change (the newest only)."""
         queue: asyncio.Queue[store.Stored] = asyncio.Queue(maxsize=1)
         self._pages.setdefault(organisation_id, set()).add(queue)
+        self._members[organisation_id, member_id] += 1
         try:
             yield queue
         finally:
+            self._members[organisation_id, member_id] -= 1
+            if not self._members[organisation_id, member_id]:
+                del self._members[organisation_id, member_id]
             pages = self._pages.get(organisation_id, set())
             pages.discard(queue)
             if not pages:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import AnyHttpUrl, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -20,6 +22,16 @@ class DashboardSettings(ServiceSettings):
     subscriptions_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8082")
     subscriptions_token: SecretStr = SecretStr(DEV_API_TOKEN)
     """The page's credential at the subscription service (scope `front`)."""
+    allowed_origins: Annotated[
+        tuple[Annotated[str, Field(max_length=300, pattern=r"^https?://[^/\s]+$")], ...],
+        Field(max_length=20),
+    ] = ()
+    """Origins other than the page's own (`scheme://host[:port]` as the browser sees it behind
+    the front proxy) from which the owner's actions may be posted."""
+    max_streams_per_member: int = Field(5, ge=1, le=1_000)
+    """Live Billing pages one member may keep open at once (per instance); past it, 429."""
+    max_streams_per_organisation: int = Field(200, ge=1, le=100_000)
+    """Live Billing pages open at once for one organisation (per instance); past it, 429."""
     recent_debits: int = Field(20, ge=1, le=500)
     chart_days: int = Field(31, ge=1, le=366)
 

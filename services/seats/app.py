@@ -70,4 +70,5 @@ SERVICE = Service(
     build=build,
     routers=(http.router,),
     hot_routes=(http.HOT_SEAT_CHECK,),
+    directory=True,
 )

@@ -9,6 +9,7 @@ from datetime import datetime
 import asyncpg
 import orjson
 
+from shared import directory
 from shared.events.members import MemberRole, MemberStatus
 from shared.events.subscriptions import Plan
 
@@ -73,7 +74,8 @@ async def organisation_and_member(
         f"""SELECT {", ".join("o." + c.strip() for c in _ORGANISATION.split(","))},
                    m.member_id, m.role, m.status, m.sequence
             FROM organisations o
-            LEFT JOIN members m ON m.organisation_id = o.organisation_id AND m.member_id = $2
+            LEFT JOIN directory_members m
+                   ON m.organisation_id = o.organisation_id AND m.member_id = $2
             WHERE o.organisation_id = $1""",
         organisation_id,
         member_id,
@@ -143,17 +145,10 @@ async def mark_created(conn: asyncpg.Connection, created: Sequence[tuple[str, da
 async def lock_members(
     conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], MemberState]:
-    rows = await conn.fetch(
-        """SELECT m.organisation_id, m.member_id, m.role, m.status, m.sequence
-           FROM members m
-           JOIN jsonb_to_recordset($1::jsonb) AS k(o text, m text)
-             ON m.organisation_id = k.o AND m.member_id = k.m
-           ORDER BY m.organisation_id, m.member_id FOR UPDATE OF m""",
-        _rows([{"o": o, "m": m} for o, m in keys]),
-    )
+    locked = await directory.lock(conn, keys)
     return {
-        (r[0], r[1]): MemberState(r[0], r[1], MemberRole(r[2]), MemberStatus(r[3]), r[4])
-        for r in rows
+        key: MemberState(c.organisation_id, c.member_id, c.role, c.status, c.sequence)
+        for key, c in locked.items()
     }
 
 
@@ -161,28 +156,12 @@ async def save_members(
     conn: asyncpg.Connection, members: Sequence[MemberState], now: datetime
 ) -> None:
     """Store member states the caller found newer than the stored ones (one per member)."""
-    if not members:
-        return
-    await conn.execute(
-        """INSERT INTO members (organisation_id, member_id, role, status, sequence, updated_at)
-           SELECT n.o, n.m, n.r, n.s, n.q, $2
-           FROM jsonb_to_recordset($1::jsonb) AS n(o text, m text, r text, s text, q bigint)
-           ON CONFLICT (organisation_id, member_id) DO UPDATE
-               SET role = excluded.role, status = excluded.status, sequence = excluded.sequence,
-                   updated_at = excluded.updated_at
-               WHERE members.sequence < excluded.sequence""",
-        _rows(
-            [
-                {
-                    "o": m.organisation_id,
-                    "m": m.member_id,
-                    "r": m.role,
-                    "s": m.status,
-                    "q": m.sequence,
-                }
-                for m in members
-            ]
-        ),
+    await directory.save(
+        conn,
+        [
+            directory.MemberChange(m.organisation_id, m.member_id, m.role, m.status, m.sequence)
+            for m in members
+        ],
         now,
     )
 
@@ -197,7 +176,8 @@ async def members(
     conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str
 ) -> list[MemberState]:
     rows = await conn.fetch(
-        """SELECT member_id, role, status, sequence FROM members WHERE organisation_id = $1
+        """SELECT member_id, role, status, sequence FROM directory_members
+           WHERE organisation_id = $1
            ORDER BY member_id""",
         organisation_id,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 from shared.service import DevResources, Kernel, Service
@@ -37,6 +38,7 @@ async def build(kernel: Kernel[StripeGatewaySettings]) -> Parts:
         clock,
         webhook_secret=settings.webhook_secret.get_secret_value(),
         tolerance_seconds=settings.webhook_tolerance_seconds,
+        rejections_per_minute=settings.webhook_rejections_per_minute,
     )
     observer = Observer(pool, clock, api, topic_prefix=prefix)
     reports = Reports(
@@ -85,7 +87,14 @@ async def build(kernel: Kernel[StripeGatewaySettings]) -> Parts:
             kernel.periodic(
                 "reconcile", reconciler.sweep, settings.reconcile_seconds, first_after=True
             )
+    kept = timedelta(days=settings.webhook_rejections_kept_days)
+    kernel.periodic("prune-rejections", lambda: inbox.prune(kept), 3600, batch=None)
     kernel.detail("parked_webhooks", lambda: inbox_store.parked_count(pool))
+
+    async def refused() -> dict[str, int]:
+        return {"unrecorded_since_start": inbox.rejections_unrecorded}
+
+    kernel.detail("refused_webhooks", refused)
     kernel.due(
         "webhook retries",
         lambda: pool.fetchval("SELECT min(next_attempt_at) FROM inbox WHERE status = 'pending'"),

@@ -1,8 +1,10 @@
 """Receiving Stripe's webhooks: verified and stored before they are answered; nothing else.
 
 The `Stripe-Signature` header is verified with the official SDK and the endpoint secret
-(tolerance 300 s). A bad or missing signature, a stale timestamp or a body that is not an event
-is refused (400) and recorded in `webhook_rejections`, never processed. A verified event is
+(tolerance 300 s, either way). A bad or missing signature, a stale or future timestamp or a
+body that is not an event is refused (400), never processed; anyone can send such requests, so
+only a sample is recorded in `webhook_rejections` (at most `rejections_per_minute`, the first
+512 bytes of each) and kept for a few days, the rest counted. A verified event is
 stored once under Stripe's event id (a redelivery finds it there and is answered 2xx again);
 types the gateway does not handle are stored as `ignored`. Processing is `service.Reports`.
 """
@@ -10,6 +12,7 @@ types the gateway does not handle are stored as `ignored`. Processing is `servic
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -35,12 +38,21 @@ class WebhookRejected(Exception):
 
 class Inbox:
     def __init__(
-        self, pool: asyncpg.Pool, clock: Clock, *, webhook_secret: str, tolerance_seconds: int
+        self,
+        pool: asyncpg.Pool,
+        clock: Clock,
+        *,
+        webhook_secret: str,
+        tolerance_seconds: int,
+        rejections_per_minute: int = 10,
     ) -> None:
         self._pool = pool
         self._clock = clock
         self._secret = webhook_secret
         self._tolerance = tolerance_seconds
+        self._rejections_per_minute = rejections_per_minute
+        self.rejections_unrecorded = 0
+        """Refusals beyond the sample, since start."""
 
     async def receive(self, payload: bytes, signature: str | None) -> bool:
         """Verify and store one webhook delivery. True if the event is new, False if it was
@@ -48,7 +60,7 @@ class Inbox:
         try:
             event = self._verified(payload, signature)
         except WebhookRejected as rejected:
-            await inbox_store.record_rejection(
+            recorded = await inbox_store.record_rejection(
                 self._pool,
                 reason=rejected.reason,
                 detail=rejected.detail,
@@ -56,9 +68,14 @@ class Inbox:
                 body_sha256=hashlib.sha256(payload).hexdigest(),
                 body=payload,
                 now=self._clock.now(),
+                per_minute=self._rejections_per_minute,
             )
-            log.warning("webhook refused", reason=rejected.reason, detail=rejected.detail)
+            if recorded:
+                log.warning("webhook refused", reason=rejected.reason, detail=rejected.detail)
+            else:
+                self.rejections_unrecorded += 1
             raise
+
         new = await inbox_store.store_event(
             self._pool,
             event_id=event["id"],
@@ -74,6 +91,10 @@ class Inbox:
             stripe_event_type=event["type"][:200],
         )
         return new
+
+    async def prune(self, kept: timedelta) -> int:
+        """Forget recorded refusals older than `kept`."""
+        return await inbox_store.prune_rejections(self._pool, self._clock.now() - kept)
 
     def _recent(self, signature: str) -> None:
         """The signed timestamp lies within the tolerance of the clock's now (the injected

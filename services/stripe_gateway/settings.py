@@ -35,7 +35,13 @@ class StripeGatewaySettings(ServiceSettings):
     webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)
     """The signing secret of the webhook endpoint (`whsec_…`)."""
     webhook_tolerance_seconds: int = Field(300, ge=1, le=3_600)
-    """A webhook whose signed timestamp is older than this is refused (replay protection)."""
+    """A webhook whose signed timestamp is older than this, or further ahead, is refused
+    (replay protection)."""
+    webhook_rejections_per_minute: int = Field(10, ge=0, le=10_000)
+    """Refused webhook requests (unauthenticated: anyone can send them) recorded for
+    inspection, at most this many a minute; the others are only counted."""
+    webhook_rejections_kept_days: int = Field(7, ge=1, le=365)
+    """Recorded refusals are deleted after this many days."""
     api_timeout_seconds: float = Field(20.0, gt=0, le=120)
     api_attempts: int = Field(5, ge=1, le=20)
     """Attempts of one Stripe request answered 429, 5xx or not at all, with back-off."""

@@ -6,9 +6,18 @@ from enum import StrEnum
 from typing import Annotated, Literal, Self
 from uuid import UUID
 
-from pydantic import Field, NonNegativeInt, model_validator
+from pydantic import Field, model_validator
 
-from .envelope import TEXT_PATTERN, Body, Event, Identifier, UtcDatetime
+from .envelope import (
+    INT64_MAX,
+    TEXT_PATTERN,
+    Body,
+    Event,
+    Identifier,
+    Int64,
+    NonNegativeInt64,
+    UtcDatetime,
+)
 
 MAX_GRANT_CREDITS = 1_000_000_000_000
 """Above this, a grant or adjustment is refused as absurd."""
@@ -67,13 +76,13 @@ class CreditLevel(StrEnum):
 
 
 class CreditBalance(Body):
-    balance: int
-    allotment: NonNegativeInt
-    used: NonNegativeInt
+    balance: Int64
+    allotment: NonNegativeInt64
+    used: NonNegativeInt64
     """Credits debited since the current period started."""
     percent_left: Annotated[int, Field(ge=0, le=100)]
     level: CreditLevel
-    revision: int
+    revision: Int64
     """Increases with every change of the wallet; consumers drop a revision older than one seen."""
     period_start: UtcDatetime | None
     renews_at: UtcDatetime | None
@@ -108,11 +117,11 @@ class AuthorizationDecision(Body):
     decision: Literal["allowed", "denied"]
     reason: Identifier | None
     """Why it was denied: `no_wallet`, `credits_exhausted`, `insufficient_credits`, …"""
-    estimate: Annotated[int, Field(gt=0)]
-    held: NonNegativeInt
+    estimate: Annotated[int, Field(gt=0, le=INT64_MAX)]
+    held: NonNegativeInt64
     """Credits reserved by the decision: the estimate if allowed, else 0."""
-    balance: int
-    available: int
+    balance: Int64
+    available: Int64
     """Balance minus every active hold, after this decision."""
     expires_at: UtcDatetime | None
     """When an unsettled hold lapses and its credits become available again."""

@@ -24,11 +24,20 @@ from typing import Annotated, Any, ClassVar, Self
 from uuid import UUID, uuid4
 
 import orjson
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    UrlConstraints,
+)
 
 ORGANISATION_ID_PATTERN = r"^org_[A-Za-z0-9_-]{1,64}$"
 
-OrganisationId = Annotated[str, StringConstraints(pattern=ORGANISATION_ID_PATTERN)]
+OrganisationId = Annotated[str, StringConstraints(max_length=68, pattern=ORGANISATION_ID_PATTERN)]
 """`org_` and 1–64 letters, digits, `_` or `-`. It is also the Kafka key of every topic."""
 
 NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f-\x9f]*$"
@@ -38,6 +47,15 @@ Identifier = Annotated[
 ]
 """1–128 characters, none of them a control character."""
 
+
+INT64_MAX = 2**63 - 1
+Int64 = Annotated[int, Field(ge=-INT64_MAX, le=INT64_MAX)]
+"""What a `bigint` column holds."""
+NonNegativeInt64 = Annotated[int, Field(ge=0, le=INT64_MAX)]
+INT32_MAX = 2**31 - 1
+Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
+"""A count stored in an `int` column (seats, quantities)."""
+HttpUrl = Annotated[AnyHttpUrl, UrlConstraints(max_length=2048)]
 
 TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 """Free text: tabs and line breaks allowed, no other control characters."""

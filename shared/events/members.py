@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, NonNegativeInt, model_validator
+from pydantic import Field, model_validator
 
-from .envelope import TEXT_PATTERN, Body, Event, Identifier, UtcDatetime
+from .envelope import TEXT_PATTERN, Body, Event, Identifier, NonNegativeInt64, UtcDatetime
 
 
 class MemberRole(StrEnum):
@@ -46,7 +46,7 @@ class MemberState(Body):
     member_id: Identifier
     role: MemberRole
     status: MemberStatus
-    sequence: NonNegativeInt
+    sequence: NonNegativeInt64
     """Increases with every change of this member; the highest one is the member's state."""
 
 

@@ -26,7 +26,7 @@ class DriftRepair(Body):
     subject: Identifier
     """What was repaired: `subscription`, `checkout_session`, `quantity`, `organisation`."""
     subject_id: Identifier
-    fields: tuple[Identifier, ...]
+    fields: Annotated[tuple[Identifier, ...], Field(max_length=100)]
     """The fields that differed."""
     before: dict[Identifier, Value]
     after: dict[Identifier, Value]

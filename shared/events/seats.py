@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeInt
+from pydantic import Field
 
-from .envelope import Body, Event, Identifier
+from .envelope import INT32_MAX, Body, Count, Event, Identifier, NonNegativeInt64
 from .subscriptions import Plan
 
 
@@ -16,18 +16,18 @@ class SeatCount(Body):
     plan: Plan | None
     """The plan the limit comes from; None until the subscription service has reported one
     (the default limit, Free's, applies meanwhile)."""
-    seats_used: NonNegativeInt
+    seats_used: Count
     """Active members: each takes one seat (R10)."""
-    seat_limit: Annotated[int, Field(ge=1)] | None
+    seat_limit: Annotated[int, Field(ge=1, le=INT32_MAX)] | None
     """None: unlimited."""
-    available: NonNegativeInt | None
+    available: Count | None
     """Seats left before the limit; None when unlimited."""
     over_limit: bool
     """More active members than the limit (after a downgrade): nobody is removed, new members
     are refused until the count is back within the limit."""
-    owners: tuple[Identifier, ...]
+    owners: Annotated[tuple[Identifier, ...], Field(max_length=10_000)]
     """Active owners (R3), sorted."""
-    revision: NonNegativeInt
+    revision: NonNegativeInt64
 
 
 class SeatsChangedV1(Event):

@@ -17,9 +17,12 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, Field, NonNegativeInt
+from pydantic import Field
 
-from .envelope import Body, Event, Identifier, UtcDatetime
+from .envelope import Body, Event, HttpUrl, Identifier, Int64, NonNegativeInt64, UtcDatetime
+
+MAX_AMOUNT = 10**12
+"""The largest invoice amount (in the currency's smallest unit) the gateway stores."""
 
 StripeId = Annotated[str, Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_]+$")]
 """A Stripe object id (`sub_…`, `cus_…`, `price_…`, `evt_…`, `cs_…`)."""
@@ -69,7 +72,7 @@ class StripeSubscriptionChange(StrEnum):
 
 
 class StripeSubscriptionUpdate(StripeSubscription):
-    changes: tuple[StripeSubscriptionChange, ...]
+    changes: Annotated[tuple[StripeSubscriptionChange, ...], Field(max_length=100)]
     """What differs from the previous state the gateway saw (empty if it saw none)."""
 
 
@@ -124,13 +127,13 @@ class StripeInvoice(Body):
     invoice_id: StripeId
     customer_id: StripeId
     subscription_id: StripeId | None
-    amount: NonNegativeInt
+    amount: Annotated[int, Field(ge=0, le=MAX_AMOUNT)]
     """Amount paid (`paid`) or due (`payment_failed`), in the currency's smallest unit."""
     currency: Annotated[str, Field(min_length=3, max_length=3)]
     billing_reason: Identifier | None
     period_start: UtcDatetime | None
     period_end: UtcDatetime | None
-    attempt_count: NonNegativeInt
+    attempt_count: Annotated[int, Field(ge=0, le=1_000)]
     next_payment_attempt: UtcDatetime | None
     stripe_event_id: StripeId
     stripe_event_created: UtcDatetime
@@ -175,7 +178,7 @@ class StripeSubscriptionObserved(Body):
     """Increases with every new state the gateway observes of this subscription."""
     observed_at: UtcDatetime
     observed_by: ObservedBy
-    changes: tuple[StripeSubscriptionChange, ...] = ()
+    changes: Annotated[tuple[StripeSubscriptionChange, ...], Field(max_length=100)] = ()
     """What differs from the previous version (empty for the first)."""
 
 
@@ -289,8 +292,8 @@ class CreateCustomerRequestedV1(Event):
 class CheckoutRequest(Body):
     price_id: StripeId
     quantity: Quantity
-    success_url: AnyHttpUrl
-    cancel_url: AnyHttpUrl
+    success_url: HttpUrl
+    cancel_url: HttpUrl
     customer_email: Annotated[str, Field(max_length=254)] | None = None
 
 
@@ -303,7 +306,7 @@ class CheckoutRequestedV1(Event):
 
 
 class PortalRequest(Body):
-    return_url: AnyHttpUrl
+    return_url: HttpUrl
 
 
 class PortalRequestedV1(Event):
@@ -342,7 +345,7 @@ class CancelAtPeriodEndRequestedV1(Event):
 
 class QuantityChange(Body):
     quantity: Quantity
-    revision: NonNegativeInt
+    revision: NonNegativeInt64
     """Increases with every seat count of the organisation: an older one never overwrites a
     newer one."""
 
@@ -356,7 +359,10 @@ class CommandOutcome(Body):
     command_id: Annotated[str, Field(min_length=1, max_length=64)]
     """The command's event id (HTTP requests: their request id)."""
     command_type: Identifier
-    result: dict[str, str | int | bool | None] = Field(default_factory=dict)
+    result: Annotated[
+        dict[Identifier, Annotated[str, Field(max_length=500)] | Int64 | bool | None],
+        Field(max_length=50),
+    ] = Field(default_factory=dict)
     """What the command produced: ids, the Checkout or Portal `url`, `skipped` if it had no
     effect to make (e.g. an older quantity)."""
 

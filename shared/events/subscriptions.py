@@ -7,9 +7,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeInt
+from pydantic import Field
 
-from .envelope import Body, Event, Identifier, UtcDatetime
+from .envelope import INT32_MAX, Body, Event, Identifier, NonNegativeInt64, UtcDatetime
 
 
 class Plan(StrEnum):
@@ -55,10 +55,10 @@ class SubscriptionState(Body):
     cycle: Cycle | None
     """None on Free and on Enterprise without a Stripe subscription."""
     standing: Standing
-    monthly_credits: NonNegativeInt
-    seat_limit: Annotated[int, Field(ge=1)] | None
+    monthly_credits: NonNegativeInt64
+    seat_limit: Annotated[int, Field(ge=1, le=INT32_MAX)] | None
     """None: unlimited seats."""
-    features: tuple[Identifier, ...]
+    features: Annotated[tuple[Identifier, ...], Field(max_length=100)]
     credit_period_start: UtcDatetime
     credit_period_end: UtcDatetime
     """When credits renew next (R8)."""
@@ -70,7 +70,7 @@ class SubscriptionState(Body):
     pending_cycle: Cycle | None
     """A downgrade that takes effect at `paid_period_end` (R5)."""
     stripe_subscription_id: Identifier | None
-    revision: NonNegativeInt
+    revision: NonNegativeInt64
     change: SubscriptionChange
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
@@ -24,6 +25,7 @@ from services.seats.app import SERVICE as SEATS
 from services.seats.settings import SeatSettings
 from shared.devstack import free_port
 from shared.service import create_app
+from shared.testing import eventually
 from shared.testing.plugin import Infrastructure, Isolation
 from shared.testing.service import running_service
 from tests.subscriptions import conftest as subscriptions
@@ -48,6 +50,18 @@ class Page:
     url: str
     billing: Billing
     settings: DashboardSettings
+
+    async def knows(self, organisation: str, member: str) -> None:
+        """Until the dashboard's directory has the member (it answers the page, not 403)."""
+
+        async def answered() -> bool:
+            async with httpx.AsyncClient(base_url=self.url) as client:
+                page = await client.get(
+                    "/billing", headers=self.billing.acting(organisation, member)
+                )
+            return page.status_code != 403
+
+        await eventually(answered, what=f"the dashboard knows {member} of {organisation}")
 
 
 @contextlib.asynccontextmanager

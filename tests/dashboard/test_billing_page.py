@@ -12,11 +12,15 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, async_playwright, expect
 from playwright.async_api import Page as Tab
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
 
+from shared.devstack import free_port
 from shared.events import AgentMessageProcessed, AgentMessageProcessedV1
 from shared.events.members import MemberJoinedV1, MemberRole, MemberState, MemberStatus
 from shared.topics import AGENT_USAGE, WORKSPACE_MEMBERS
-from tests.dashboard.conftest import ARTEFACTS, Page
+from tests.dashboard.conftest import ARTEFACTS, Page, serving
 from tests.subscriptions.conftest import MEMBER, OWNER
 from tests.subscriptions.test_lifecycle import checkout_through_stripe
 
@@ -50,6 +54,7 @@ async def browser(chromium: str) -> AsyncIterator[Browser]:
 async def open_page(
     browser: Browser, page: Page, org: str, member: str
 ) -> tuple[BrowserContext, Tab]:
+    await page.knows(org, member)
     context = await browser.new_context(
         extra_http_headers=page.billing.acting(org, member),
         viewport={"width": 1100, "height": 1400},
@@ -166,3 +171,37 @@ async def test_a_page_without_identity_is_refused(dashboard: Page, browser: Brow
     response = await tab.goto(f"{dashboard.url}/billing")
     assert response is not None and response.status == 401
     await context.close()
+
+
+async def test_a_page_on_another_origin_cannot_act_for_the_owner(
+    dashboard: Page, browser: Browser
+) -> None:
+    """A site the owner visits posts the Billing page's forms (the browser would add the
+    owner's session, as it adds the identity here): the dashboard refuses, nothing changes."""
+    billing = dashboard.billing
+    org = f"org_{uuid.uuid4().hex[:10]}"
+    await billing.organisation(org)
+    await checkout_through_stripe(billing, org, "pro")
+    await dashboard.knows(org, OWNER)
+    evil = Starlette(
+        routes=[
+            Route(
+                "/",
+                lambda _: HTMLResponse(
+                    f"<form id='f' method='post' action='{dashboard.url}/billing/cancel'></form>"
+                    "<script>document.getElementById('f').submit()</script>"
+                ),
+            )
+        ]
+    )
+    port = free_port()
+    async with serving(evil, port):
+        context = await browser.new_context(extra_http_headers=billing.acting(org, OWNER))
+        tab = await context.new_page()
+        async with tab.expect_response(f"{dashboard.url}/billing/cancel") as answer:
+            await tab.goto(f"http://localhost:{port}/")
+        response = await answer.value
+        assert response.status == 403
+        assert (await response.json())["type"].endswith("cross-origin-refused")
+        await context.close()
+    assert (await billing.subscription(org))["cancel_at_period_end"] is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from datetime import timedelta
 
@@ -16,7 +17,7 @@ from shared.identity import IDENTITY_HEADER
 from shared.testing import eventually
 from tests.dashboard.conftest import Page
 from tests.dashboard.test_billing_page import use
-from tests.subscriptions.conftest import OWNER
+from tests.subscriptions.conftest import ADMIN, OWNER
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -26,8 +27,8 @@ async def first_view(page: Page, org: str) -> str:
     headers = page.billing.acting(org)
     async with httpx.AsyncClient(base_url=page.url, timeout=20) as client:
         async with client.stream("GET", "/billing/stream", headers=headers) as response:
-            if response.status_code == 403:
-                return ""  # the dashboard has not seen the member join yet
+            if response.status_code in {403, 429}:
+                return ""  # the member's join not seen yet; pages just closed not freed yet
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
             async for line in response.aiter_lines():
@@ -127,6 +128,39 @@ async def test_a_non_member_and_a_forged_identity_see_no_page(dashboard: Page) -
                 assert answer.status_code == status, (what, path, answer.text)
                 assert answer.json()["type"].endswith(slug), (what, answer.json())
         answer = await client.post(
-            "/billing/cancel", headers={IDENTITY_HEADER: identity.sign(other, OWNER, now)[:-4]}
+            "/billing/cancel",
+            headers={
+                IDENTITY_HEADER: identity.sign(other, OWNER, now)[:-4],
+                "Origin": dashboard.url,
+            },
         )
         assert answer.status_code == 401
+
+
+async def test_live_pages_per_member_are_limited_with_a_clear_answer(dashboard: Page) -> None:
+    org = f"org_{uuid.uuid4().hex[:10]}"
+    await dashboard.billing.organisation(org)
+    limit = dashboard.settings.max_streams_per_member
+    await eventually(lambda: _first_is_view(dashboard, org), what="the dashboard knows the members")
+    async with contextlib.AsyncExitStack() as open_pages:
+        client = await open_pages.enter_async_context(
+            httpx.AsyncClient(base_url=dashboard.url, timeout=20)
+        )
+        for _ in range(limit):
+            response = await open_pages.enter_async_context(
+                client.stream("GET", "/billing/stream", headers=dashboard.billing.acting(org))
+            )
+            assert response.status_code == 200
+        refused = await client.get("/billing/stream", headers=dashboard.billing.acting(org))
+        assert refused.status_code == 429
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["type"].endswith("too-many-streams")
+        assert refused.headers["Retry-After"]
+        other = dashboard.billing.acting(org, ADMIN)
+        async with client.stream("GET", "/billing/stream", headers=other) as response:
+            assert response.status_code == 200  # another member of the organisation may
+    await eventually(lambda: _first_is_view(dashboard, org), what="closed pages free their places")
+
+
+async def _first_is_view(page: Page, org: str) -> bool:
+    return (await first_view(page, org)).startswith("data: ")

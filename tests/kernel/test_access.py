@@ -23,6 +23,7 @@ from shared import clock_control, identity
 from shared.access import Scope
 from shared.identity import DEV_IDENTITY_KEYS, IdentityRefused, parse_keys, verify
 from shared.service import Service, create_app
+from shared.testing.bounds import unbounded
 
 SERVICES: list[Service] = sorted(
     (e.load() for e in entry_points(group="billing.services")), key=lambda s: s.name
@@ -195,3 +196,20 @@ def test_any_presented_identity_is_proven_or_refused_never_an_error(
             continue
         assert proven.organisation_id == org and proven.member_id == member
         assert re.fullmatch(r"org_[A-Za-z0-9_-]{1,64}", org)
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+def test_every_request_parameter_and_body_is_bounded(service: Service) -> None:
+    """What each route accepts (path, query, header parameters and bodies) fits the stores:
+    integers within 64 bits, strings and lists with a maximum length."""
+    spec = create_app(service, service.settings()).openapi()
+    defs = spec.get("components", {}).get("schemas", {})
+    found = []
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            where = f"{method.upper()} {path}"
+            for parameter in operation.get("parameters", ()):
+                found += unbounded(parameter["schema"], defs, f"{where} {parameter['name']}")
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                found += unbounded(media.get("schema", {}), defs, f"{where} body")
+    assert found == []

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from shared.events import AgentMessageProcessedV1, CreditGrantRequested, GrantReason
 from shared.events.codec import TopicCodec
 from shared.events.examples import DIRECTORY, example
+from shared.testing.bounds import unbounded
 from shared.topics import REGISTRY, spec_for
 
 ALL_SCHEMAS = [schema for spec in REGISTRY for schema in spec.schemas]
@@ -84,3 +85,11 @@ def test_grant_commands_are_consistent(reason, amount, with_period, valid) -> No
     else:
         with pytest.raises(ValidationError):
             CreditGrantRequested(**fields)
+
+
+@pytest.mark.parametrize("schema", ALL_SCHEMAS, ids=lambda s: s.type_name)
+def test_every_number_string_and_list_of_every_event_is_bounded(schema) -> None:
+    """What the stores can hold: integers within 64 bits (32 where a count is an `int`
+    column), strings and lists with a maximum length."""
+    json_schema = schema.model_json_schema()
+    assert unbounded(json_schema, json_schema.get("$defs", {}), schema.__name__) == []

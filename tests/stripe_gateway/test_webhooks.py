@@ -7,9 +7,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.stripe_gateway.inbox import Inbox, WebhookRejected
+from services.stripe_gateway.settings import DEV_WEBHOOK_SECRET
+from shared.clock import FrozenClock
 from tests.stripe_gateway.conftest import (
     GatewayHarness,
     checkout_object,
@@ -69,6 +73,7 @@ async def test_a_validly_signed_event_is_stored_answered_and_what_stripe_holds_a
         ("wrong secret", "bad_signature"),
         ("missing header", "missing_signature"),
         ("stale timestamp", "stale_timestamp"),
+        ("an hour ahead", "future_timestamp"),
         ("not an event", "not_an_event"),
     ],
 )
@@ -89,6 +94,8 @@ async def test_a_bad_delivery_gets_400_is_recorded_and_never_processed(
         headers = {}
     elif case == "stale timestamp":
         payload, headers["Stripe-Signature"] = signed(event, timestamp=int(time.time()) - 301)
+    elif case == "an hour ahead":
+        payload, headers["Stripe-Signature"] = signed(event, timestamp=int(time.time()) + 3600)
     else:
         payload, headers["Stripe-Signature"] = signed({"hello": "world"})  # type: ignore[arg-type]
     pool = gateway.kernel.pool
@@ -104,6 +111,45 @@ async def test_a_bad_delivery_gets_400_is_recorded_and_never_processed(
     assert await gateway.inbox(event["id"]) is None
     after = await pool.fetchval("SELECT count(*) FROM webhook_rejections WHERE reason = $1", reason)
     assert after == before + 1
+
+
+async def test_refused_requests_are_sampled_and_pruned(gateway: GatewayHarness) -> None:
+    """Anyone can send refused requests: at most a few a minute are recorded (the rest only
+    counted), and records older than the retention are deleted."""
+    pool, clock = gateway.kernel.pool, FrozenClock(datetime(2031, 5, 1, tzinfo=UTC))
+    inbox = Inbox(
+        pool,
+        clock,
+        webhook_secret=DEV_WEBHOOK_SECRET,
+        tolerance_seconds=300,
+        rejections_per_minute=3,
+    )
+    for _ in range(20):
+        with pytest.raises(WebhookRejected):
+            await inbox.receive(b"{}", "t=1,v1=00")
+    rows = await pool.fetchval(
+        "SELECT count(*) FROM webhook_rejections WHERE received_at = $1", clock.now()
+    )
+    assert rows == 3
+    assert inbox.rejections_unrecorded == 17
+    clock.advance(timedelta(minutes=2))
+    with pytest.raises(WebhookRejected):
+        await inbox.receive(b"{}", "t=1,v1=00")
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM webhook_rejections WHERE received_at = $1", clock.now()
+        )
+        == 1
+    )
+    clock.advance(timedelta(days=8))
+    assert await inbox.prune(timedelta(days=7)) >= 4
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM webhook_rejections WHERE received_at >= $1",
+            datetime(2031, 5, 1, tzinfo=UTC),
+        )
+        == 0
+    )
 
 
 async def test_one_event_delivered_five_times_also_at_once_is_processed_once(

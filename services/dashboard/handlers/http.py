@@ -14,7 +14,7 @@ from typing import Annotated
 
 import httpx
 import orjson
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 
 from shared import identity
@@ -69,6 +69,27 @@ async def viewer(request: Request) -> Viewer:
 Looking = Annotated[Viewer, Depends(viewer)]
 
 
+def same_origin(request: Request) -> None:
+    """The owner's actions come from this page, not from another site: a browser says where a
+    form was posted from (`Origin`, `Sec-Fetch-Site`); anything else is refused with 403. The
+    front proxy's session cookie should be `SameSite=Lax` as well."""
+    settings: DashboardSettings = request.app.state.settings
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    allowed = {own, *settings.allowed_origins}
+    origin = request.headers.get("origin")
+    if origin is None:
+        referer = httpx.URL(request.headers.get("referer", ""))
+        origin = f"{referer.scheme}://{referer.netloc.decode()}" if referer.host else None
+    site = request.headers.get("sec-fetch-site")
+    if origin not in allowed or (site in {"cross-site", "same-site"} and origin != own):
+        raise Problem(
+            403,
+            "cross-origin-refused",
+            "Refused: this request did not come from the Billing page",
+            "Change your plan from the Billing page itself.",
+        )
+
+
 def _dashboard(request: Request) -> Dashboard:
     return request.app.state.parts.dashboard
 
@@ -90,7 +111,9 @@ def _version(html: str) -> str:
 
 
 @router.get("/billing", response_class=HTMLResponse, tags=["billing page"])
-async def billing(who: Looking, request: Request, notice: str = "") -> HTMLResponse:
+async def billing(
+    who: Looking, request: Request, notice: Annotated[str, Query(max_length=300)] = ""
+) -> HTMLResponse:
     """The organisation's Billing page."""
     stored = await _dashboard(request).view(who.organisation_id)
     body = page.main(stored, who.member_id, await _catalogue(request), who.query, notice[:300])
@@ -101,10 +124,24 @@ async def billing(who: Looking, request: Request, notice: str = "") -> HTMLRespo
 async def stream(who: Looking, request: Request) -> StreamingResponse:
     """Server-sent events: the page's live part, now and after every change of the view."""
     dashboard = _dashboard(request)
+    settings: DashboardSettings = request.app.state.settings
+    organisation, member = dashboard.open_pages(who.organisation_id, who.member_id)
+    if (
+        member >= settings.max_streams_per_member
+        or organisation >= settings.max_streams_per_organisation
+    ):
+        whose = "yours" if member >= settings.max_streams_per_member else "this organisation's"
+        raise Problem(
+            429,
+            "too-many-streams",
+            "Too many live pages open",
+            f"Close one of {whose} open Billing pages, or reload this one later.",
+            headers={"Retry-After": "30"},
+        )
     catalogue = await _catalogue(request)
 
     async def events() -> AsyncIterator[bytes]:
-        async with dashboard.watch(who.organisation_id) as changed:
+        async with dashboard.watch(who.organisation_id, who.member_id) as changed:
             stored = await dashboard.view(who.organisation_id)  # now: a reconnect catches up
             last = ""
             while True:
@@ -156,7 +193,7 @@ def _back(who: Viewer, answer: httpx.Response, done: str) -> RedirectResponse:
     return RedirectResponse(f"/billing?{params}", status_code=303)
 
 
-@router.post("/billing/change", tags=["billing page"])
+@router.post("/billing/change", tags=["billing page"], dependencies=[Depends(same_origin)])
 async def change(
     who: Looking, request: Request, choice: Annotated[str, Form(max_length=40)]
 ) -> RedirectResponse:
@@ -170,7 +207,7 @@ async def change(
     return _back(who, answer, "Plan change recorded.")
 
 
-@router.post("/billing/portal", tags=["billing page"])
+@router.post("/billing/portal", tags=["billing page"], dependencies=[Depends(same_origin)])
 async def portal(who: Looking, request: Request) -> RedirectResponse:
     """Manage billing: to the Stripe Billing Portal (R11)."""
     answer = await _act(request, who, "/v1/billing-portal")
@@ -186,13 +223,13 @@ async def confirm_cancel(who: Looking, request: Request) -> HTMLResponse:
     return HTMLResponse(page.confirm_cancel(who.organisation_id, stored, who.query))
 
 
-@router.post("/billing/cancel", tags=["billing page"])
+@router.post("/billing/cancel", tags=["billing page"], dependencies=[Depends(same_origin)])
 async def cancel(who: Looking, request: Request) -> RedirectResponse:
     answer = await _act(request, who, "/v1/subscription/cancel")
     return _back(who, answer, "Your plan is cancelled at the end of the period.")
 
 
-@router.post("/billing/reactivate", tags=["billing page"])
+@router.post("/billing/reactivate", tags=["billing page"], dependencies=[Depends(same_origin)])
 async def reactivate(who: Looking, request: Request) -> RedirectResponse:
     answer = await _act(request, who, "/v1/subscription/reactivate")
     return _back(who, answer, "Your plan continues.")

@@ -9,18 +9,19 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.access import READERS, Scope, allow
 from shared.events import MAX_CREDITS_PER_MESSAGE, CreditLevel
-from shared.events.envelope import ORGANISATION_ID_PATTERN, Identifier, OrganisationId
+from shared.events.envelope import Identifier, OrganisationId
 from shared.http import (
     PROBLEM_RESPONSES,
     Answer,
     Delegate,
     HotRequest,
     HotRoute,
+    OrganisationPath,
     Problem,
 )
 
@@ -39,11 +40,6 @@ from ..settings import MeteringSettings
 BIGINT_MAX = 2**63 - 1
 
 router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
-
-OrganisationPath = Annotated[
-    str,
-    Path(pattern=ORGANISATION_ID_PATTERN, description="`org_` and 1–64 letters, digits, _ or -"),
-]
 
 
 def _metering(request: Request) -> Metering:
@@ -313,7 +309,7 @@ async def get_ledger(
 class LedgerCheckIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    organisation_id: Annotated[str, Field(pattern=ORGANISATION_ID_PATTERN)] | None = None
+    organisation_id: OrganisationId | None = None
     """One organisation's wallet; none: every wallet."""
 
 

@@ -6,21 +6,19 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
 from shared.access import READERS, Scope, allow
 from shared.events.envelope import NO_CONTROL_CHARACTERS, ORGANISATION_ID_PATTERN
 from shared.events.members import MemberRole, MemberStatus
 from shared.events.subscriptions import Plan
-from shared.http import PROBLEM_RESPONSES, Delegate, HotRequest, HotRoute, Problem
+from shared.http import PROBLEM_RESPONSES, Delegate, HotRequest, HotRoute, OrganisationPath, Problem
 
 from ..domain.seats import count
 from ..service import Seats, UnknownOrganisation
 
 router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
-
-OrganisationPath = Annotated[str, Path(pattern=ORGANISATION_ID_PATTERN)]
 
 
 def _service(request: Request) -> Seats:

@@ -10,12 +10,12 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.access import READERS, Scope, allow
-from shared.events.envelope import ORGANISATION_ID_PATTERN, Identifier, OrganisationId
+from shared.events.envelope import HttpUrl, Identifier, OrganisationId
 from shared.events.stripe import CheckoutRequest, PortalRequest, Quantity, StripeId
-from shared.http import PROBLEM_RESPONSES, Problem
+from shared.http import PROBLEM_RESPONSES, OrganisationPath, Problem
 
 from ..commands import CommandRefused
 from ..domain.projection import Held
@@ -48,8 +48,6 @@ async def receive_webhook(request: Request) -> dict[str, bool]:
 
 router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
 
-OrganisationPath = Annotated[str, Path(pattern=ORGANISATION_ID_PATTERN)]
-
 
 class CheckoutIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -59,8 +57,8 @@ class CheckoutIn(BaseModel):
     """The caller's id of this request: asking again with it returns the same session."""
     price_id: StripeId
     quantity: Quantity
-    success_url: AnyHttpUrl
-    cancel_url: AnyHttpUrl
+    success_url: HttpUrl
+    cancel_url: HttpUrl
     customer_email: Annotated[str, Field(max_length=254)] | None = None
 
 
@@ -69,7 +67,7 @@ class PortalIn(BaseModel):
 
     organisation_id: OrganisationId
     request_id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-    return_url: AnyHttpUrl
+    return_url: HttpUrl
 
 
 class SessionOut(BaseModel):

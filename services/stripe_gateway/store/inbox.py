@@ -72,19 +72,33 @@ async def record_rejection(
     body_sha256: str,
     body: bytes,
     now: datetime,
-) -> None:
-    await db.execute(
+    per_minute: int,
+) -> bool:
+    """Record a refused request unless `per_minute` were recorded in the last minute (a
+    sample: the requests are unauthenticated). True if recorded."""
+    recorded = await db.fetchval(
         """INSERT INTO webhook_rejections (reason, detail, signature, body_sha256, body_bytes,
                                            body_head, received_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+           SELECT $1, $2, $3, $4, $5, $6, $7
+           WHERE (SELECT count(*) FROM webhook_rejections
+                  WHERE received_at > $7::timestamptz - interval '1 minute') < $8
+           RETURNING true""",
         reason,
         detail[:500],
         signature[:500] if signature else None,
         body_sha256,
         len(body),
-        body[:2048],
+        body[:512],
         now,
+        per_minute,
     )
+    return bool(recorded)
+
+
+async def prune_rejections(db: Db, before: datetime) -> int:
+    """Delete recorded refusals received before `before`; returns how many."""
+    deleted = await db.execute("DELETE FROM webhook_rejections WHERE received_at < $1", before)
+    return int(deleted.split()[-1])
 
 
 async def claim_due(db: Db, now: datetime, until: datetime, limit: int) -> list[InboxEvent]:

@@ -9,14 +9,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.access import READERS, Scope, allow
 from shared.acting import Acting
-from shared.events.envelope import ORGANISATION_ID_PATTERN, Identifier
+from shared.events.envelope import INT32_MAX, Identifier, OrganisationId
 from shared.events.subscriptions import Cycle, Plan, Standing
-from shared.http import PROBLEM_RESPONSES, Problem
+from shared.http import PROBLEM_RESPONSES, OrganisationPath, Problem
 
 from ..domain.catalogue import EnterpriseTerms
 from ..domain.subscription import Refused, Subscription
@@ -265,9 +265,6 @@ async def catalogue(request: Request) -> CatalogueOut:
     )
 
 
-OrganisationPath = Annotated[str, Path(pattern=ORGANISATION_ID_PATTERN)]
-
-
 @router.get(
     "/organisations/{organisation_id}/subscription",
     dependencies=[allow(*READERS)],
@@ -287,9 +284,9 @@ class EnterpriseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     monthly_credits: Annotated[int, Field(strict=True, ge=0, le=10**12)]
-    seat_limit: Annotated[int, Field(strict=True, ge=1)] | None = None
+    seat_limit: Annotated[int, Field(strict=True, ge=1, le=INT32_MAX)] | None = None
     """None: unlimited."""
-    features: list[Identifier] = Field(default_factory=list)
+    features: Annotated[list[Identifier], Field(max_length=100)] = Field(default_factory=list)
     """Default: the catalogue's Enterprise features."""
 
 
@@ -317,7 +314,7 @@ async def set_enterprise(
 class ReconcileIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    organisation_id: Annotated[str, Field(pattern=ORGANISATION_ID_PATTERN)] | None = None
+    organisation_id: OrganisationId | None = None
     """One organisation; none: every paid one."""
 
 
