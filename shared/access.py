@@ -11,6 +11,7 @@ refused unless the service listens on loopback only."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from enum import StrEnum
@@ -114,6 +115,7 @@ def allow(*scopes: Scope) -> Any:
                 f"{', '.join(sorted(admitted))}.",
             )
         request.state.scopes = held
+        request.state.credential = hashlib.sha256(credentials.credentials.encode()).hexdigest()[:8]
         return held
 
     check.admitted = admitted  # type: ignore[attr-defined]

@@ -41,7 +41,7 @@ from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
-from shared import clock_control, directory, outbox
+from shared import audit, clock_control, directory, outbox
 from shared.clock import Clock, MovableClock, SystemClock
 from shared.consumer import Apply, BatchConsumer
 from shared.db import Migrations, apply_migrations, create_pool
@@ -109,6 +109,8 @@ class Service(Generic[S, P]):
     development: Development | None = None
     directory: bool = False
     """Keeps the member directory's projection (`shared.directory`) in its schema."""
+    audit: bool = False
+    """Acts for owners or operators: keeps an audit log (`shared.audit`, `kernel.auditor`)."""
 
     @property
     def env_prefix(self) -> str:
@@ -128,6 +130,7 @@ class Service(Generic[S, P]):
             outbox.MIGRATIONS,
             clock_control.MIGRATIONS,
             *((directory.MIGRATIONS,) if self.directory else ()),
+            *((audit.MIGRATIONS,) if self.audit else ()),
             Migrations(self.name, self.migrations),
         )
 
@@ -147,6 +150,7 @@ class Kernel(Generic[S]):
     pool: asyncpg.Pool
     broker: KafkaBroker
     parts: Any = None
+    auditor: audit.Auditor | None = None
     consumers: list[BatchConsumer] = field(default_factory=list)
     consumer_state: str = "off"
     """`off` (not run here), `starting` (joining the groups), `running`."""
@@ -172,6 +176,10 @@ class Kernel(Generic[S]):
             clock = MovableClock(clock, await clock_control.load(pool))
             log.warning("the clock may be moved (CLOCK_CONTROL)", now=clock.now().isoformat())
         kernel = cls(service, settings, clock, pool, make_broker(settings, client_id=service.name))
+        if service.audit:
+            kernel.auditor = audit.Auditor(
+                pool, clock, service=service.name, prefix=settings.topic_prefix
+            )
         try:
             kernel.parts = await service.build(kernel)
         except BaseException:

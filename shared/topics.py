@@ -22,6 +22,7 @@ from shared.events import (
     CreditsLowV1,
     Event,
 )
+from shared.events.audit import AuditRecordedV1
 from shared.events.members import MEMBER_EVENTS, OrganisationCreatedV1
 from shared.events.operations import DriftRepairedV1, OperatorAlertRaisedV1
 from shared.events.seats import SeatsChangedV1
@@ -196,6 +197,17 @@ BILLING_OPERATIONS = TopicSpec(
     partitions=3,
 )
 
+BILLING_AUDIT = TopicSpec(
+    name="billing.audit",
+    schemas=(AuditRecordedV1,),
+    description="The audit log: every owner's and operator's action (plan changes, cancels, "
+    "reactivations, the Billing Portal, Enterprise terms, grants, replays, reconciliations), "
+    "who, when, the request id and the outcome.",
+    producers=("subscriptions", "stripe gateway", "metering", "billing (operators' command line)"),
+    consumers=("dashboard (owners' Billing page)", "billing audit"),
+    partitions=3,
+)
+
 REGISTRY: tuple[TopicSpec, ...] = (
     AGENT_USAGE,
     CREDIT_GRANT_REQUESTS,
@@ -208,6 +220,7 @@ REGISTRY: tuple[TopicSpec, ...] = (
     SUBSCRIPTION_STATE,
     SEATS_STATE,
     BILLING_OPERATIONS,
+    BILLING_AUDIT,
 )
 
 _BY_TYPE: dict[type[Event], TopicSpec] = {

@@ -14,6 +14,7 @@ from shared import directory
 from shared.service import DevResources, Kernel, Service
 from shared.topics import (
     AGENT_USAGE,
+    BILLING_AUDIT,
     CREDIT_AUTHORIZATIONS,
     CREDIT_BALANCE,
     SEATS_STATE,
@@ -52,6 +53,7 @@ async def build(kernel: Kernel[DashboardSettings]) -> Parts:
         (CREDIT_AUTHORIZATIONS, "denials", dashboard.on_authorizations, "Denied sends."),
         (SUBSCRIPTION_STATE, "subscriptions", dashboard.on_subscriptions, "Plan and period."),
         (SEATS_STATE, "seats", dashboard.on_seats, "Seats and owners."),
+        (BILLING_AUDIT, "audit", dashboard.on_audit, "The audit log, for owners."),
     ):
         kernel.consume(spec, name, apply, max_records=2000, description=what)
     kernel.consume(

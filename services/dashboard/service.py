@@ -112,6 +112,25 @@ class Dashboard:
             await self._notify(conn, await store.add_denials(conn, denials))
         return []
 
+    async def on_audit(self, items: Sequence[Decoded[Event]]) -> Applied:
+        entries = [
+            store.Audited(
+                i.event.event_id,
+                i.event.organisation_id,
+                i.event.data.actor,  # type: ignore[attr-defined]
+                i.event.data.action.value,  # type: ignore[attr-defined]
+                i.event.data.target,  # type: ignore[attr-defined]
+                i.event.data.outcome.value,  # type: ignore[attr-defined]
+                i.event.data.request_id,  # type: ignore[attr-defined]
+                i.event.data.detail,  # type: ignore[attr-defined]
+                i.event.occurred_at,
+            )
+            for i in items
+        ]
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._notify(conn, await store.add_audit(conn, entries))
+        return []
+
     async def _notify(self, conn: asyncpg.Connection, organisations: Sequence[str]) -> None:
         """At commit, wake the open pages of these organisations, on every instance."""
         chunk: list[str] = []

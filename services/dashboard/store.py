@@ -82,6 +82,29 @@ async def add_denials(conn: asyncpg.Connection, denials: Sequence[Denial]) -> li
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Audited:
+    event_id: UUID
+    organisation_id: str
+    actor: str
+    action: str
+    target: str | None
+    outcome: str
+    request_id: str
+    detail: str
+    occurred_at: datetime
+
+
+async def add_audit(conn: asyncpg.Connection, entries: Sequence[Audited]) -> list[str]:
+    """Remember audit entries once (by event id). Returns the organisations with new ones."""
+    return await _add_once(
+        conn,
+        "audit",
+        entries,
+        ("uuid", "text", "text", "text", "text", "text", "text", "text", "timestamptz"),
+    )
+
+
 async def _add_once(
     conn: asyncpg.Connection, table: str, rows: Sequence[Any], types: Sequence[str]
 ) -> list[str]:
@@ -114,6 +137,7 @@ class Stored:
     by_agent: list[tuple[str, int]]
     daily: list[tuple[datetime, int]]
     denials: list[Denial]
+    audit: list[Audited]
 
 
 async def view(
@@ -159,6 +183,13 @@ async def view(
         organisation_id,
     )
 
+    audited = await conn.fetch(
+        """SELECT event_id, organisation_id, actor, action, target, outcome, request_id, detail,
+                  occurred_at
+           FROM audit WHERE organisation_id = $1 ORDER BY occurred_at DESC LIMIT 20""",
+        organisation_id,
+    )
+
     def load(value: Any) -> dict[str, Any] | None:
         return None if value is None else orjson.loads(value)
 
@@ -174,4 +205,5 @@ async def view(
         by_agent=sorted(by["agent"], key=lambda x: -x[1]),
         daily=sorted((datetime.fromisoformat(d), c) for d, c in by["day"]),
         denials=[Denial(*r.values()) for r in refused],
+        audit=[Audited(*r.values()) for r in audited],
     )

@@ -35,6 +35,7 @@ async def build(kernel: Kernel[MeteringSettings]) -> Parts:
         CreditPolicy(low_percent=settings.low_credit_percent),
         topic_prefix=settings.topic_prefix,
         max_grant_lead=timedelta(days=settings.max_grant_lead_days),
+        auditor=kernel.auditor,
     )
     authorizer = Authorizer(
         kernel.pool,
@@ -87,4 +88,5 @@ SERVICE = Service(
     build=build,
     routers=(http.router,),
     hot_routes=(http.HOT_AUTHORIZE,),
+    audit=True,
 )

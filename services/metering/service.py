@@ -11,9 +11,17 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 import asyncpg
 
 from shared import outbox
+from shared.audit import Auditor
 from shared.clock import Clock
 from shared.consumer import Decoded
-from shared.events import AgentMessageProcessedV1, CreditBalance, CreditGrantRequestedV1, Event
+from shared.events import (
+    AgentMessageProcessedV1,
+    CreditBalance,
+    CreditGrantRequestedV1,
+    Event,
+    GrantReason,
+)
+from shared.events.audit import ActorKind, AuditAction, AuditEntry, Outcome
 from shared.events.codec import Rejection
 from shared.logging import get_logger
 
@@ -54,7 +62,9 @@ class Metering:
         *,
         topic_prefix: str,
         max_grant_lead: timedelta = timedelta(days=7),
+        auditor: Auditor | None = None,
     ) -> None:
+        self._auditor = auditor
         self._pool = pool
         self._clock = clock
         self.policy = policy
@@ -214,6 +224,7 @@ class Metering:
                 await store.create_wallets(conn, [o for o in changed if o not in before], now)
                 await store.record_grants(conn, grants, now)
                 await store.append_grant_entries(conn, entries, now)
+                await self._audit_manual(conn, grants)
                 saved = await store.save_wallets(conn, [wallets[o] for o in changed], now)
                 await self._announce(
                     conn,
@@ -232,6 +243,31 @@ class Metering:
         if grants:
             log.info("grants applied", grants=len(grants), refused=len(refused))
         return refused
+
+    async def _audit_manual(
+        self, conn: asyncpg.Connection, grants: Sequence[CreditGrantRequestedV1]
+    ) -> None:
+        """An operator's manual grants go into the audit log with the grant itself."""
+        manual = [g for g in grants if g.data.reason is GrantReason.MANUAL_ADJUSTMENT]
+        if self._auditor is None or not manual:
+            return
+        entries = [
+            (
+                g.organisation_id,
+                AuditEntry(
+                    service=PRODUCER,
+                    actor=f"operator:{g.producer}"[:128],
+                    actor_kind=ActorKind.OPERATOR,
+                    action=AuditAction.CREDIT_GRANT,
+                    target=g.data.period_key,
+                    request_id=str(g.event_id),
+                    outcome=Outcome.SUCCEEDED,
+                    detail=f"{g.data.amount} credits" + (f": {g.data.note}" if g.data.note else ""),
+                ),
+            )
+            for g in manual
+        ]
+        await self._auditor.add(conn, entries)
 
     async def credits(self, organisation_id: str) -> Credits | None:
         found = await store.get_wallet(self._pool, organisation_id)

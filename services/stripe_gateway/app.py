@@ -145,4 +145,5 @@ SERVICE = Service(
     build=build,
     routers=(http.webhooks, http.router),
     development=development,
+    audit=True,
 )

@@ -98,4 +98,5 @@ SERVICE = Service(
     build=build,
     routers=(http.router,),
     directory=True,
+    audit=True,
 )

@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
+import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from shared.topics import REGISTRY
+from shared.events.audit import (
+    SYSTEM_ORGANISATION,
+    ActorKind,
+    AuditAction,
+    AuditEntry,
+    AuditRecordedV1,
+    Outcome,
+)
+from shared.events.envelope import ORGANISATION_ID_PATTERN
+from shared.topics import BILLING_AUDIT, REGISTRY
 
-from .client import CliSettings
+from .client import PRODUCER, CliSettings, publish, stack_now
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,14 @@ def register(commands: Any) -> None:
     p.add_argument("organisation", nargs="?", help="one organisation (default: all)")
     p.set_defaults(run=reconcile)
 
+    p = commands.add_parser(
+        "audit", help="the audit log: owners' and operators' actions, newest last"
+    )
+    p.add_argument("--organisation", help="one organisation's entries")
+    p.add_argument("--action", choices=[a.value for a in AuditAction])
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(run=audit)
+
     p = commands.add_parser("topics", help="list the registered topics, their keys and schemas")
     p.set_defaults(run=topics)
 
@@ -83,7 +103,54 @@ def dead_letters(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in item.items() if not k.startswith("_")}))
     if args.replay and found:
         asyncio.run(_replay(settings, found))
+        asyncio.run(publish(settings, [_replayed(item) for item in found]))
         print(f"replayed {len(found)} on their topics")
+    return 0
+
+
+def _replayed(item: dict) -> AuditRecordedV1:
+    """The audit entry of one replay from the command line."""
+    key = (item["_key"] or b"").decode("utf-8", "replace")
+    user = re.sub(r"[^A-Za-z0-9_.-]", "", getpass.getuser())[:32] or "unknown"
+    return AuditRecordedV1.new(
+        organisation_id=key if re.fullmatch(ORGANISATION_ID_PATTERN, key) else SYSTEM_ORGANISATION,
+        producer=PRODUCER,
+        occurred_at=stack_now(),
+        data=AuditEntry(
+            service=PRODUCER,
+            actor=f"operator:cli:{user}",
+            actor_kind=ActorKind.OPERATOR,
+            action=AuditAction.REPLAY,
+            target=item["original"][:128],
+            request_id=f"req_{uuid.uuid4().hex[:16]}",
+            outcome=Outcome.SUCCEEDED,
+            detail=f"parked for {item['reason']}"[:500],
+        ),
+    )
+
+
+def audit(args: argparse.Namespace) -> int:
+    settings = CliSettings()
+    topic = BILLING_AUDIT.topic(settings.topic_prefix)
+    rows = []
+    for record in asyncio.run(read_all(settings, topic)):
+        try:
+            event = AuditRecordedV1.model_validate_json(record.value or b"")
+        except ValueError:
+            continue
+        if args.organisation and event.organisation_id != args.organisation:
+            continue
+        if args.action and event.data.action.value != args.action:
+            continue
+        rows.append(event)
+    rows.sort(key=lambda e: e.occurred_at)
+    for e in rows[-args.limit :]:
+        d = e.data
+        print(
+            f"{e.occurred_at:%Y-%m-%d %H:%M:%S}  {e.organisation_id:<20} {d.actor:<28} "
+            f"{d.action.value:<16} {d.outcome.value:<9} {d.target or '-':<20} {d.request_id}  "
+            f"{d.detail}"
+        )
     return 0
 
 
@@ -103,10 +170,8 @@ async def _replay(settings: CliSettings, items: list[dict]) -> None:
         await producer.stop()
 
 
-async def _read_dead_letters(
-    settings: CliSettings, name: str, limit: int, reason: str | None = None
-) -> list[dict]:
-    topic = f"{settings.topic_prefix}{name}.dlq"
+async def read_all(settings: CliSettings, topic: str) -> list[ConsumerRecord]:
+    """Every record of `topic` up to its end offsets when asked."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
     )
@@ -118,7 +183,7 @@ async def _read_dead_letters(
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        found: list[dict] = []
+        found: list[ConsumerRecord] = []
 
         async def behind() -> bool:
             return any([await consumer.position(tp) < ends[tp] for tp in partitions])
@@ -126,25 +191,33 @@ async def _read_dead_letters(
         while await behind():
             batch = await consumer.getmany(timeout_ms=1000)
             for records in batch.values():
-                for r in records:
-                    headers = {k: v.decode("utf-8", "replace") for k, v in r.headers}
-                    if reason is not None and headers.get("dlq.reason") != reason:
-                        continue
-                    found.append(
-                        {
-                            "reason": headers.get("dlq.reason"),
-                            "detail": headers.get("dlq.detail"),
-                            "original": f"{headers.get('dlq.original_topic')}"
-                            f"[{headers.get('dlq.original_partition')}]"
-                            f"@{headers.get('dlq.original_offset')}",
-                            "consumer_group": headers.get("dlq.consumer_group"),
-                            "parked_at": headers.get("dlq.parked_at"),
-                            "value": (r.value or b"")[:300].decode("utf-8", "replace"),
-                            "_topic": headers.get("dlq.original_topic"),
-                            "_key": r.key,
-                            "_value": r.value,
-                        }
-                    )
-        return found[-limit:]
+                found += records
+        return found
     finally:
         await consumer.stop()
+
+
+async def _read_dead_letters(
+    settings: CliSettings, name: str, limit: int, reason: str | None = None
+) -> list[dict]:
+    found: list[dict] = []
+    for r in await read_all(settings, f"{settings.topic_prefix}{name}.dlq"):
+        headers = {k: v.decode("utf-8", "replace") for k, v in r.headers}
+        if reason is not None and headers.get("dlq.reason") != reason:
+            continue
+        found.append(
+            {
+                "reason": headers.get("dlq.reason"),
+                "detail": headers.get("dlq.detail"),
+                "original": f"{headers.get('dlq.original_topic')}"
+                f"[{headers.get('dlq.original_partition')}]"
+                f"@{headers.get('dlq.original_offset')}",
+                "consumer_group": headers.get("dlq.consumer_group"),
+                "parked_at": headers.get("dlq.parked_at"),
+                "value": (r.value or b"")[:300].decode("utf-8", "replace"),
+                "_topic": headers.get("dlq.original_topic"),
+                "_key": r.key,
+                "_value": r.value,
+            }
+        )
+    return found[-limit:]

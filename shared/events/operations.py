@@ -28,8 +28,8 @@ class DriftRepair(Body):
     subject_id: Identifier
     fields: Annotated[tuple[Identifier, ...], Field(max_length=100)]
     """The fields that differed."""
-    before: dict[Identifier, Value]
-    after: dict[Identifier, Value]
+    before: Annotated[dict[Identifier, Value], Field(max_length=100)]
+    after: Annotated[dict[Identifier, Value], Field(max_length=100)]
     reconciliation_id: Identifier | None = None
     """The sweep that found it (the reconciler's run), if any."""
 

@@ -31,6 +31,10 @@ def unbounded(schema: dict, defs: dict, path: str) -> list[str]:
     elif kind == "object":
         for name, sub in schema.get("properties", {}).items():
             found += unbounded(sub, defs, f"{path}.{name}")
+        for pattern, sub in schema.get("patternProperties", {}).items():
+            if "maxProperties" not in schema:
+                found.append(f"{path}: object without a maximum size")
+            found += unbounded(sub, defs, f"{path}[{pattern}]")
         extra = schema.get("additionalProperties")
         if isinstance(extra, dict):
             if "maxProperties" not in schema:

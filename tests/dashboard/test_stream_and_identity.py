@@ -17,7 +17,8 @@ from shared.identity import IDENTITY_HEADER
 from shared.testing import eventually
 from tests.dashboard.conftest import Page
 from tests.dashboard.test_billing_page import use
-from tests.subscriptions.conftest import ADMIN, OWNER
+from tests.subscriptions.conftest import ADMIN, MEMBER, OWNER
+from tests.subscriptions.test_lifecycle import checkout_through_stripe
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -164,3 +165,28 @@ async def test_live_pages_per_member_are_limited_with_a_clear_answer(dashboard: 
 
 async def _first_is_view(page: Page, org: str) -> bool:
     return (await first_view(page, org)).startswith("data: ")
+
+
+async def test_owners_see_the_audit_log_on_a_plan_that_has_it(dashboard: Page) -> None:
+    org = f"org_{uuid.uuid4().hex[:10]}"
+    await dashboard.billing.organisation(org)
+    await dashboard.knows(org, OWNER)
+
+    async def page_of(member: str) -> str:
+        async with httpx.AsyncClient(base_url=dashboard.url) as client:
+            answer = await client.get("/billing", headers=dashboard.billing.acting(org, member))
+        assert answer.status_code == 200, answer.text
+        return answer.text
+
+    async def upsold() -> bool:
+        return "id='audit-upsell'" in await page_of(OWNER)
+
+    await eventually(upsold, what="a Free owner is told the audit log comes with Max")
+    await checkout_through_stripe(dashboard.billing, org, "max")
+
+    async def listed() -> bool:
+        page = await page_of(OWNER)
+        return "id='audit-log'" in page and f"<td>{OWNER}</td><td>plan change</td>" in page
+
+    await eventually(listed, what="the owner's plan change in the page's audit log")
+    assert "id='audit" not in await page_of(MEMBER)

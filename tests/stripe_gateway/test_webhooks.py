@@ -322,6 +322,17 @@ async def test_a_report_that_cannot_be_applied_is_retried_parked_and_replays(
     assert orphan["id"] in announced
     unknown = await gateway.http.post("/v1/inbox/evt_nothing_here/replay")
     assert unknown.status_code == 404
+    audited = await gateway.kernel.pool.fetch(
+        "SELECT actor, outcome, detail FROM audit_log WHERE action = 'replay' AND target = $1"
+        " ORDER BY id",
+        event["id"],
+    )
+    actor = audited[0]["actor"]
+    assert actor.startswith("operator:") and "dev-token" not in actor
+    assert [(r["outcome"], r["detail"]) for r in audited] == [
+        ("succeeded", ""),
+        ("refused", "not-parked"),
+    ]
 
 
 async def test_an_object_stripe_does_not_know_is_parked_at_once(gateway: GatewayHarness) -> None:

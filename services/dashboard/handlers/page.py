@@ -68,6 +68,32 @@ def _credits(stored: Stored) -> str:
 </section>"""
 
 
+def _audit(stored: Stored, can: Actions) -> str:
+    """The audit log, for owners, on a plan that has it (Max, Enterprise)."""
+    if not can.allowed:
+        return ""
+    features = (stored.subscription or {}).get("features", [])
+    if "audit_log" not in features:
+        return (
+            "<section id='audit'><h2>Audit log</h2><p class='muted' id='audit-upsell'>"
+            "Who changed the plan or billing, and when: the audit log comes with Max and "
+            "Enterprise.</p></section>"
+        )
+    rows = (
+        "".join(
+            f"<tr><td>{escape(a.occurred_at.strftime('%d %b %H:%M'))}</td>"
+            f"<td>{escape(a.actor)}</td><td>{escape(a.action.replace('_', ' '))}</td>"
+            f"<td>{escape(a.target or '')}</td><td>{escape(a.outcome)}</td>"
+            f"<td class='muted'>{escape(a.request_id)}</td></tr>"
+            for a in stored.audit
+        )
+        or "<tr><td colspan='6' class='muted'>Nothing recorded yet.</td></tr>"
+    )
+    return f"""<section id='audit'><h2>Audit log</h2><table id='audit-log'>
+<tr><th>When</th><th>Who</th><th>What</th><th>To</th><th>Outcome</th><th>Request</th></tr>{rows}
+</table></section>"""
+
+
 def _usage(stored: Stored) -> str:
     rows = (
         "".join(
@@ -196,6 +222,7 @@ def main(
         + _seats(stored)
         + _actions(stored, can, catalogue, query)
         + _usage(stored)
+        + _audit(stored, can)
     )
 
 

@@ -13,7 +13,9 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.access import READERS, Scope, allow
+from shared.audit import audited
 from shared.events import MAX_CREDITS_PER_MESSAGE, CreditLevel
+from shared.events.audit import SYSTEM_ORGANISATION, AuditAction
 from shared.events.envelope import Identifier, OrganisationId
 from shared.http import (
     PROBLEM_RESPONSES,
@@ -334,5 +336,8 @@ class LedgerCheckOut(BaseModel):
 )
 async def ledger_check(body: LedgerCheckIn, request: Request) -> LedgerCheckOut:
     """Check that every wallet's balance (or one's) equals the sum of its ledger entries."""
-    found = await request.app.state.parts.ledger_check.run(body.organisation_id)
+    organisation = body.organisation_id or SYSTEM_ORGANISATION
+    async with audited(request, organisation, AuditAction.LEDGER_CHECK) as entry:
+        found = await request.app.state.parts.ledger_check.run(body.organisation_id)
+        entry.detail = f"{len(found['mismatches'])} mismatches"
     return LedgerCheckOut.model_validate(found)

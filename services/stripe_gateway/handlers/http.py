@@ -13,6 +13,8 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.access import READERS, Scope, allow
+from shared.audit import audited
+from shared.events.audit import SYSTEM_ORGANISATION, AuditAction
 from shared.events.envelope import HttpUrl, Identifier, OrganisationId
 from shared.events.stripe import CheckoutRequest, PortalRequest, Quantity, StripeId
 from shared.http import PROBLEM_RESPONSES, OrganisationPath, Problem
@@ -244,11 +246,15 @@ async def inbox_events(
 async def replay(event_id: Annotated[Identifier, Path()], request: Request) -> InboxEventOut:
     """Process a parked event again, with a fresh count of attempts."""
     pool = request.app.state.runtime.pool
-    if not await parts_of(request).reports.replay(event_id):
-        found = await inbox_store.get_event(pool, event_id)
-        if found is None:
-            raise Problem(404, "event-not-found", "No such event")
-        raise Problem(409, "not-parked", f"The event is {found.status}", status_detail=found.status)
+    async with audited(request, SYSTEM_ORGANISATION, AuditAction.REPLAY) as entry:
+        entry.target = event_id
+        if not await parts_of(request).reports.replay(event_id):
+            found = await inbox_store.get_event(pool, event_id)
+            if found is None:
+                raise Problem(404, "event-not-found", "No such event")
+            raise Problem(
+                409, "not-parked", f"The event is {found.status}", status_detail=found.status
+            )
     found = await inbox_store.get_event(pool, event_id)
     return InboxEventOut.model_validate(found, from_attributes=True)
 
@@ -286,9 +292,13 @@ class ReconciliationOut(BaseModel):
 async def reconcile(body: ReconcileIn, request: Request) -> ReconciliationOut:
     """Compare what the gateway holds with what Stripe holds now, and repair (Stripe wins):
     subscriptions, checkouts still open, seat quantities. Answers when it is done."""
-    record = await parts_of(request).reconciler.sweep(body.organisation_id)
-    if "skipped" in record:
-        raise Problem(409, "reconciliation-running", "A sweep of the same scope is running")
+    organisation = body.organisation_id or SYSTEM_ORGANISATION
+    async with audited(request, organisation, AuditAction.RECONCILIATION) as entry:
+        record = await parts_of(request).reconciler.sweep(body.organisation_id)
+        if "skipped" in record:
+            raise Problem(409, "reconciliation-running", "A sweep of the same scope is running")
+        entry.target = f"sweep:{record['id']}"
+        entry.detail = f"{record['subscriptions']} compared, {record['repaired']} repaired"
     return ReconciliationOut.model_validate(record)
 
 

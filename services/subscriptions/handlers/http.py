@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.access import READERS, Scope, allow
 from shared.acting import Acting
+from shared.audit import audited
+from shared.events.audit import SYSTEM_ORGANISATION, AuditAction
 from shared.events.envelope import INT32_MAX, Identifier, OrganisationId
 from shared.events.subscriptions import Cycle, Plan, Standing
 from shared.http import PROBLEM_RESPONSES, OrganisationPath, Problem
@@ -71,6 +73,8 @@ def _out(service: Subscriptions, sub: Subscription) -> SubscriptionOut:
         revision=sub.revision,
     )
 
+
+REFUSALS = (Denied, Refused, NoSubscription)
 
 _UNPROCESSABLE = {
     "cycle_not_offered",
@@ -150,12 +154,19 @@ async def change(body: ChangeIn, acting: Acting, request: Request) -> ChangeOut:
     """Change the plan (owners only, R3). From Free: Stripe Checkout (R4). Between paid plans:
     an upgrade at once, the credits topped up; a downgrade at the end of the period (R5)."""
     service = _service(request)
-    try:
-        result = await service.change_plan(
-            acting.organisation_id, acting.member_id, body.plan, body.cycle
-        )
-    except (Denied, Refused, NoSubscription, GatewayUnavailable) as exc:
-        raise _problem(exc) from None
+    target = f"{body.plan.value}:{body.cycle.value}" if body.cycle else body.plan.value
+    async with audited(
+        request, acting.organisation_id, AuditAction.PLAN_CHANGE, refusals=REFUSALS
+    ) as entry:
+        entry.target = target
+        try:
+            result = await service.change_plan(
+                acting.organisation_id, acting.member_id, body.plan, body.cycle
+            )
+        except (Denied, Refused, NoSubscription, GatewayUnavailable) as exc:
+            entry.detail = getattr(exc, "reason", "") or type(exc).__name__
+            raise _problem(exc) from None
+        entry.detail = result.action
     return ChangeOut(
         action=result.action,  # type: ignore[arg-type]
         checkout_url=result.checkout_url,
@@ -172,10 +183,11 @@ async def change(body: ChangeIn, acting: Acting, request: Request) -> ChangeOut:
 async def cancel(acting: Acting, request: Request) -> SubscriptionOut:
     """Cancel (owners only): in force until the paid period ends, then Free (R12)."""
     service = _service(request)
-    try:
-        return _out(service, await service.cancel(acting.organisation_id, acting.member_id))
-    except (Denied, Refused, NoSubscription) as exc:
-        raise _problem(exc) from None
+    async with audited(request, acting.organisation_id, AuditAction.CANCEL, refusals=REFUSALS):
+        try:
+            return _out(service, await service.cancel(acting.organisation_id, acting.member_id))
+        except (Denied, Refused, NoSubscription) as exc:
+            raise _problem(exc) from None
 
 
 @router.post(
@@ -188,10 +200,12 @@ async def reactivate(acting: Acting, request: Request) -> SubscriptionOut:
     """Withdraw a cancellation within the paid period (owners only): the subscription simply
     continues, no checkout (R13)."""
     service = _service(request)
-    try:
-        return _out(service, await service.reactivate(acting.organisation_id, acting.member_id))
-    except (Denied, Refused, NoSubscription) as exc:
-        raise _problem(exc) from None
+    organisation = acting.organisation_id
+    async with audited(request, organisation, AuditAction.REACTIVATE, refusals=REFUSALS):
+        try:
+            return _out(service, await service.reactivate(organisation, acting.member_id))
+        except (Denied, Refused, NoSubscription) as exc:
+            raise _problem(exc) from None
 
 
 class PortalOut(BaseModel):
@@ -207,12 +221,12 @@ class PortalOut(BaseModel):
 async def billing_portal(acting: Acting, request: Request) -> PortalOut:
     """The Stripe Billing Portal (owners only): payment methods, invoices, billing details
     (R11). Redirect the owner to `url`."""
-    try:
-        return PortalOut(
-            url=await _service(request).portal(acting.organisation_id, acting.member_id)
-        )
-    except (Denied, Refused, GatewayUnavailable) as exc:
-        raise _problem(exc) from None
+    organisation = acting.organisation_id
+    async with audited(request, organisation, AuditAction.BILLING_PORTAL, refusals=REFUSALS):
+        try:
+            return PortalOut(url=await _service(request).portal(organisation, acting.member_id))
+        except (Denied, Refused, GatewayUnavailable) as exc:
+            raise _problem(exc) from None
 
 
 class PriceOut(BaseModel):
@@ -302,12 +316,19 @@ async def set_enterprise(
     """An operator puts the organisation on Enterprise with its own terms, at once (R1)."""
     service = _service(request)
     features = tuple(body.features) or service.catalogue.plans[Plan.ENTERPRISE].features
-    try:
-        sub = await service.set_enterprise(
-            organisation_id, EnterpriseTerms(body.monthly_credits, body.seat_limit, features)
+    async with audited(
+        request, organisation_id, AuditAction.ENTERPRISE_TERMS, refusals=REFUSALS
+    ) as entry:
+        entry.detail = (
+            f"{body.monthly_credits} credits a month, "
+            f"{body.seat_limit or 'unlimited'} seats, features: {', '.join(features)}"
         )
-    except NoSubscription as exc:
-        raise _problem(exc) from None
+        try:
+            sub = await service.set_enterprise(
+                organisation_id, EnterpriseTerms(body.monthly_credits, body.seat_limit, features)
+            )
+        except NoSubscription as exc:
+            raise _problem(exc) from None
     return _out(service, sub)
 
 
@@ -345,8 +366,11 @@ class ReconciliationOut(BaseModel):
 async def reconcile(body: ReconcileIn, request: Request) -> ReconciliationOut:
     """Compare paid organisations with what the Stripe gateway holds of Stripe and repair
     them (Stripe wins for what is paid); every repair is announced with before and after."""
-    try:
-        found = await request.app.state.parts.reconciler.run(body.organisation_id)
-    except GatewayUnavailable as exc:
-        raise _problem(exc) from None
+    organisation = body.organisation_id or SYSTEM_ORGANISATION
+    async with audited(request, organisation, AuditAction.RECONCILIATION) as entry:
+        try:
+            found = await request.app.state.parts.reconciler.run(body.organisation_id)
+        except GatewayUnavailable as exc:
+            raise _problem(exc) from None
+        entry.detail = f"{found['compared']} compared, {found['repaired']} repaired"
     return ReconciliationOut.model_validate(found)
