@@ -13,7 +13,6 @@ import httpx
 from shared import directory
 from shared.service import DevResources, Kernel, Service
 from shared.topics import (
-    AGENT_USAGE,
     BILLING_AUDIT,
     CREDIT_AUTHORIZATIONS,
     CREDIT_BALANCE,
@@ -24,6 +23,7 @@ from shared.topics import (
 
 from . import PRODUCER
 from .handlers import http
+from .metering import MeteringUsage
 from .service import Dashboard
 from .settings import DashboardSettings
 
@@ -40,16 +40,17 @@ class Parts:
 
 async def build(kernel: Kernel[DashboardSettings]) -> Parts:
     settings = kernel.settings
+    metering = httpx.AsyncClient(
+        base_url=str(settings.metering_url).rstrip("/"),
+        headers={"Authorization": f"Bearer {settings.metering_token.get_secret_value()}"},
+        timeout=5,
+    )
+    kernel.on_stop(metering.aclose)
     dashboard = Dashboard(
-        kernel.pool,
-        kernel.clock,
-        schema=settings.db_schema,
-        recent_debits=settings.recent_debits,
-        chart_days=settings.chart_days,
+        kernel.pool, kernel.clock, schema=settings.db_schema, usage=MeteringUsage(metering)
     )
     for spec, name, apply, what in (
         (CREDIT_BALANCE, "credits", dashboard.on_credits, "The credit bar (newest revision)."),
-        (AGENT_USAGE, "usage", dashboard.on_usage, "Recent debits and usage per day."),
         (CREDIT_AUTHORIZATIONS, "denials", dashboard.on_authorizations, "Denied sends."),
         (SUBSCRIPTION_STATE, "subscriptions", dashboard.on_subscriptions, "Plan and period."),
         (SEATS_STATE, "seats", dashboard.on_seats, "Seats and owners."),

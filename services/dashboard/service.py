@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -22,6 +23,7 @@ from shared.events.codec import Rejection
 from shared.logging import get_logger
 
 from . import store
+from .metering import MeteringUsage
 
 log = get_logger("dashboard.service")
 
@@ -39,14 +41,12 @@ class Dashboard:
         clock: Clock,
         *,
         schema: str,
-        recent_debits: int,
-        chart_days: int,
+        usage: MeteringUsage | None = None,
     ) -> None:
         self._pool = pool
         self._clock = clock
         self._channel = channel(schema)
-        self.recent_debits = recent_debits
-        self.chart_days = chart_days
+        self.usage = usage
         self._pages: dict[str, set[asyncio.Queue[store.Stored]]] = {}
         self._members: Counter[tuple[str, str]] = Counter()
         self._refreshing: dict[str, asyncio.Task[None]] = {}
@@ -76,22 +76,6 @@ class Dashboard:
                 conn, part, [newest[o] for o in sorted(newest)], self._clock.now()
             )
             await self._notify(conn, changed)
-        return []
-
-    async def on_usage(self, items: Sequence[Decoded[Event]]) -> Applied:
-        debits = [
-            store.Debit(
-                i.event.event_id,
-                i.event.organisation_id,
-                i.event.data.member_id,  # type: ignore[attr-defined]
-                i.event.data.agent_id,  # type: ignore[attr-defined]
-                i.event.data.credits,  # type: ignore[attr-defined]
-                i.event.occurred_at,
-            )
-            for i in items
-        ]
-        async with self._pool.acquire() as conn, conn.transaction():
-            await self._notify(conn, await store.add_usage(conn, debits))
         return []
 
     async def on_authorizations(self, items: Sequence[Decoded[Event]]) -> Applied:
@@ -144,15 +128,28 @@ class Dashboard:
 
     # Pages ------------------------------------------------------------------------------------
 
-    async def view(self, organisation_id: str) -> store.Stored:
+    async def view(self, organisation_id: str, period: datetime | None = None) -> store.Stored:
+        """The organisation's page: its parts, and metering's usage of the current credit period
+        (or of the earlier one that began at `period`)."""
+        stored = await store.view(self._pool, organisation_id)
         now = self._clock.now()
-        return await store.view(
-            self._pool,
-            organisation_id,
-            since=now - timedelta(days=self.chart_days - 1),
-            until=now,
-            recent=self.recent_debits,
-        )
+        credits = stored.credits or {}
+        start = credits.get("period_start")
+        if self.usage is None or not start:
+            return stored
+        current = datetime.fromisoformat(start)
+        renews = credits.get("renews_at")
+        end = datetime.fromisoformat(renews) if renews else now
+        since, until = current, max(end, now, current + timedelta(seconds=1))
+        if period is not None and period < current:
+            known = await self.usage.usage(organisation_id, period, current)
+            starts = sorted(
+                {datetime.fromisoformat(p) for p in (known or {}).get("periods", [])} | {current}
+            )
+            since = period
+            until = next((s for s in starts if s > period), current)
+        found = await self.usage.usage(organisation_id, since, until)
+        return replace(stored, usage=found, period=(since, until), current_period=since == current)
 
     def open_pages(self, organisation_id: str, member_id: str) -> tuple[int, int]:
         """How many live pages are open on this instance: the organisation's, the member's."""

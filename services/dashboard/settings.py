@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AnyHttpUrl, Field, SecretStr, model_validator
+from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import DEV_API_TOKEN, LOOPBACK_HOSTS, ServiceSettings
@@ -32,8 +32,14 @@ class DashboardSettings(ServiceSettings):
     """Live Billing pages one member may keep open at once (per instance); past it, 429."""
     max_streams_per_organisation: int = Field(200, ge=1, le=100_000)
     """Live Billing pages open at once for one organisation (per instance); past it, 429."""
-    recent_debits: int = Field(20, ge=1, le=500)
-    chart_days: int = Field(31, ge=1, le=366)
+    metering_url: AnyHttpUrl = Field(
+        AnyHttpUrl("http://127.0.0.1:8081"),
+        validation_alias=AliasChoices("DASHBOARD_METERING_URL", "METERING_URL"),
+    )
+    """Metering's API: the usage of a period as its ledger holds it; `make run` sets
+    `METERING_URL`."""
+    metering_token: SecretStr = SecretStr(DEV_API_TOKEN)
+    """The page's credential at metering (scope `reader`)."""
 
     @model_validator(mode="after")
     def _query_identity_only_on_loopback(self) -> DashboardSettings:

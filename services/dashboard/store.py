@@ -44,23 +44,6 @@ async def keep_newest(
 
 
 @dataclass(frozen=True, slots=True)
-class Debit:
-    event_id: UUID
-    organisation_id: str
-    member_id: str
-    agent_id: str
-    credits: int
-    occurred_at: datetime
-
-
-async def add_usage(conn: asyncpg.Connection, debits: Sequence[Debit]) -> list[str]:
-    """Remember usage events once (by event id). Returns the organisations with new usage."""
-    return await _add_once(
-        conn, "usage", debits, ("uuid", "text", "text", "text", "bigint", "timestamptz")
-    )
-
-
-@dataclass(frozen=True, slots=True)
 class Denial:
     event_id: UUID
     organisation_id: str
@@ -132,50 +115,20 @@ class Stored:
     credits: dict[str, Any] | None
     subscription: dict[str, Any] | None
     seats: dict[str, Any] | None
-    recent: list[Debit]
-    by_member: list[tuple[str, int]]
-    by_agent: list[tuple[str, int]]
-    daily: list[tuple[datetime, int]]
     denials: list[Denial]
     audit: list[Audited]
+    usage: dict[str, Any] | None = None
+    """Metering's usage of the period shown (`metering.MeteringUsage`); None: unavailable."""
+    period: tuple[datetime, datetime] | None = None
+    """The period shown, [start, end); None: no credit period known yet."""
+    current_period: bool = True
 
 
-async def view(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    organisation_id: str,
-    *,
-    since: datetime,
-    until: datetime,
-    recent: int,
-) -> Stored:
-    """The organisation's parts, its recent debits and denials, and usage since `since` (per
-    day up to `until`, days without usage included)."""
+async def view(conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str) -> Stored:
+    """The organisation's parts, its latest denials and audit entries."""
     parts = await conn.fetchrow(
         "SELECT credits, subscription, seats FROM views WHERE organisation_id = $1",
         organisation_id,
-    )
-    debits = await conn.fetch(
-        """SELECT event_id, organisation_id, member_id, agent_id, credits, occurred_at FROM usage
-           WHERE organisation_id = $1 ORDER BY occurred_at DESC, event_id LIMIT $2""",
-        organisation_id,
-        recent,
-    )
-    totals = await conn.fetch(
-        """SELECT 'member' AS kind, member_id AS name, sum(credits)::bigint AS credits
-           FROM usage WHERE organisation_id = $1 AND occurred_at >= $2 GROUP BY member_id
-           UNION ALL
-           SELECT 'agent', agent_id, sum(credits)::bigint
-           FROM usage WHERE organisation_id = $1 AND occurred_at >= $2 GROUP BY agent_id
-           UNION ALL
-           SELECT 'day', to_char(d, 'YYYY-MM-DD'), coalesce(sum(u.credits), 0)::bigint
-           FROM generate_series(date_trunc('day', $2 AT TIME ZONE 'UTC'),
-                                date_trunc('day', $3 AT TIME ZONE 'UTC'), '1 day') AS d
-           LEFT JOIN usage u ON u.organisation_id = $1 AND u.occurred_at >= $2
-                AND date_trunc('day', u.occurred_at AT TIME ZONE 'UTC') = d
-           GROUP BY d""",
-        organisation_id,
-        since,
-        until,
     )
     refused = await conn.fetch(
         """SELECT event_id, organisation_id, member_id, agent_id, reason, estimate, occurred_at
@@ -193,17 +146,10 @@ async def view(
     def load(value: Any) -> dict[str, Any] | None:
         return None if value is None else orjson.loads(value)
 
-    by = {"member": [], "agent": [], "day": []}  # type: dict[str, list[tuple[Any, int]]]
-    for row in totals:
-        by[row["kind"]].append((row["name"], row["credits"]))
     return Stored(
         credits=load(parts["credits"]) if parts else None,
         subscription=load(parts["subscription"]) if parts else None,
         seats=load(parts["seats"]) if parts else None,
-        recent=[Debit(*r.values()) for r in debits],
-        by_member=sorted(by["member"], key=lambda x: -x[1]),
-        by_agent=sorted(by["agent"], key=lambda x: -x[1]),
-        daily=sorted((datetime.fromisoformat(d), c) for d, c in by["day"]),
         denials=[Denial(*r.values()) for r in refused],
         audit=[Audited(*r.values()) for r in audited],
     )

@@ -20,9 +20,11 @@ import pytest_asyncio
 import uvicorn
 
 from services.dashboard.app import SERVICE
+from services.dashboard.metering import MeteringUsage
 from services.dashboard.settings import DashboardSettings
 from services.seats.app import SERVICE as SEATS
 from services.seats.settings import SeatSettings
+from services.subscriptions.service import Links
 from shared.devstack import free_port
 from shared.service import create_app
 from shared.testing import eventually
@@ -101,6 +103,13 @@ async def dashboard(
     async with running_service(SEATS, seat_settings, billing.clock) as _:
         async with serving(app, port):
             app.state.parts.subscriptions = billing.http  # the subscription API, in process
+            app.state.parts.dashboard.usage = MeteringUsage(billing.metering)  # and metering's
+            url = f"http://127.0.0.1:{port}"
+            billing.service._links = Links(  # Stripe sends people back to this page
+                success_url=f"{url}/billing?checkout=success",
+                cancel_url=f"{url}/billing?checkout=cancelled",
+                portal_return_url=f"{url}/billing?portal=returned",
+            )
             yield Page(f"http://127.0.0.1:{port}", billing, settings)
 
 

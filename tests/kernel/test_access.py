@@ -64,6 +64,7 @@ POLICY: dict[tuple[str, str, str], set[Scope]] = {
     ("metering", "POST", "/v1/authorizations/{authorization_id}/release"): {CHAT},
     ("metering", "GET", f"{ORG}/credits"): READ,
     ("metering", "GET", f"{ORG}/ledger"): READ,
+    ("metering", "GET", f"{ORG}/usage"): READ,
     ("metering", "POST", "/v1/ledger-checks"): {OPERATOR},
     ("seats", "GET", f"{ORG}/seat-check"): {FRONT, *READ},
     ("seats", "GET", f"{ORG}/seats"): READ,

@@ -195,6 +195,13 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
 
         await eventually(page, timeout=60, what="org_fresh's Billing page shows its seat")
 
+        # Back from Stripe (no identity in the address): the development session finds it.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{dashboard_port}") as c:
+            opened = await c.get("/billing", params={"organisation": "org_fresh", "member": "ada"})
+            back = await c.get("/billing", params={"checkout": "cancelled"})
+        assert opened.status_code == 200 and back.status_code == 200, back.text
+        assert "data-code='checkout_cancelled'" in back.text
+
         # `billing reconcile`: Stripe against the gateway, organisations against Stripe, every
         # wallet against its ledger; nothing to repair in a stack that just started.
         reconciled = await asyncio.to_thread(

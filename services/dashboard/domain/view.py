@@ -1,12 +1,15 @@
-"""What the Billing page shows, as pure rules (no I/O): the credit bar's colour (R7), and which
-actions an owner may take (R3, R12, R13)."""
+"""What the Billing page shows, as pure rules (no I/O): the credit bar's colour (R7), which
+actions an owner may take (R3, R12, R13), and the credit runway."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 GREEN, AMBER, RED, GREY = "green", "amber", "red", "grey"
+HORIZON_SECONDS = 100 * 365 * 86_400
+"""A run-out further away than this is shown as this far (a trickle of use, many credits)."""
 
 
 def bar_colour(percent_left: int, level: str) -> str:
@@ -56,3 +59,32 @@ def actions(
         cancel=bool(paid) and not cancelled,
         reactivate=cancelled,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Runway:
+    """How long the credits last at this period's pace (credits used since the period began)."""
+
+    runs_out_at: datetime | None
+    """None: nothing used yet this period, so no pace to go by."""
+    renews_at: datetime
+    before_renewal: bool
+    """The credits run out before they renew: the low-credit warning, whatever the percentage."""
+    per_day: int
+
+
+def runway(credits: dict[str, Any] | None, now: datetime) -> Runway | None:
+    """Where the credits run out at the pace of the current period, if the period is known."""
+    if not credits or not credits.get("period_start") or not credits.get("renews_at"):
+        return None
+    start = datetime.fromisoformat(credits["period_start"])
+    renews = datetime.fromisoformat(credits["renews_at"])
+    used, left = int(credits["used"]), max(0, int(credits["balance"]))
+    elapsed = max(int((now - start).total_seconds()), 3600)
+    per_day = used * 86_400 // elapsed
+    if left == 0:
+        return Runway(now, renews, now < renews, per_day)
+    if used <= 0:
+        return Runway(None, renews, False, 0)
+    runs_out = now + timedelta(seconds=min(left * elapsed // used, HORIZON_SECONDS))
+    return Runway(runs_out, renews, runs_out < renews, per_day)

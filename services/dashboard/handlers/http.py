@@ -16,6 +16,7 @@ import httpx
 import orjson
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
+from pydantic import AwareDatetime
 
 from shared import identity
 from shared.acting import prove
@@ -23,6 +24,7 @@ from shared.events.envelope import ORGANISATION_ID_PATTERN
 from shared.http import Problem
 from shared.identity import IDENTITY_HEADER
 
+from ..domain import notices
 from ..service import Dashboard
 from ..settings import DashboardSettings
 from . import page
@@ -30,6 +32,8 @@ from . import page
 router = APIRouter()
 
 HEARTBEAT_SECONDS = 15
+DEV_SESSION = "billing_dev_identity"
+"""Development only: who the page was opened for, so that coming back from Stripe finds it."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ async def viewer(request: Request) -> Viewer:
     if not token and settings.identity_from_query:
         organisation = request.query_params.get("organisation", "")
         member = request.query_params.get("member", "")
+        if not organisation and not member:  # back from Stripe: the development session
+            organisation, _, member = request.cookies.get(DEV_SESSION, "").partition("|")
         if not re.fullmatch(ORGANISATION_ID_PATTERN, organisation) or not 0 < len(member) <= 128:
             raise Problem(400, "invalid-identity", "Give `organisation` and `member`")
         token = identity.sign(organisation, member, request.app.state.runtime.clock.now())
@@ -67,6 +73,7 @@ async def viewer(request: Request) -> Viewer:
 
 
 Looking = Annotated[Viewer, Depends(viewer)]
+Period = Annotated[AwareDatetime | None, Query(description="An earlier period's start")]
 
 
 def same_origin(request: Request) -> None:
@@ -112,16 +119,34 @@ def _version(html: str) -> str:
 
 @router.get("/billing", response_class=HTMLResponse, tags=["billing page"])
 async def billing(
-    who: Looking, request: Request, notice: Annotated[str, Query(max_length=300)] = ""
+    who: Looking,
+    request: Request,
+    outcome: Annotated[str, Query(max_length=64)] = "",
+    checkout: Annotated[str, Query(max_length=16)] = "",
+    portal: Annotated[str, Query(max_length=16)] = "",
+    period: Period = None,
 ) -> HTMLResponse:
-    """The organisation's Billing page."""
-    stored = await _dashboard(request).view(who.organisation_id)
-    body = page.main(stored, who.member_id, await _catalogue(request), who.query, notice[:300])
-    return HTMLResponse(page.page(who.organisation_id, body, _version(body)))
+    """The organisation's Billing page, with the outcome of what was just done (an action of
+    the page, or Stripe's Checkout and Billing Portal on the way back); `period`: the usage of
+    an earlier credit period."""
+    stored = await _dashboard(request).view(who.organisation_id, period)
+    now = request.app.state.runtime.clock.now()
+    body = page.main(stored, who.member_id, await _catalogue(request), who.query, now)
+    notice = notices.from_address(outcome, checkout, portal)
+    answer = HTMLResponse(page.page(who.organisation_id, body, _version(body), notice))
+    if who.query:
+        answer.set_cookie(
+            DEV_SESSION,
+            f"{who.organisation_id}|{who.member_id}",
+            path="/billing",
+            httponly=True,
+            samesite="lax",
+        )
+    return answer
 
 
 @router.get("/billing/stream", tags=["billing page"])
-async def stream(who: Looking, request: Request) -> StreamingResponse:
+async def stream(who: Looking, request: Request, period: Period = None) -> StreamingResponse:
     """Server-sent events: the page's live part, now and after every change of the view."""
     dashboard = _dashboard(request)
     settings: DashboardSettings = request.app.state.settings
@@ -142,10 +167,11 @@ async def stream(who: Looking, request: Request) -> StreamingResponse:
 
     async def events() -> AsyncIterator[bytes]:
         async with dashboard.watch(who.organisation_id, who.member_id) as changed:
-            stored = await dashboard.view(who.organisation_id)  # now: a reconnect catches up
+            stored = await dashboard.view(who.organisation_id, period)  # a reconnect catches up
             last = ""
             while True:
-                body = page.main(stored, who.member_id, catalogue, who.query)
+                now = request.app.state.runtime.clock.now()
+                body = page.main(stored, who.member_id, catalogue, who.query, now)
                 version = _version(body)
                 if version != last:
                     last = version
@@ -153,6 +179,8 @@ async def stream(who: Looking, request: Request) -> StreamingResponse:
                     yield f"event: view\ndata: {data}\n\n".encode()
                 try:
                     stored = await asyncio.wait_for(changed.get(), HEARTBEAT_SECONDS)
+                    if period is not None:
+                        stored = await dashboard.view(who.organisation_id, period)
                 except TimeoutError:
                     yield b": heartbeat\n\n"
 
@@ -183,13 +211,16 @@ async def _act(
 
 
 def _back(who: Viewer, answer: httpx.Response, done: str) -> RedirectResponse:
-    notice = done
+    """Back to the page, with the outcome as a code (`domain.notices`)."""
+    outcome = done
     if answer.status_code >= 400:
         try:
-            notice = answer.json().get("detail") or answer.json().get("title") or "Refused"
+            problem = answer.json()
         except ValueError:
-            notice = "Refused"
-    params = httpx.QueryParams(who.query.lstrip("?")).set("notice", notice)
+            problem = {}
+        reason = problem.get("reason") or ("unavailable" if answer.status_code >= 500 else "")
+        outcome = f"refused:{reason}"
+    params = httpx.QueryParams(who.query.lstrip("?")).set("outcome", outcome)
     return RedirectResponse(f"/billing?{params}", status_code=303)
 
 
@@ -204,7 +235,8 @@ async def change(
     )
     if answer.status_code == 200 and answer.json().get("checkout_url"):
         return RedirectResponse(answer.json()["checkout_url"], status_code=303)
-    return _back(who, answer, "Plan change recorded.")
+    action = answer.json().get("action", "") if answer.status_code == 200 else ""
+    return _back(who, answer, action)
 
 
 @router.post("/billing/portal", tags=["billing page"], dependencies=[Depends(same_origin)])
@@ -226,10 +258,10 @@ async def confirm_cancel(who: Looking, request: Request) -> HTMLResponse:
 @router.post("/billing/cancel", tags=["billing page"], dependencies=[Depends(same_origin)])
 async def cancel(who: Looking, request: Request) -> RedirectResponse:
     answer = await _act(request, who, "/v1/subscription/cancel")
-    return _back(who, answer, "Your plan is cancelled at the end of the period.")
+    return _back(who, answer, "cancelled")
 
 
 @router.post("/billing/reactivate", tags=["billing page"], dependencies=[Depends(same_origin)])
 async def reactivate(who: Looking, request: Request) -> RedirectResponse:
     answer = await _act(request, who, "/v1/subscription/reactivate")
-    return _back(who, answer, "Your plan continues.")
+    return _back(who, answer, "reactivated")

@@ -7,40 +7,96 @@ from __future__ import annotations
 from datetime import datetime
 from html import escape
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
-from ..domain.view import Actions, actions, bar_colour
+from ..domain.notices import Notice
+from ..domain.pricing import Choice, choices
+from ..domain.view import Actions, Runway, actions, bar_colour, runway
 from ..store import Stored
 
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
+*{box-sizing:border-box}
+body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330;line-height:1.4}
 header{background:#1d2330;color:#fff;padding:14px 24px;font-weight:600}
-main{max-width:980px;margin:0 auto;padding:16px 24px}
+main,#notices{max-width:980px;margin:0 auto;padding:0 24px}main{padding-bottom:24px}
 section{background:#fff;border:1px solid #e2e5ea;border-radius:10px;padding:16px 20px;margin:14px 0}
-h2{font-size:15px;margin:0 0 10px;color:#4a5263;text-transform:uppercase;letter-spacing:.04em}
+h2{font-size:15px;margin:0 0 10px;color:#3d4454;text-transform:uppercase;letter-spacing:.04em}
 .bar{height:18px;background:#e8ebef;border-radius:9px;overflow:hidden}
 .fill{height:100%;transition:width .3s}
 .green{background:#2fa84f}.amber{background:#f0a202}.red{background:#d64545}.grey{background:#9aa1ac}
-.big{font-size:26px;font-weight:700}.muted{color:#6b7383;font-size:13px}
+.big{font-size:26px;font-weight:700}.muted{color:#555d6d;font-size:13px}
 .banner{border-radius:8px;padding:10px 14px;margin:8px 0;font-weight:500}
 .warn{background:#fff4d6;border:1px solid #f0c75e}.danger{background:#fde8e8;border:1px solid #e9a0a0}
 .info{background:#e8f1fd;border:1px solid #9cc0ef}
+#notice{display:flex;gap:12px;align-items:flex-start;justify-content:space-between;margin-top:14px}
+.scroll{overflow-x:auto}
 table{border-collapse:collapse;width:100%;font-size:14px}td,th{padding:4px 6px;text-align:left}
-th{color:#6b7383;font-weight:500}.cols{display:flex;gap:16px}.cols>div{flex:1}
-button{font:inherit;padding:7px 14px;border-radius:6px;border:1px solid #1d2330;background:#1d2330;color:#fff;cursor:pointer}
-button[disabled]{background:#c9cdd4;border-color:#c9cdd4;cursor:not-allowed}
-form{display:inline-block;margin:4px 8px 4px 0}select{font:inherit;padding:6px}
+th{color:#555d6d;font-weight:500}.cols{display:flex;gap:16px}.cols>div{flex:1;min-width:0}
+button,.button{font:inherit;padding:7px 14px;border-radius:6px;border:1px solid #1d2330;background:#1d2330;
+color:#fff;cursor:pointer;text-decoration:none;display:inline-block}
+button.secondary{background:#fff;color:#1d2330}
+button[disabled]{background:#e2e5ea;border-color:#c9cdd4;color:#4a5263;cursor:not-allowed}
+button:focus-visible,a:focus-visible{outline:3px solid #5b7bd5;outline-offset:2px}
+form{display:inline-block;margin:4px 8px 4px 0}
 .chart{display:flex;align-items:flex-end;gap:2px;height:80px}.chart div{flex:1;background:#5b7bd5;min-height:1px}
+dialog{border:none;border-radius:12px;padding:0;max-width:min(980px,96vw);width:100%}
+dialog::backdrop{background:rgba(20,24,33,.55)}
+.dialog-head{display:flex;justify-content:space-between;align-items:center;padding:14px 20px;border-bottom:1px solid #e2e5ea}
+.plans{display:grid;grid-template-columns:repeat(auto-fit,minmax(200px,1fr));gap:12px;padding:16px 20px}
+.plan{border:1px solid #e2e5ea;border-radius:10px;padding:12px}.plan.current{border:2px solid #2fa84f}
+.plan h3{margin:0 0 4px;font-size:17px}.plan ul{padding-left:18px;margin:6px 0;font-size:13px}
+.option{border-top:1px solid #eef0f3;padding-top:8px;margin-top:8px}.option p{margin:4px 0}
+.tag{display:inline-block;background:#1d6b34;color:#fff;border-radius:4px;padding:0 6px;font-size:12px}
+.saving{color:#1f7a3a;font-weight:600}
+.periods a{margin-right:10px;color:#2f4fb0}
+@media (max-width:600px){
+ header{padding:12px 14px}main,#notices{padding:0 10px}section{padding:12px}
+ .cols{flex-direction:column}.big{font-size:22px}form{display:block}
+ form button,.button,#change-plan{width:100%;margin:4px 0}
+ dialog{max-width:100vw;width:100vw;max-height:100vh;height:100vh;margin:0;border-radius:0}
+}
 """
 
 SCRIPT = """
+const live = document.getElementById('live');
+let waiting = null;
+function apply(update) {
+  const focused = document.activeElement && live.contains(document.activeElement)
+    ? document.activeElement.id : null;
+  live.innerHTML = update.html;
+  document.body.dataset.version = update.version;
+  const again = focused && document.getElementById(focused);
+  if (again) { again.focus(); }
+}
+function pricing() { return document.getElementById('pricing'); }
 const source = new EventSource(window.location.pathname + '/stream' + window.location.search);
 source.addEventListener('view', (event) => {
   const update = JSON.parse(event.data);
-  document.getElementById('live').innerHTML = update.html;
-  document.body.dataset.version = update.version;
+  const open = pricing();
+  if (open && open.open) { waiting = update; } else { apply(update); }
 });
+document.addEventListener('click', (event) => {
+  const opener = event.target.closest('[data-opens]');
+  if (opener) { document.getElementById(opener.dataset.opens).showModal(); }
+  const closer = event.target.closest('[data-closes]');
+  if (closer) { document.getElementById(closer.dataset.closes).close(); }
+  if (event.target.closest('#dismiss-notice')) {
+    document.getElementById('notice').remove();
+    const address = new URL(window.location);
+    ['outcome', 'checkout', 'portal'].forEach((p) => address.searchParams.delete(p));
+    history.replaceState(null, '', address);
+  }
+});
+document.addEventListener('close', (event) => {
+  if (event.target.id === 'pricing' && waiting) { apply(waiting); waiting = null; }
+}, true);
 """
+
+
+def _money(cents: int, currency: str) -> str:
+    symbol = {"usd": "$", "eur": "€", "gbp": "£"}.get(currency, "")
+    amount = f"{cents / 100:,.2f}".removesuffix(".00")
+    return f"{symbol}{amount}" if symbol else f"{amount} {currency.upper()}"
 
 
 def _when(value: str | None) -> str:
@@ -49,7 +105,7 @@ def _when(value: str | None) -> str:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).strftime("%d %b %Y, %H:%M UTC")
 
 
-def _credits(stored: Stored) -> str:
+def _credits(stored: Stored, now: datetime) -> str:
     credits = stored.credits
     if credits is None:
         return (
@@ -61,11 +117,30 @@ def _credits(stored: Stored) -> str:
     return f"""<section id='credits'><h2>Credits</h2>
 <div class='big'><span id='credits-left'>{left:,}</span> of {int(credits["allotment"]):,} credits left
 <span class='muted'>({percent} %)</span></div>
-<div class='bar' role='progressbar' aria-valuenow='{percent}' aria-valuemin='0' aria-valuemax='100'>
+<div class='bar' role='progressbar' aria-label='Credits left' aria-valuenow='{percent}' aria-valuemin='0' aria-valuemax='100'>
 <div id='credit-bar' class='fill {colour}' data-colour='{colour}' data-percent='{percent}'
  style='width:{percent}%'></div></div>
 <p class='muted'>Renews {_when(credits.get("renews_at"))} · {int(credits["used"]):,} used this period</p>
-</section>"""
+{_runway(runway(credits, now))}</section>"""
+
+
+def _runway(found: Runway | None) -> str:
+    if found is None:
+        return ""
+    renews = found.renews_at.strftime("%d %b %Y")
+    if found.runs_out_at is None:
+        return f"<p id='runway' class='muted'>No credits used yet this period; they renew on {renews}.</p>"
+    out = found.runs_out_at.strftime("%d %b %Y")
+    if not found.before_renewal:
+        return (
+            f"<p id='runway' class='muted'>At this pace ({found.per_day:,} a day) your credits "
+            f"last until {out}, after they renew on {renews}.</p>"
+        )
+    return (
+        f"<div id='runway' class='banner warn' role='alert'>At this pace ({found.per_day:,} a "
+        f"day) your credits run out on <b>{out}</b>, before they renew on {renews}. Members "
+        "cannot send messages to agents once they are gone: consider a larger plan.</div>"
+    )
 
 
 def _audit(stored: Stored, can: Actions) -> str:
@@ -89,29 +164,14 @@ def _audit(stored: Stored, can: Actions) -> str:
         )
         or "<tr><td colspan='6' class='muted'>Nothing recorded yet.</td></tr>"
     )
-    return f"""<section id='audit'><h2>Audit log</h2><table id='audit-log'>
+    return f"""<section id='audit'><h2>Audit log</h2><div class='scroll' tabindex='0' role='region' aria-label='Audit log'><table id='audit-log'>
 <tr><th>When</th><th>Who</th><th>What</th><th>To</th><th>Outcome</th><th>Request</th></tr>{rows}
-</table></section>"""
+</table></div></section>"""
 
 
-def _usage(stored: Stored) -> str:
-    rows = (
-        "".join(
-            f"<tr><td>{escape(d.occurred_at.strftime('%d %b %H:%M'))}</td><td>{escape(d.member_id)}</td>"
-            f"<td>{escape(d.agent_id)}</td><td>{d.credits:,}</td></tr>"
-            for d in stored.recent
-        )
-        or "<tr><td colspan='4' class='muted'>No usage yet.</td></tr>"
-    )
-    peak = max((c for _, c in stored.daily), default=0) or 1
-    bars = "".join(
-        f"<div title='{day:%d %b}: {c:,}' style='height:{round(c * 100 / peak)}%'></div>"
-        for day, c in stored.daily
-    )
-    members = "".join(
-        f"<tr><td>{escape(m)}</td><td>{c:,}</td></tr>" for m, c in stored.by_member[:8]
-    )
-    agents = "".join(f"<tr><td>{escape(a)}</td><td>{c:,}</td></tr>" for a, c in stored.by_agent[:8])
+def _usage(stored: Stored, query: str) -> str:
+    """Usage as metering's ledger holds it, for the credit period shown; the earlier periods
+    as links."""
     denied = (
         "".join(
             f"<tr><td>{escape(d.occurred_at.strftime('%d %b %H:%M'))}</td><td>{escape(d.member_id)}</td>"
@@ -120,15 +180,68 @@ def _usage(stored: Stored) -> str:
         )
         or "<tr><td colspan='4' class='muted'>No denied sends.</td></tr>"
     )
-    return f"""<section id='usage'><h2>Usage</h2>
-<div class='chart' id='usage-chart'>{bars}</div><p class='muted'>Credits per day, this period</p>
-<div class='cols'><div><table><tr><th>By member</th><th>Credits</th></tr>{members}</table></div>
-<div><table><tr><th>By agent</th><th>Credits</th></tr>{agents}</table></div></div>
+    denials = f"""<h2 style='margin-top:14px'>Denied sends</h2>
+<div class='scroll' tabindex='0' role='region' aria-label='Denied sends'><table id='denied'><tr><th>When</th><th>Member</th><th>Agent</th><th>Reason</th></tr>{denied}</table></div>"""
+    usage = stored.usage
+    if stored.period is None:
+        return f"<section id='usage'><h2>Usage</h2><p class='muted'>No credit period yet.</p>{denials}</section>"
+    start, end = stored.period
+    span = f"{start:%d %b %Y} – {'now' if stored.current_period else f'{end:%d %b %Y}'}"
+    if usage is None:
+        return (
+            f"<section id='usage'><h2>Usage · {span}</h2><p class='muted' id='usage-unavailable'>"
+            f"Usage is unavailable right now; it shows again in a moment.</p>{denials}</section>"
+        )
+    days = usage["by_day"]
+    peak = max((d["credits"] for d in days), default=0) or 1
+    bars = "".join(
+        f"<div title='{escape(d['name'])}: {d['credits']:,}' style='height:{round(d['credits'] * 100 / peak)}%'></div>"
+        for d in days
+    )
+    members = "".join(
+        f"<tr><td>{escape(m['name'] or '—')}</td><td>{m['credits']:,}</td></tr>"
+        for m in usage["by_member"][:8]
+    )
+    agents = "".join(
+        f"<tr><td>{escape(a['name'] or '—')}</td><td>{a['credits']:,}</td></tr>"
+        for a in usage["by_agent"][:8]
+    )
+    rows = (
+        "".join(
+            f"<tr><td>{escape(datetime.fromisoformat(d['occurred_at']).strftime('%d %b %H:%M'))}</td>"
+            f"<td>{escape(d['member_id'] or '')}</td><td>{escape(d['agent_id'] or '')}</td><td>{d['credits']:,}</td></tr>"
+            for d in usage["recent"]
+        )
+        or "<tr><td colspan='4' class='muted'>No usage yet.</td></tr>"
+    )
+    return f"""<section id='usage'><h2>Usage · {span}</h2>
+<p><span class='big' id='usage-total'>{usage["total"]:,}</span> credits used by
+<span id='usage-messages'>{usage["messages"]:,}</span> messages</p>
+<div class='chart' id='usage-chart' role='img' aria-label='Credits per day'>{bars}</div><p class='muted'>Credits per day (UTC)</p>
+<div class='cols'><div><table id='by-member'><tr><th>By member</th><th>Credits</th></tr>{members}</table></div>
+<div><table id='by-agent'><tr><th>By agent</th><th>Credits</th></tr>{agents}</table></div></div>
 <h2 style='margin-top:14px'>Recent debits</h2>
-<table id='recent'><tr><th>When</th><th>Member</th><th>Agent</th><th>Credits</th></tr>{rows}</table>
-<h2 style='margin-top:14px'>Denied sends</h2>
-<table id='denied'><tr><th>When</th><th>Member</th><th>Agent</th><th>Reason</th></tr>{denied}</table>
-</section>"""
+<div class='scroll' tabindex='0' role='region' aria-label='Recent debits'><table id='recent'><tr><th>When</th><th>Member</th><th>Agent</th><th>Credits</th></tr>{rows}</table></div>
+{_periods(usage, stored, query)}{denials}</section>"""
+
+
+def _periods(usage: dict[str, Any], stored: Stored, query: str) -> str:
+    starts = [datetime.fromisoformat(p) for p in usage.get("periods", [])]
+    current = stored.period[0] if stored.current_period and stored.period else None
+    links = []
+    base = dict(parse_qsl(query.lstrip("?")))
+    if not stored.current_period:
+        links.append(
+            f"<a href='/billing?{escape(urlencode(base))}' id='period-current'>Current period</a>"
+        )
+    for start in starts:
+        if start == current or (stored.period and start == stored.period[0]):
+            continue
+        address = urlencode({**base, "period": start.isoformat()})
+        links.append(f"<a href='/billing?{escape(address)}'>{start:%d %b %Y}</a>")
+    if not links:
+        return ""
+    return f"<p class='periods' id='periods'>Earlier periods: {''.join(links)}</p>"
 
 
 def _plan(stored: Stored, can: Actions, query: str) -> str:
@@ -183,24 +296,86 @@ def _actions(stored: Stored, can: Actions, catalogue: dict[str, Any] | None, que
     def disabled(allowed: bool) -> str:
         return "" if allowed else "disabled"
 
-    current = stored.subscription or {}
-    options = []
-    for plan in (catalogue or {}).get("plans", []):
-        if plan["plan"] == "enterprise":
-            continue
-        cycles = [p["cycle"] for p in plan.get("prices", [])] or ["monthly"]
-        for cycle in cycles:
-            if plan["plan"] == current.get("plan") and cycle == (current.get("cycle") or "monthly"):
-                continue  # the plan in force
-            label = f"{plan['name']} ({cycle})" if plan.get("prices") else plan["name"]
-            options.append(f"<option value='{plan['plan']}:{cycle}'>{escape(label)}</option>")
-    reason = f"<p class='muted' id='actions-reason'>{escape(can.reason)}</p>" if can.reason else ""
-    return f"""<section id='actions'><h2>Billing actions</h2>{reason}
-<form method='post' action='/billing/change{query}'><select name='choice' {disabled(can.change_plan)}>{"".join(options)}</select>
-<button id='change-plan' {disabled(can.change_plan)}>Change plan</button></form>
-<form method='post' action='/billing/portal{query}'><button id='manage-billing' {disabled(can.manage_billing)}>Manage billing</button></form>
-<form method='get' action='/billing/cancel'>{_hidden(query)}<button id='cancel' {disabled(can.cancel)}>Cancel subscription</button></form>
+    sub = stored.subscription or {}
+    notes = []
+    if can.reason:
+        notes.append(f"<p class='muted' id='actions-reason'>{escape(can.reason)}</p>")
+    elif not can.manage_billing:
+        notes.append(
+            "<p class='muted' id='billing-reason'>Manage billing (payment methods, invoices, "
+            "billing details) and Cancel apply to a paid plan.</p>"
+        )
+    elif sub.get("cancel_at_period_end"):
+        notes.append(
+            "<p class='muted' id='billing-reason'>Your plan is cancelled: reactivate it to "
+            "change plan or cancel again.</p>"
+        )
+    return f"""<section id='actions'><h2>Billing actions</h2>{"".join(notes)}
+<button type='button' id='change-plan' data-opens='pricing' aria-haspopup='dialog' {disabled(can.change_plan)}>Change plan</button>
+<form method='post' action='/billing/portal{query}'><button id='manage-billing' class='secondary' {disabled(can.manage_billing)}>Manage billing</button></form>
+<form method='get' action='/billing/cancel'>{_hidden(query)}<button id='cancel' class='secondary' {disabled(can.cancel)}>Cancel subscription</button></form>
+{_pricing(stored, can, catalogue, query) if can.change_plan else ""}
 </section>"""
+
+
+def _pricing(stored: Stored, can: Actions, catalogue: dict[str, Any] | None, query: str) -> str:
+    """The pricing modal: the plans side by side, the current one marked, what each choice
+    does now."""
+    sub = stored.subscription or {}
+    end = _when(sub.get("paid_period_end") or sub.get("credit_period_end"))
+    currency = (catalogue or {}).get("currency", "usd")
+    found = choices(sub, catalogue, end)
+    cards = []
+    for plan in dict.fromkeys(c.plan for c in found):
+        mine = [c for c in found if c.plan == plan]
+        first = mine[0]
+        seats = "unlimited seats" if first.seat_limit is None else f"up to {first.seat_limit} seats"
+        features = "".join(f"<li>{escape(f.replace('_', ' '))}</li>" for f in first.features)
+        current = any(c.current for c in mine)
+        options = "".join(_option(c, currency, query) for c in mine)
+        cards.append(
+            f"<div class='plan{' current' if current else ''}' id='plan-{plan}'>"
+            f"<h3>{escape(first.name)} {'<span class=tag>Current plan</span>' if current else ''}</h3>"
+            f"<p class='muted'>{first.monthly_credits:,} credits a month · {seats}</p>"
+            f"<ul>{features}</ul>{options}</div>"
+        )
+    return f"""<dialog id='pricing' aria-labelledby='pricing-title'>
+<div class='dialog-head'><h2 id='pricing-title'>Choose a plan</h2>
+<button type='button' class='secondary' data-closes='pricing' aria-label='Close the plans'>Close</button></div>
+<div class='plans'>{"".join(cards)}</div></dialog>"""
+
+
+def _option(choice: Choice, currency: str, query: str) -> str:
+    if choice.per_seat is not None:
+        price = f"{_money(choice.per_seat, currency)} per seat per {'year' if choice.cycle == 'annual' else 'month'}"
+    else:
+        price = "Free" if choice.plan == "free" else "Priced with sales"
+    saving = (
+        f" <span class='saving'>save {choice.annual_saving_percent} %</span>"
+        if choice.annual_saving_percent
+        else ""
+    )
+    label = {
+        "checkout": "Choose",
+        "upgrade": "Upgrade",
+        "downgrade": "Downgrade",
+        "withdraw": "Keep this plan",
+    }.get(choice.kind, "")
+    cycle = f" {choice.cycle}" if choice.cycle else ""
+    if choice.kind == "contact_sales":
+        act = "<a class='button' href='mailto:sales@billing.example?subject=Enterprise'>Contact sales</a>"
+    elif choice.selectable:
+        act = (
+            f"<form method='post' action='/billing/change{query}'>"
+            f"<input type='hidden' name='choice' value='{escape(choice.value)}'>"
+            f"<button id='choose-{escape(choice.value.replace(':', '-'))}'>{label} {escape(choice.name)}{cycle}</button></form>"
+        )
+    else:
+        act = ""
+    return (
+        f"<div class='option' data-kind='{choice.kind}'><p><b>{price}</b>{saving}</p>"
+        f"<p class='muted'>{escape(choice.consequence)}</p>{act}</div>"
+    )
 
 
 def _hidden(query: str) -> str:
@@ -211,25 +386,41 @@ def _hidden(query: str) -> str:
 
 
 def main(
-    stored: Stored, member_id: str, catalogue: dict[str, Any] | None, query: str, notice: str = ""
+    stored: Stored, member_id: str, catalogue: dict[str, Any] | None, query: str, now: datetime
 ) -> str:
     can = actions(member_id, stored.seats, stored.subscription)
-    note = f"<div class='banner info' id='notice'>{escape(notice)}</div>" if notice else ""
     return (
-        note
-        + _credits(stored)
+        _credits(stored, now)
         + _plan(stored, can, query)
         + _seats(stored)
         + _actions(stored, can, catalogue, query)
-        + _usage(stored)
+        + _usage(stored, query)
         + _audit(stored, can)
     )
 
 
-def page(organisation_id: str, body: str, version: str) -> str:
-    return f"""<!doctype html><html lang='en'><head><meta charset='utf-8'>
-<title>Billing · {escape(organisation_id)}</title><style>{STYLE}</style></head>
+def _notice(notice: Notice | None) -> str:
+    if notice is None:
+        return ""
+    return (
+        f"<div class='banner {notice.tone}' id='notice' role='status' data-code='{escape(notice.code)}'>"
+        f"<span>{escape(notice.text)}</span>"
+        "<button type='button' class='secondary' id='dismiss-notice' aria-label='Dismiss this message'>Dismiss</button></div>"
+    )
+
+
+def _head(title: str) -> str:
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{escape(title)}</title><style>{STYLE}</style></head>"
+    )
+
+
+def page(organisation_id: str, body: str, version: str, notice: Notice | None = None) -> str:
+    return f"""{_head(f"Billing · {organisation_id}")}
 <body data-version='{escape(version)}'><header>Billing · {escape(organisation_id)}</header>
+<div id='notices'>{_notice(notice)}</div>
 <main id='live'>{body}</main><script>{SCRIPT}</script></body></html>"""
 
 
@@ -240,7 +431,6 @@ def confirm_cancel(organisation_id: str, stored: Stored, query: str) -> str:
 <p>Your {escape(str(sub.get("plan", "")).title())} plan stays in force until <b>{end}</b>; then the
 organisation moves to Free with Free's credits. You can reactivate until then.</p>
 <form method='post' action='/billing/cancel{query}'><button id='confirm-cancel'>Cancel subscription</button></form>
-<form method='get' action='/billing'>{_hidden(query)}<button id='keep'>Keep my plan</button></form></section>"""
-    return f"""<!doctype html><html lang='en'><head><meta charset='utf-8'>
-<title>Cancel · {escape(organisation_id)}</title><style>{STYLE}</style></head>
+<form method='get' action='/billing'>{_hidden(query)}<button id='keep' class='secondary'>Keep my plan</button></form></section>"""
+    return f"""{_head(f"Cancel · {organisation_id}")}
 <body><header>Billing · {escape(organisation_id)}</header><main>{body}</main></body></html>"""

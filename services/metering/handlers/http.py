@@ -5,12 +5,12 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from shared.access import READERS, Scope, allow
 from shared.audit import audited
@@ -27,6 +27,7 @@ from shared.http import (
     Problem,
 )
 
+from .. import usage
 from ..authorizer import (
     Ask,
     Authorization,
@@ -305,6 +306,65 @@ async def get_ledger(
         organisation_id=organisation_id,
         entries=[LedgerEntryOut.model_validate(e, from_attributes=True) for e in page],
         next_before=page[-1].seq if len(rows) > limit else None,
+    )
+
+
+class UsageRowOut(BaseModel):
+    name: str
+    credits: int
+
+
+class DebitOut(BaseModel):
+    entry_id: UUID
+    member_id: str | None
+    agent_id: str | None
+    credits: int
+    occurred_at: datetime
+
+
+class UsageOut(BaseModel):
+    organisation_id: str
+    since: datetime
+    until: datetime
+    total: int
+    """Credits debited in [since, until): each accepted message once, nothing refused."""
+    messages: int
+    by_day: list[UsageRowOut]
+    by_member: list[UsageRowOut]
+    by_agent: list[UsageRowOut]
+    recent: list[DebitOut]
+    periods: list[datetime]
+    """Where the latest credit periods began (a plan start or a renewal), newest first."""
+
+
+@router.get(
+    "/organisations/{organisation_id}/usage",
+    dependencies=[allow(*READERS)],
+    response_model=UsageOut,
+    tags=["credits"],
+)
+async def get_usage(
+    organisation_id: OrganisationPath,
+    request: Request,
+    since: Annotated[AwareDatetime, Query()],
+    until: Annotated[AwareDatetime, Query()],
+) -> UsageOut:
+    """What the ledger debited between two instants (at most 400 days), by day (UTC), member
+    and agent, the latest debits, and where the credit periods began."""
+    if not since < until or until - since > timedelta(days=400):
+        raise Problem(400, "invalid-range", "Give `since` before `until`, at most 400 days apart")
+    found = await usage.usage(request.app.state.runtime.pool, organisation_id, since, until)
+    return UsageOut(
+        organisation_id=organisation_id,
+        since=since,
+        until=until,
+        total=found.total,
+        messages=found.messages,
+        by_day=[UsageRowOut(name=n, credits=c) for n, c in found.by_day],
+        by_member=[UsageRowOut(name=n, credits=c) for n, c in found.by_member],
+        by_agent=[UsageRowOut(name=n, credits=c) for n, c in found.by_agent],
+        recent=[DebitOut.model_validate(d) for d in found.recent],
+        periods=found.periods,
     )
 
 

@@ -1,0 +1,181 @@
+"""Every flow of the Billing page, in Chromium, on a desktop (1280×900) and on a phone
+(390×844): each ends on the page with a message that stays until dismissed or replaced, and
+axe-core finds no serious or critical violation in any state. Screenshots go to
+`test-artefacts/` (the README shows some)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from axe_playwright_python.async_playwright import Axe
+from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Page as Tab
+
+from tests.dashboard.conftest import ARTEFACTS, Page
+from tests.dashboard.test_billing_page import CHROMIUM_ARGS, LIVE
+from tests.subscriptions.conftest import OWNER
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
+
+VIEWPORTS = {"desktop": (1280, 900), "phone": (390, 844)}
+AXE = Axe()
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def browser(chromium: str) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+class Flow:
+    """One owner's Billing page in a browser of one size."""
+
+    def __init__(self, dashboard: Page, tab: Tab, org: str, viewport: str) -> None:
+        self.dashboard, self.tab, self.org, self.viewport = dashboard, tab, org, viewport
+        self.choices = 0
+
+    async def check(self, state: str) -> None:
+        """No serious or critical accessibility violation; a screenshot of the state."""
+        results = await AXE.run(self.tab)
+        grave = [
+            (v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
+            for v in results.response["violations"]
+            if v["impact"] in {"serious", "critical"}
+        ]
+        assert grave == [], (state, self.viewport, grave)
+        width = await self.tab.evaluate("document.documentElement.scrollWidth")
+        assert width <= VIEWPORTS[self.viewport][0], (state, "wider than the screen", width)
+        ARTEFACTS.mkdir(exist_ok=True)
+        modal = await self.tab.locator("dialog[open]").count()
+        await self.tab.screenshot(
+            path=str(ARTEFACTS / f"flow-{state}-{self.viewport}.png"), full_page=not modal
+        )
+
+    async def notice(self, code: str) -> None:
+        await expect(self.tab.locator("#notice")).to_have_attribute("data-code", code, timeout=LIVE)
+
+    async def choose(self, value: str) -> None:
+        """Change plan → the pricing modal → a plan and cycle, with the keyboard alone."""
+        await self.tab.locator("#change-plan").focus()
+        await self.tab.keyboard.press("Enter")
+        await expect(self.tab.locator("#pricing")).to_be_visible()
+        await self.check(f"pricing-{self.choices}")
+        self.choices += 1
+        button = self.tab.locator(f"#choose-{value.replace(':', '-')}")
+        await button.focus()
+        await self.tab.keyboard.press("Enter")
+
+
+async def flow(browser: Browser, dashboard: Page, viewport: str) -> AsyncIterator[Flow]:
+    org = f"org_{uuid.uuid4().hex[:10]}"
+    await dashboard.billing.organisation(org)
+    await dashboard.knows(org, OWNER)
+    width, height = VIEWPORTS[viewport]
+    context = await browser.new_context(
+        extra_http_headers=dashboard.billing.acting(org, OWNER),
+        viewport={"width": width, "height": height},
+        is_mobile=viewport == "phone",
+        has_touch=viewport == "phone",
+    )
+    tab = await context.new_page()
+    await tab.goto(f"{dashboard.url}/billing")
+    await expect(tab.locator("#credits-left")).to_have_text("1,000", timeout=LIVE)
+    try:
+        yield Flow(dashboard, tab, org, viewport)
+    finally:
+        await context.close()
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+async def test_checkout_from_free_and_back_with_the_outcome(
+    browser: Browser, dashboard: Page, viewport: str
+) -> None:
+    async for f in flow(browser, dashboard, viewport):
+        await f.check("free")
+        await f.choose("pro:monthly")
+        await expect(f.tab.locator("#cancel")).to_be_visible(timeout=LIVE)  # Stripe's page
+        await f.tab.locator("#cancel").click()
+        await f.notice("checkout_cancelled")
+        await expect(f.tab.locator("#plan-name")).to_have_text("Free")
+
+        await f.choose("pro:monthly")
+        await f.tab.locator("#pay").click()
+        await f.notice("checkout_success")
+        await expect(f.tab.locator("#plan-name")).to_have_text("Pro", timeout=LIVE)
+        await expect(f.tab.locator("#credits-left")).to_have_text("20,000", timeout=LIVE)
+        await f.notice("checkout_success")  # live updates leave the message alone
+        await f.check("paid")
+        await f.tab.locator("#dismiss-notice").click()
+        await expect(f.tab.locator("#notice")).to_have_count(0)
+        assert "checkout=" not in f.tab.url
+
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+async def test_upgrade_downgrade_and_withdraw_in_the_pricing_modal(
+    browser: Browser, dashboard: Page, viewport: str
+) -> None:
+    async for f in flow(browser, dashboard, viewport):
+        await f.choose("pro:monthly")
+        await f.tab.locator("#pay").click()
+        await expect(f.tab.locator("#plan-name")).to_have_text("Pro", timeout=LIVE)
+
+        await f.choose("max:monthly")
+        await f.notice("upgraded")
+        await expect(f.tab.locator("#plan-name")).to_have_text("Max", timeout=LIVE)
+        await expect(f.tab.locator("#plan-max")).to_have_class("plan current", timeout=LIVE)
+
+        await f.choose("pro:monthly")
+        await f.notice("downgrade_scheduled")
+        await expect(f.tab.locator("#pending")).to_be_visible(timeout=LIVE)
+        await f.check("downgrade-scheduled")
+
+        await f.choose("max:monthly")  # "Keep this plan"
+        await f.notice("downgrade_withdrawn")
+        await expect(f.tab.locator("#pending")).to_have_count(0, timeout=LIVE)
+        await expect(f.tab.locator("#plan-name")).to_have_text("Max")
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+async def test_cancel_confirm_reactivate_the_portal_and_a_refusal_in_words(
+    browser: Browser, dashboard: Page, viewport: str
+) -> None:
+    async for f in flow(browser, dashboard, viewport):
+        await f.choose("pro:monthly")
+        await f.tab.locator("#pay").click()
+        await expect(f.tab.locator("#plan-name")).to_have_text("Pro", timeout=LIVE)
+
+        await f.tab.locator("#manage-billing").click()
+        await expect(f.tab.locator("#return")).to_be_visible(timeout=LIVE)  # Stripe's portal
+        await f.tab.locator("#return").click()
+        await f.notice("portal_returned")
+
+        await f.tab.locator("#cancel").click()
+        await expect(f.tab.locator("#confirm")).to_be_visible()
+        await f.check("cancel-confirmation")
+        await f.tab.locator("#confirm-cancel").click()
+        await f.notice("cancelled")
+        await expect(f.tab.locator("#cancelled")).to_be_visible(timeout=LIVE)
+        await f.check("cancelled")
+        await f.tab.locator("#reactivate").click()
+        await f.notice("reactivated")
+        await expect(f.tab.locator("#cancelled")).to_have_count(0, timeout=LIVE)
+
+        # Cancelled elsewhere while this confirmation was open: refused, said in words.
+        await f.tab.locator("#cancel").click()
+        await expect(f.tab.locator("#confirm")).to_be_visible()
+        elsewhere = await f.dashboard.billing.http.post(
+            "/v1/subscription/cancel", headers=f.dashboard.billing.acting(f.org)
+        )
+        assert elsewhere.status_code == 200
+        await f.tab.locator("#confirm-cancel").click()
+        await f.notice("refused:already_cancelled")
+        await expect(f.tab.locator("#notice")).to_contain_text("already cancelled")
+        await f.check("refused")
