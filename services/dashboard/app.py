@@ -17,12 +17,14 @@ from shared.topics import (
     CREDIT_AUTHORIZATIONS,
     CREDIT_BALANCE,
     SEATS_STATE,
+    STRIPE_EVENTS,
     SUBSCRIPTION_STATE,
     WORKSPACE_MEMBERS,
 )
 
 from . import PRODUCER
 from .handlers import http
+from .invoices import StripeInvoices
 from .metering import MeteringUsage
 from .service import Dashboard
 from .settings import DashboardSettings
@@ -46,8 +48,18 @@ async def build(kernel: Kernel[DashboardSettings]) -> Parts:
         timeout=5,
     )
     kernel.on_stop(metering.aclose)
+    gateway = httpx.AsyncClient(
+        base_url=str(settings.gateway_url).rstrip("/"),
+        headers={"Authorization": f"Bearer {settings.gateway_token.get_secret_value()}"},
+        timeout=5,
+    )
+    kernel.on_stop(gateway.aclose)
     dashboard = Dashboard(
-        kernel.pool, kernel.clock, schema=settings.db_schema, usage=MeteringUsage(metering)
+        kernel.pool,
+        kernel.clock,
+        schema=settings.db_schema,
+        usage=MeteringUsage(metering),
+        invoices=StripeInvoices(gateway),
     )
     for spec, name, apply, what in (
         (CREDIT_BALANCE, "credits", dashboard.on_credits, "The credit bar (newest revision)."),
@@ -55,6 +67,7 @@ async def build(kernel: Kernel[DashboardSettings]) -> Parts:
         (SUBSCRIPTION_STATE, "subscriptions", dashboard.on_subscriptions, "Plan and period."),
         (SEATS_STATE, "seats", dashboard.on_seats, "Seats and owners."),
         (BILLING_AUDIT, "audit", dashboard.on_audit, "The audit log, for owners."),
+        (STRIPE_EVENTS, "invoices", dashboard.on_stripe, "Invoices changed: pages refresh."),
     ):
         kernel.consume(spec, name, apply, max_records=2000, description=what)
     kernel.consume(

@@ -23,6 +23,7 @@ from shared.events.codec import Rejection
 from shared.logging import get_logger
 
 from . import store
+from .invoices import StripeInvoices
 from .metering import MeteringUsage
 
 log = get_logger("dashboard.service")
@@ -42,11 +43,13 @@ class Dashboard:
         *,
         schema: str,
         usage: MeteringUsage | None = None,
+        invoices: StripeInvoices | None = None,
     ) -> None:
         self._pool = pool
         self._clock = clock
         self._channel = channel(schema)
         self.usage = usage
+        self.invoices = invoices
         self._pages: dict[str, set[asyncio.Queue[store.Stored]]] = {}
         self._members: Counter[tuple[str, str]] = Counter()
         self._refreshing: dict[str, asyncio.Task[None]] = {}
@@ -115,6 +118,16 @@ class Dashboard:
             await self._notify(conn, await store.add_audit(conn, entries))
         return []
 
+    async def on_stripe(self, items: Sequence[Decoded[Event]]) -> Applied:
+        """An invoice Stripe made, paid or failed to collect: the page's invoices change."""
+        organisations = sorted(
+            {i.event.organisation_id for i in items if i.event.type.startswith("stripe_invoice.")}
+        )
+        if organisations:
+            async with self._pool.acquire() as conn:
+                await self._notify(conn, organisations)
+        return []
+
     async def _notify(self, conn: asyncpg.Connection, organisations: Sequence[str]) -> None:
         """At commit, wake the open pages of these organisations, on every instance."""
         chunk: list[str] = []
@@ -132,6 +145,8 @@ class Dashboard:
         """The organisation's page: its parts, and metering's usage of the current credit period
         (or of the earlier one that began at `period`)."""
         stored = await store.view(self._pool, organisation_id)
+        if self.invoices is not None and (stored.subscription or {}).get("stripe_subscription_id"):
+            stored = replace(stored, invoices=await self.invoices.latest(organisation_id))
         now = self._clock.now()
         credits = stored.credits or {}
         start = credits.get("period_start")

@@ -40,6 +40,13 @@ class DashboardSettings(ServiceSettings):
     `METERING_URL`."""
     metering_token: SecretStr = SecretStr(DEV_API_TOKEN)
     """The page's credential at metering (scope `reader`)."""
+    gateway_url: AnyHttpUrl = Field(
+        AnyHttpUrl("http://127.0.0.1:8083"),
+        validation_alias=AliasChoices("DASHBOARD_GATEWAY_URL", "STRIPE_GATEWAY_URL"),
+    )
+    """The Stripe gateway's API: the latest invoices; `make run` sets `STRIPE_GATEWAY_URL`."""
+    gateway_token: SecretStr = SecretStr(DEV_API_TOKEN)
+    """The page's credential at the gateway (scope `reader`)."""
 
     @model_validator(mode="after")
     def _query_identity_only_on_loopback(self) -> DashboardSettings:

@@ -122,6 +122,8 @@ class Stored:
     period: tuple[datetime, datetime] | None = None
     """The period shown, [start, end); None: no credit period known yet."""
     current_period: bool = True
+    invoices: list[dict[str, Any]] | None = None
+    """The latest invoices (the gateway's); None: unavailable."""
 
 
 async def view(conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str) -> Stored:

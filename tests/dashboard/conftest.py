@@ -20,6 +20,7 @@ import pytest_asyncio
 import uvicorn
 
 from services.dashboard.app import SERVICE
+from services.dashboard.invoices import StripeInvoices
 from services.dashboard.metering import MeteringUsage
 from services.dashboard.settings import DashboardSettings
 from services.seats.app import SERVICE as SEATS
@@ -104,6 +105,7 @@ async def dashboard(
         async with serving(app, port):
             app.state.parts.subscriptions = billing.http  # the subscription API, in process
             app.state.parts.dashboard.usage = MeteringUsage(billing.metering)  # and metering's
+            app.state.parts.dashboard.invoices = StripeInvoices(billing.gateway.http)
             url = f"http://127.0.0.1:{port}"
             billing.service._links = Links(  # Stripe sends people back to this page
                 success_url=f"{url}/billing?checkout=success",

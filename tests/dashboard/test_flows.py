@@ -1,7 +1,7 @@
 """Every flow of the Billing page, in Chromium, on a desktop (1280×900) and on a phone
-(390×844): each ends on the page with a message that stays until dismissed or replaced, and
-axe-core finds no serious or critical violation in any state. Screenshots go to
-`test-artefacts/` (the README shows some)."""
+(390×844), with the keyboard alone: each ends on the page with a message that stays until
+dismissed or replaced, and axe-core finds no serious or critical violation in any state.
+Screenshots go to `test-artefacts/` (the README shows some)."""
 
 from __future__ import annotations
 
@@ -61,16 +61,18 @@ class Flow:
     async def notice(self, code: str) -> None:
         await expect(self.tab.locator("#notice")).to_have_attribute("data-code", code, timeout=LIVE)
 
+    async def press(self, selector: str) -> None:
+        """A button or link, with the keyboard alone: focus it, then Enter."""
+        await self.tab.locator(selector).focus()
+        await self.tab.keyboard.press("Enter")
+
     async def choose(self, value: str) -> None:
         """Change plan → the pricing modal → a plan and cycle, with the keyboard alone."""
-        await self.tab.locator("#change-plan").focus()
-        await self.tab.keyboard.press("Enter")
+        await self.press("#change-plan")
         await expect(self.tab.locator("#pricing")).to_be_visible()
         await self.check(f"pricing-{self.choices}")
         self.choices += 1
-        button = self.tab.locator(f"#choose-{value.replace(':', '-')}")
-        await button.focus()
-        await self.tab.keyboard.press("Enter")
+        await self.press(f"#choose-{value.replace(':', '-')}")
 
 
 async def flow(browser: Browser, dashboard: Page, viewport: str) -> AsyncIterator[Flow]:
@@ -101,21 +103,32 @@ async def test_checkout_from_free_and_back_with_the_outcome(
         await f.check("free")
         await f.choose("pro:monthly")
         await expect(f.tab.locator("#cancel")).to_be_visible(timeout=LIVE)  # Stripe's page
-        await f.tab.locator("#cancel").click()
+        await f.press("#cancel")
         await f.notice("checkout_cancelled")
         await expect(f.tab.locator("#plan-name")).to_have_text("Free")
 
         await f.choose("pro:monthly")
-        await f.tab.locator("#pay").click()
+        await f.press("#pay")
         await f.notice("checkout_success")
         await expect(f.tab.locator("#plan-name")).to_have_text("Pro", timeout=LIVE)
         await expect(f.tab.locator("#credits-left")).to_have_text("20,000", timeout=LIVE)
         await f.notice("checkout_success")  # live updates leave the message alone
         await f.check("paid")
-        await f.tab.locator("#dismiss-notice").click()
+        await f.press("#dismiss-notice")
         await expect(f.tab.locator("#notice")).to_have_count(0)
         assert "checkout=" not in f.tab.url
 
+        # The invoice of the first month, from Stripe through the gateway, with its PDF.
+        invoice = f.tab.locator("#invoice-list tr").nth(1)
+        await expect(invoice).to_contain_text("paid", timeout=LIVE)
+        held = await f.dashboard.billing.gateway.http.get(f"/v1/organisations/{f.org}/invoices")
+        (first,) = held.json()
+        assert first["status"] == "paid" and first["amount_due"] >= 2000
+        await expect(invoice).to_contain_text(f"${first['amount_due'] // 100}")
+        pdf = await invoice.get_by_role("link", name="PDF").get_attribute("href")
+        answer = await f.tab.request.get(pdf)
+        assert answer.ok and (await answer.body()).startswith(b"%PDF-")
+        await f.check("invoices")
 
 
 @pytest.mark.parametrize("viewport", VIEWPORTS)
@@ -124,7 +137,7 @@ async def test_upgrade_downgrade_and_withdraw_in_the_pricing_modal(
 ) -> None:
     async for f in flow(browser, dashboard, viewport):
         await f.choose("pro:monthly")
-        await f.tab.locator("#pay").click()
+        await f.press("#pay")
         await expect(f.tab.locator("#plan-name")).to_have_text("Pro", timeout=LIVE)
 
         await f.choose("max:monthly")
@@ -149,33 +162,33 @@ async def test_cancel_confirm_reactivate_the_portal_and_a_refusal_in_words(
 ) -> None:
     async for f in flow(browser, dashboard, viewport):
         await f.choose("pro:monthly")
-        await f.tab.locator("#pay").click()
+        await f.press("#pay")
         await expect(f.tab.locator("#plan-name")).to_have_text("Pro", timeout=LIVE)
 
-        await f.tab.locator("#manage-billing").click()
+        await f.press("#manage-billing")
         await expect(f.tab.locator("#return")).to_be_visible(timeout=LIVE)  # Stripe's portal
-        await f.tab.locator("#return").click()
+        await f.press("#return")
         await f.notice("portal_returned")
 
-        await f.tab.locator("#cancel").click()
+        await f.press("#cancel")
         await expect(f.tab.locator("#confirm")).to_be_visible()
         await f.check("cancel-confirmation")
-        await f.tab.locator("#confirm-cancel").click()
+        await f.press("#confirm-cancel")
         await f.notice("cancelled")
         await expect(f.tab.locator("#cancelled")).to_be_visible(timeout=LIVE)
         await f.check("cancelled")
-        await f.tab.locator("#reactivate").click()
+        await f.press("#reactivate")
         await f.notice("reactivated")
         await expect(f.tab.locator("#cancelled")).to_have_count(0, timeout=LIVE)
 
         # Cancelled elsewhere while this confirmation was open: refused, said in words.
-        await f.tab.locator("#cancel").click()
+        await f.press("#cancel")
         await expect(f.tab.locator("#confirm")).to_be_visible()
         elsewhere = await f.dashboard.billing.http.post(
             "/v1/subscription/cancel", headers=f.dashboard.billing.acting(f.org)
         )
         assert elsewhere.status_code == 200
-        await f.tab.locator("#confirm-cancel").click()
+        await f.press("#confirm-cancel")
         await f.notice("refused:already_cancelled")
         await expect(f.tab.locator("#notice")).to_contain_text("already cancelled")
         await f.check("refused")

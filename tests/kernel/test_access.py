@@ -72,6 +72,7 @@ POLICY: dict[tuple[str, str, str], set[Scope]] = {
     ("stripe-gateway", "POST", "/v1/portal-sessions"): {SERVICE},
     ("stripe-gateway", "GET", f"{ORG}/subscriptions"): {SERVICE, *READ},
     ("stripe-gateway", "GET", "/v1/subscriptions"): {SERVICE, *READ},
+    ("stripe-gateway", "GET", f"{ORG}/invoices"): {SERVICE, *READ},
     ("stripe-gateway", "GET", "/v1/inbox"): {OPERATOR},
     ("stripe-gateway", "POST", "/v1/inbox/{event_id}/replay"): {OPERATOR},
     ("stripe-gateway", "POST", "/v1/reconciliations"): {OPERATOR},

@@ -192,3 +192,16 @@ def test_the_development_stripe_secrets_are_refused_off_loopback(monkeypatch) ->
     monkeypatch.setenv("STRIPE_GATEWAY_API_KEY", "sk_live_real")
     monkeypatch.setenv("STRIPE_GATEWAY_WEBHOOK_SECRET", "whsec_real")
     assert StripeGatewaySettings().api_base_url == "https://api.stripe.com"
+
+
+def test_an_invoice_keeps_stripes_page_and_pdf_links_and_nothing_else() -> None:
+    obj = invoice_object("in_1", "cus_1", "sub_1", paid=True)
+    obj.update(
+        hosted_invoice_url="https://invoice.stripe.com/i/acct_1/test_1",
+        invoice_pdf="javascript:alert(1)",
+    )
+    found = read_invoice(obj)
+    assert found.hosted_url == "https://invoice.stripe.com/i/acct_1/test_1"
+    assert found.pdf_url is None
+    obj.update(hosted_invoice_url="https://x/" + "a" * 3000)
+    assert read_invoice(obj).hosted_url is None

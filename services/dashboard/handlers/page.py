@@ -143,6 +143,49 @@ def _runway(found: Runway | None) -> str:
     )
 
 
+def _invoices(stored: Stored, can: Actions, catalogue: dict[str, Any] | None) -> str:
+    """The latest invoices from Stripe, for owners: date, amount, status, Stripe's page and PDF."""
+    if not can.allowed or (
+        stored.invoices is None and not (stored.subscription or {}).get("stripe_subscription_id")
+    ):
+        return ""
+    if stored.invoices is None:
+        return (
+            "<section id='invoices'><h2>Invoices</h2><p class='muted' id='invoices-unavailable'>"
+            "Invoices are unavailable right now; they show again in a moment.</p></section>"
+        )
+    currency = (catalogue or {}).get("currency", "usd")
+    rows = (
+        "".join(
+            f"<tr><td>{escape(_day(i.get('period_start')))}</td>"
+            f"<td>{_money(int(i['amount_due']), i.get('currency') or currency)}</td>"
+            f"<td><span class='status-{escape(i['status'])}'>{escape(i['status'])}</span></td><td>"
+            + (
+                f"<a href='{escape(i['hosted_url'])}' rel='noopener'>View</a> "
+                if i.get("hosted_url")
+                else ""
+            )
+            + (
+                f"<a href='{escape(i['pdf_url'])}' rel='noopener'>PDF</a>"
+                if i.get("pdf_url")
+                else ""
+            )
+            + "</td></tr>"
+            for i in stored.invoices
+        )
+        or "<tr><td colspan='4' class='muted'>No invoices yet.</td></tr>"
+    )
+    return f"""<section id='invoices'><h2>Invoices</h2>
+<div class='scroll' tabindex='0' role='region' aria-label='Invoices'><table id='invoice-list'>
+<tr><th>Date</th><th>Amount</th><th>Status</th><th>Invoice</th></tr>{rows}</table></div></section>"""
+
+
+def _day(value: str | None) -> str:
+    if not value:
+        return "—"
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).strftime("%d %b %Y")
+
+
 def _audit(stored: Stored, can: Actions) -> str:
     """The audit log, for owners, on a plan that has it (Max, Enterprise)."""
     if not can.allowed:
@@ -394,6 +437,7 @@ def main(
         + _plan(stored, can, query)
         + _seats(stored)
         + _actions(stored, can, catalogue, query)
+        + _invoices(stored, can, catalogue)
         + _usage(stored, query)
         + _audit(stored, can)
     )

@@ -143,7 +143,10 @@ def create_app(
     """`frozen_clock`: time stands still but for `POST /_devstripe/clock` (as a Stripe test
     clock's); otherwise it runs, and moving it adds to it."""
     started = datetime.now(UTC)
-    stripe = Stripe(clock=Clock((lambda: started) if frozen_clock else (lambda: datetime.now(UTC))))
+    stripe = Stripe(
+        clock=Clock((lambda: started) if frozen_clock else (lambda: datetime.now(UTC))),
+        public_url=public_url.rstrip("/"),
+    )
     outbound = httpx.AsyncClient(timeout=10)
     deliveries: set[asyncio.Task[None]] = set()
     sending = asyncio.Semaphore(16)
@@ -542,8 +545,57 @@ billing details would be managed here.</p>
 </body></html>"""
         )
 
+    @app.get("/_devstripe/invoices/{invoice_id}", response_class=HTMLResponse)
+    async def invoice_page(invoice_id: str) -> HTMLResponse:
+        """Stripe's hosted invoice page, in short."""
+        invoice = stripe.invoices.get(invoice_id)
+        if invoice is None:
+            return HTMLResponse("<h1>No such invoice</h1>", status_code=404)
+        return HTMLResponse(
+            f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>Invoice</title></head>
+<body style="font-family:system-ui;max-width:32rem;margin:4rem auto">
+<h1>Invoice {html.escape(invoice.id)}</h1>
+<p id="amount">{invoice.amount_due / 100:.2f} USD, {html.escape(invoice.status)}</p>
+<p><a id="pdf" href="/_devstripe/invoices/{html.escape(invoice.id)}/pdf">Download PDF</a></p>
+</body></html>"""
+        )
+
+    @app.get("/_devstripe/invoices/{invoice_id}/pdf")
+    async def invoice_pdf(invoice_id: str) -> Response:
+        invoice = stripe.invoices.get(invoice_id)
+        if invoice is None:
+            return JSONResponse({"error": {"message": "No such invoice"}}, status_code=404)
+        text = f"Invoice {invoice.id}: {invoice.amount_due / 100:.2f} USD, {invoice.status}"
+        return Response(_pdf(text), media_type="application/pdf")
+
     app.state.stripe = stripe
     return app
+
+
+def _pdf(text: str) -> bytes:
+    """A one-page PDF with one line of text (what a viewer needs to open it)."""
+    line = text.replace("\\", "").replace("(", "").replace(")", "")
+    content = f"BT /F1 14 Tf 72 720 Td ({line}) Tj ET".encode("latin-1", "replace")
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length " + str(len(content)).encode() + b" >>\nstream\n" + content + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{o:010} 00000 n \n".encode() for o in offsets)
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
+    return out
 
 
 def _public(session: Mapping[str, Any]) -> dict[str, Any]:

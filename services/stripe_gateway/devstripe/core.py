@@ -160,11 +160,15 @@ class Invoice:
     attempt_count: int = 0
     next_payment_attempt: int | None = None
     paid_at: int | None = None
+    base_url: str = ""
+    """Where devstripe serves the invoice's page and PDF."""
 
     def export(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": "invoice",
+            "hosted_invoice_url": f"{self.base_url}/_devstripe/invoices/{self.id}",
+            "invoice_pdf": f"{self.base_url}/_devstripe/invoices/{self.id}/pdf",
             "customer": self.customer,
             "subscription": self.subscription,
             "parent": {
@@ -284,6 +288,8 @@ class Stripe:
     customers: dict[str, Customer] = field(default_factory=dict)
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
     invoices: dict[str, Invoice] = field(default_factory=dict)
+    public_url: str = ""
+    """Where this devstripe is reached (its invoices' links)."""
     _order: list[str] = field(default_factory=list)
     """Subscription ids, oldest first (lists are newest first)."""
     _open: set[str] = field(default_factory=set)
@@ -519,6 +525,7 @@ class Stripe:
             price=subscription.price.id,
             quantity=subscription.quantity,
             metadata=dict(subscription.metadata),
+            base_url=self.public_url,
         )
         self.invoices[invoice.id] = invoice
         subscription.latest_invoice = invoice.id

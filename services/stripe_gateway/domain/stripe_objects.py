@@ -115,6 +115,13 @@ def read_subscription(obj: Mapping[str, Any]) -> Subscription:
 _MAX_MONEY = 10**12
 
 
+def _link(value: Any) -> str | None:
+    """An https (or, from devstripe, http) address Stripe gives, if it is one."""
+    if isinstance(value, str) and value.startswith(("https://", "http://")) and len(value) <= 2048:
+        return value
+    return None
+
+
 def _money(value: Any) -> int:
     amount = int(value or 0)
     if not 0 <= amount <= _MAX_MONEY:
@@ -137,6 +144,9 @@ class Invoice:
     attempt_count: int
     next_payment_attempt: datetime | None
     organisation_id: str | None
+    hosted_url: str | None = None
+    """Stripe's page of the invoice (to view and pay it)."""
+    pdf_url: str | None = None
 
 
 def read_invoice(obj: Mapping[str, Any]) -> Invoice:
@@ -170,6 +180,8 @@ def read_invoice(obj: Mapping[str, Any]) -> Invoice:
             attempt_count=min(int(obj.get("attempt_count") or 0), 1_000),
             next_payment_attempt=instant(obj.get("next_payment_attempt")),
             organisation_id=organisation,
+            hosted_url=_link(obj.get("hosted_invoice_url")),
+            pdf_url=_link(obj.get("invoice_pdf")),
         )
     except (TypeError, AttributeError, KeyError, ValueError, IndexError) as exc:
         if isinstance(exc, Unreadable):

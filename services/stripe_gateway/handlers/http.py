@@ -188,6 +188,51 @@ async def subscriptions(
     return [_subscription_out(h) for h in held]
 
 
+class InvoiceOut(BaseModel):
+    invoice_id: str
+    status: str
+    amount_due: int
+    amount_paid: int
+    """In the currency's smallest unit."""
+    currency: str
+    billing_reason: str | None
+    period_start: datetime | None
+    period_end: datetime | None
+    hosted_url: str | None
+    pdf_url: str | None
+
+
+@router.get(
+    "/organisations/{organisation_id}/invoices",
+    dependencies=[allow(Scope.SERVICE, *READERS)],
+    response_model=list[InvoiceOut],
+    tags=["invoices"],
+)
+async def invoices(
+    organisation_id: OrganisationPath,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=100)] = 12,
+) -> list[InvoiceOut]:
+    """The organisation's latest invoices as the gateway last observed them in Stripe, newest
+    first, with Stripe's page and PDF of each."""
+    found = await objects.invoices_of(request.app.state.runtime.pool, organisation_id, limit)
+    return [
+        InvoiceOut(
+            invoice_id=i.invoice_id,
+            status=i.status.value,
+            amount_due=i.amount_due,
+            amount_paid=i.amount_paid,
+            currency=i.currency,
+            billing_reason=i.billing_reason,
+            period_start=i.period_start,
+            period_end=i.period_end,
+            hosted_url=i.hosted_url,
+            pdf_url=i.pdf_url,
+        )
+        for i in found
+    ]
+
+
 @router.get(
     "/subscriptions",
     dependencies=[allow(Scope.SERVICE, *READERS)],

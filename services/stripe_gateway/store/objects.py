@@ -179,7 +179,8 @@ async def page_of_subscriptions(db: Db, *, after: str | None, limit: int) -> Seq
 # Invoices --------------------------------------------------------------------------------------
 
 _INVOICE = """invoice_id, customer_id, subscription_id, status, amount_paid, amount_due, currency,
-    billing_reason, period_start, period_end, attempt_count, next_payment_attempt"""
+    billing_reason, period_start, period_end, attempt_count, next_payment_attempt, hosted_url,
+    pdf_url"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +217,40 @@ async def lock_invoice(db: asyncpg.Connection, invoice_id: str) -> HeldInvoice |
         attempt_count=row["attempt_count"],
         next_payment_attempt=row["next_payment_attempt"],
         organisation_id=row["organisation_id"],
+        hosted_url=row["hosted_url"],
+        pdf_url=row["pdf_url"],
     )
     return HeldInvoice(invoice, row["organisation_id"], row["version"])
+
+
+async def invoices_of(db: Db, organisation_id: str, limit: int) -> list[Invoice]:
+    """The organisation's invoices as last observed in Stripe, newest first."""
+    rows = await db.fetch(
+        f"""SELECT {_INVOICE}, organisation_id FROM invoices WHERE organisation_id = $1
+            ORDER BY coalesce(period_start, observed_at) DESC, invoice_id DESC LIMIT $2""",
+        organisation_id,
+        limit,
+    )
+    return [
+        Invoice(
+            invoice_id=r["invoice_id"],
+            customer_id=r["customer_id"],
+            subscription_id=r["subscription_id"],
+            status=InvoiceStatus(r["status"]),
+            amount_paid=r["amount_paid"],
+            amount_due=r["amount_due"],
+            currency=r["currency"],
+            billing_reason=r["billing_reason"],
+            period_start=r["period_start"],
+            period_end=r["period_end"],
+            attempt_count=r["attempt_count"],
+            next_payment_attempt=r["next_payment_attempt"],
+            organisation_id=r["organisation_id"],
+            hosted_url=r["hosted_url"],
+            pdf_url=r["pdf_url"],
+        )
+        for r in rows
+    ]
 
 
 async def save_invoice(
@@ -225,8 +258,10 @@ async def save_invoice(
 ) -> None:
     await db.execute(
         f"""INSERT INTO invoices ({_INVOICE}, organisation_id, version, observed_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
             ON CONFLICT (invoice_id) DO UPDATE SET
+                hosted_url = coalesce(excluded.hosted_url, invoices.hosted_url),
+                pdf_url = coalesce(excluded.pdf_url, invoices.pdf_url),
                 status = excluded.status, amount_paid = excluded.amount_paid,
                 amount_due = excluded.amount_due, attempt_count = excluded.attempt_count,
                 next_payment_attempt = excluded.next_payment_attempt,
@@ -244,6 +279,8 @@ async def save_invoice(
         invoice.period_end,
         invoice.attempt_count,
         invoice.next_payment_attempt,
+        invoice.hosted_url,
+        invoice.pdf_url,
         organisation_id,
         version,
         now,
