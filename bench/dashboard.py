@@ -15,6 +15,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from services.dashboard.app import SERVICE
+from services.metering.app import SERVICE as METERING
 from shared import identity
 from shared.events.members import MemberJoinedV1, MemberRole, MemberState, MemberStatus
 from shared.identity import IDENTITY_HEADER
@@ -140,16 +141,23 @@ async def _pages(kafka: str, port: int, prefix: str, pages: int, organisations: 
 async def live_pages(
     kafka: str, database: str, *, pages: int, organisations: int
 ) -> dict[str, Any]:
-    schema, prefix = f"bench_{uuid.uuid4().hex[:8]}", f"bench{uuid.uuid4().hex[:8]}."
-    await ensure_topics(kafka, prefix)
-    async with ServiceProcess(
-        "services.dashboard", SERVICE.env_prefix, kafka, database, schema, prefix
-    ) as dashboard:
-        many = await _pages(kafka, dashboard.port, prefix, pages, organisations)
-    schema, prefix = f"bench_{uuid.uuid4().hex[:8]}", f"bench{uuid.uuid4().hex[:8]}."
-    await ensure_topics(kafka, prefix)
-    async with ServiceProcess(
-        "services.dashboard", SERVICE.env_prefix, kafka, database, schema, prefix
-    ) as dashboard:
-        one = await _pages(kafka, dashboard.port, prefix, 1, 1)
-    return {"many": many, "one": one}
+    """The dashboard with metering beside it (each page's usage is read from metering's API)."""
+    found = []
+    for count, orgs in ((pages, organisations), (1, 1)):
+        schema, prefix = f"bench_{uuid.uuid4().hex[:8]}", f"bench{uuid.uuid4().hex[:8]}."
+        await ensure_topics(kafka, prefix)
+        async with ServiceProcess(
+            "services.metering", METERING.env_prefix, kafka, database, f"{schema}_m", prefix
+        ) as metering:
+            usage = {"DASHBOARD_METERING_URL": f"http://127.0.0.1:{metering.port}"}
+            async with ServiceProcess(
+                "services.dashboard",
+                SERVICE.env_prefix,
+                kafka,
+                database,
+                schema,
+                prefix,
+                extra=usage,
+            ) as dashboard:
+                found.append(await _pages(kafka, dashboard.port, prefix, count, orgs))
+    return {"many": found[0], "one": found[1]}
