@@ -15,7 +15,7 @@ from playwright.async_api import Browser, async_playwright, expect
 from playwright.async_api import Page as Tab
 
 from tests.dashboard.conftest import ARTEFACTS, Page
-from tests.dashboard.test_billing_page import CHROMIUM_ARGS, LIVE
+from tests.dashboard.test_billing_page import CHROMIUM_ARGS, LIVE, use
 from tests.subscriptions.conftest import OWNER
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -129,6 +129,14 @@ async def test_checkout_from_free_and_back_with_the_outcome(
         answer = await f.tab.request.get(pdf)
         assert answer.ok and (await answer.body()).startswith(b"%PDF-")
         await f.check("invoices")
+
+        # Heavy use early in the period: the runway warns (whatever the percentage left), and
+        # the usage shows it by member and agent.
+        await use(f.dashboard, f.org, 4000, 3000)
+        await expect(f.tab.locator("#runway")).to_contain_text("run out", timeout=LIVE)
+        await expect(f.tab.locator("#usage-total")).to_have_text("7,000", timeout=LIVE)
+        await expect(f.tab.locator("#by-agent")).to_contain_text("agent_research")
+        await f.check("runway-warning")
 
 
 @pytest.mark.parametrize("viewport", VIEWPORTS)
