@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Browser, BrowserContext, async_playwright, expect
 from playwright.async_api import Page as Tab
 from starlette.applications import Starlette
@@ -162,6 +163,11 @@ async def test_a_non_owner_sees_the_actions_disabled(dashboard: Page, browser: B
     for button in ("#change-plan", "#manage-billing", "#cancel"):
         await expect(tab.locator(button)).to_be_disabled()
     await shot(tab, "billing-non-owner")
+    results = await Axe().run(tab)
+    grave = [
+        v["id"] for v in results.response["violations"] if v["impact"] in {"serious", "critical"}
+    ]
+    assert grave == []
     await context.close()
 
 
