@@ -20,6 +20,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from shared.problems import Problem
+
 DEV_API_TOKEN = "dev-token"
 """The bearer token `make run` and the `billing` command use. Accepted only on loopback."""
 
@@ -92,8 +94,6 @@ def allow(*scopes: Scope) -> Any:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> frozenset[Scope]:
-        from shared.http import Problem
-
         settings = request.app.state.settings
         held = scopes_of(settings.credentials, credentials.credentials) if credentials else None
         if not held:

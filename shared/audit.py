@@ -26,6 +26,7 @@ from shared.clock import Clock
 from shared.db import Migrations
 from shared.events.audit import ActorKind, AuditAction, AuditEntry, AuditRecordedV1, Outcome
 from shared.logging import get_logger
+from shared.problems import Problem
 
 MIGRATIONS = Migrations("audit", Path(__file__).parent / "migrations" / "audit")
 OPERATOR_HEADER = "X-Operator"
@@ -117,8 +118,6 @@ async def audited(
     refusals: tuple[type[Exception], ...] = (),
 ) -> AsyncIterator[Entry]:
     """Record the action around the block (see the module)."""
-    from shared.http import Problem
-
     entry, outcome = Entry(), Outcome.SUCCEEDED
     try:
         yield entry

@@ -15,19 +15,27 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Protocol
 
 import asyncpg
 from fastapi import APIRouter, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from shared.access import EVERY_SCOPE, Scope, allow
-from shared.clock import MovableClock
+from shared.clock import Clock, MovableClock
 from shared.db import Migrations
 from shared.http import PROBLEM_RESPONSES, Problem
 
-if TYPE_CHECKING:
-    from shared.service import Kernel
+
+class Runtime(Protocol):
+    """What the clock routes need of a running service (`shared.service.Kernel`)."""
+
+    clock: Clock
+
+    async def due_and_waiting(self, now: datetime) -> tuple[datetime | None, list[str]]: ...
+
+    async def move_clock(self, to: datetime) -> None: ...
+
 
 MIGRATIONS = Migrations("clock", Path(__file__).parent / "migrations" / "clock")
 
@@ -68,11 +76,11 @@ class MoveIn(BaseModel):
 router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
 
 
-def _kernel(request: Request) -> Kernel:  # type: ignore[type-arg]
+def _kernel(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-async def _state(kernel: Kernel) -> ClockOut:  # type: ignore[type-arg]
+async def _state(kernel: Runtime) -> ClockOut:
     clock = kernel.clock
     now = clock.now()
     next_due, waiting = await kernel.due_and_waiting(now)

@@ -22,6 +22,7 @@ from shared.access import scopes_of
 from shared.events.envelope import ORGANISATION_ID_PATTERN
 from shared.failures import FAILURE_TYPES, Failure, classify
 from shared.logging import get_logger
+from shared.problems import Problem
 from shared.settings import ServiceSettings
 
 log = get_logger("shared.http")
@@ -37,28 +38,6 @@ OrganisationPath = Annotated[
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://billing.example/problems/"
-
-
-class Problem(Exception):
-    """Raise from a route to answer with a problem document."""
-
-    def __init__(
-        self,
-        status: int,
-        slug: str,
-        title: str,
-        detail: str = "",
-        *,
-        headers: dict[str, str] | None = None,
-        **extra: Any,
-    ) -> None:
-        super().__init__(title)
-        self.status = status
-        self.slug = slug
-        self.title = title
-        self.detail = detail
-        self.headers = headers
-        self.extra = extra
 
 
 def problem_response(

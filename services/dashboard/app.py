@@ -24,10 +24,9 @@ from shared.topics import (
 
 from . import PRODUCER
 from .handlers import http
-from .invoices import StripeInvoices
-from .metering import MeteringUsage
 from .service import Dashboard
 from .settings import DashboardSettings
+from .sources import MeteringUsage, StripeInvoices
 
 
 @dataclass

@@ -23,8 +23,7 @@ from shared.events.codec import Rejection
 from shared.logging import get_logger
 
 from . import store
-from .invoices import StripeInvoices
-from .metering import MeteringUsage
+from .sources import MeteringUsage, StripeInvoices
 
 log = get_logger("dashboard.service")
 

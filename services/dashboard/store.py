@@ -118,7 +118,7 @@ class Stored:
     denials: list[Denial]
     audit: list[Audited]
     usage: dict[str, Any] | None = None
-    """Metering's usage of the period shown (`metering.MeteringUsage`); None: unavailable."""
+    """Metering's usage of the period shown (`sources.MeteringUsage`); None: unavailable."""
     period: tuple[datetime, datetime] | None = None
     """The period shown, [start, end); None: no credit period known yet."""
     current_period: bool = True

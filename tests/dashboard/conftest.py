@@ -18,11 +18,11 @@ import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
+from playwright.async_api import Browser, async_playwright
 
 from services.dashboard.app import SERVICE
-from services.dashboard.invoices import StripeInvoices
-from services.dashboard.metering import MeteringUsage
 from services.dashboard.settings import DashboardSettings
+from services.dashboard.sources import MeteringUsage, StripeInvoices
 from services.seats.app import SERVICE as SEATS
 from services.seats.settings import SeatSettings
 from services.subscriptions.service import Links
@@ -113,6 +113,32 @@ async def dashboard(
                 portal_return_url=f"{url}/billing?portal=returned",
             )
             yield Page(f"http://127.0.0.1:{port}", billing, settings)
+
+
+LIVE = 5_000
+"""How long a change may take to reach an open page here (ms); `make bench` measures it."""
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser(chromium: str) -> AsyncIterator[Browser]:
+    """Chromium, once per module."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
 
 
 @pytest.fixture(scope="session")

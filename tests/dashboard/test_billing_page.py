@@ -6,12 +6,10 @@ Screenshots go to `test-artefacts/`."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from axe_playwright_python.async_playwright import Axe
-from playwright.async_api import Browser, BrowserContext, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, expect
 from playwright.async_api import Page as Tab
 from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
@@ -21,35 +19,11 @@ from shared.devstack import free_port
 from shared.events import AgentMessageProcessed, AgentMessageProcessedV1
 from shared.events.members import MemberJoinedV1, MemberRole, MemberState, MemberStatus
 from shared.topics import AGENT_USAGE, WORKSPACE_MEMBERS
-from tests.dashboard.conftest import ARTEFACTS, Page, serving
+from tests.dashboard.conftest import ARTEFACTS, LIVE, Page, serving
 from tests.subscriptions.conftest import MEMBER, OWNER
 from tests.subscriptions.test_lifecycle import checkout_through_stripe
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-LIVE = 5_000
-"""How long a change may take to reach an open page here (ms); `make bench` measures it."""
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def browser(chromium: str) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def open_page(

@@ -9,29 +9,18 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from axe_playwright_python.async_playwright import Axe
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 from playwright.async_api import Page as Tab
 
-from tests.dashboard.conftest import ARTEFACTS, Page
-from tests.dashboard.test_billing_page import CHROMIUM_ARGS, LIVE, use
+from tests.dashboard.conftest import ARTEFACTS, LIVE, Page
+from tests.dashboard.test_billing_page import use
 from tests.subscriptions.conftest import OWNER
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 VIEWPORTS = {"desktop": (1280, 900), "phone": (390, 844)}
 AXE = Axe()
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def browser(chromium: str) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 class Flow:
@@ -65,6 +54,12 @@ class Flow:
         """A button or link, with the keyboard alone: focus it, then Enter."""
         await self.tab.locator(selector).focus()
         await self.tab.keyboard.press("Enter")
+
+    async def on_pro(self) -> None:
+        """From Free to Pro monthly, paid in Stripe's Checkout."""
+        await self.choose("pro:monthly")
+        await self.press("#pay")
+        await expect(self.tab.locator("#plan-name")).to_have_text("Pro", timeout=LIVE)
 
     async def choose(self, value: str) -> None:
         """Change plan → the pricing modal → a plan and cycle, with the keyboard alone."""
@@ -144,9 +139,7 @@ async def test_upgrade_downgrade_and_withdraw_in_the_pricing_modal(
     browser: Browser, dashboard: Page, viewport: str
 ) -> None:
     async for f in flow(browser, dashboard, viewport):
-        await f.choose("pro:monthly")
-        await f.press("#pay")
-        await expect(f.tab.locator("#plan-name")).to_have_text("Pro", timeout=LIVE)
+        await f.on_pro()
 
         await f.choose("max:monthly")
         await f.notice("upgraded")
@@ -169,9 +162,7 @@ async def test_cancel_confirm_reactivate_the_portal_and_a_refusal_in_words(
     browser: Browser, dashboard: Page, viewport: str
 ) -> None:
     async for f in flow(browser, dashboard, viewport):
-        await f.choose("pro:monthly")
-        await f.press("#pay")
-        await expect(f.tab.locator("#plan-name")).to_have_text("Pro", timeout=LIVE)
+        await f.on_pro()
 
         await f.press("#manage-billing")
         await expect(f.tab.locator("#return")).to_be_visible(timeout=LIVE)  # Stripe's portal

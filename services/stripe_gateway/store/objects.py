@@ -203,7 +203,11 @@ async def lock_invoice(db: asyncpg.Connection, invoice_id: str) -> HeldInvoice |
     )
     if row is None:
         return None
-    invoice = Invoice(
+    return HeldInvoice(_invoice(row), row["organisation_id"], row["version"])
+
+
+def _invoice(row: asyncpg.Record) -> Invoice:
+    return Invoice(
         invoice_id=row["invoice_id"],
         customer_id=row["customer_id"],
         subscription_id=row["subscription_id"],
@@ -220,7 +224,6 @@ async def lock_invoice(db: asyncpg.Connection, invoice_id: str) -> HeldInvoice |
         hosted_url=row["hosted_url"],
         pdf_url=row["pdf_url"],
     )
-    return HeldInvoice(invoice, row["organisation_id"], row["version"])
 
 
 async def invoices_of(db: Db, organisation_id: str, limit: int) -> list[Invoice]:
@@ -231,26 +234,7 @@ async def invoices_of(db: Db, organisation_id: str, limit: int) -> list[Invoice]
         organisation_id,
         limit,
     )
-    return [
-        Invoice(
-            invoice_id=r["invoice_id"],
-            customer_id=r["customer_id"],
-            subscription_id=r["subscription_id"],
-            status=InvoiceStatus(r["status"]),
-            amount_paid=r["amount_paid"],
-            amount_due=r["amount_due"],
-            currency=r["currency"],
-            billing_reason=r["billing_reason"],
-            period_start=r["period_start"],
-            period_end=r["period_end"],
-            attempt_count=r["attempt_count"],
-            next_payment_attempt=r["next_payment_attempt"],
-            organisation_id=r["organisation_id"],
-            hosted_url=r["hosted_url"],
-            pdf_url=r["pdf_url"],
-        )
-        for r in rows
-    ]
+    return [_invoice(r) for r in rows]
 
 
 async def save_invoice(
