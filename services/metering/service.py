@@ -4,7 +4,7 @@ wallet they change and the announcements of the change (outbox) commit together 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -103,7 +103,14 @@ class Metering:
                     event
                     for d in debited
                     for event in announcements(
-                        self.policy.level(d.wallet.balance + d.debited, d.wallet.allotment),
+                        self.policy.level(
+                            replace(
+                                d.wallet,
+                                balance=d.wallet.balance + d.debited,
+                                used=max(0, d.wallet.used - d.debited),
+                            ),
+                            now,
+                        ),
                         d.wallet,
                         self.policy,
                         producer=PRODUCER,
@@ -232,7 +239,11 @@ class Metering:
                         event
                         for wallet in saved
                         for event in announcements(
-                            self.policy.level(*_level_inputs(before.get(wallet.organisation_id))),
+                            self.policy.level(
+                                before.get(wallet.organisation_id)
+                                or Wallet(wallet.organisation_id),
+                                now,
+                            ),
                             wallet,
                             self.policy,
                             producer=PRODUCER,
@@ -274,7 +285,7 @@ class Metering:
         if found is None:
             return None
         wallet, updated_at = found
-        return Credits(wallet, self.policy.snapshot(wallet), updated_at)
+        return Credits(wallet, self.policy.snapshot(wallet, self._clock.now()), updated_at)
 
     async def ledger(
         self, organisation_id: str, *, limit: int, before: int | None
@@ -283,10 +294,6 @@ class Metering:
 
     async def _announce(self, conn: asyncpg.Connection, events: Sequence[Event]) -> None:
         await outbox.enqueue(conn, events, prefix=self._prefix, clock=self._clock)
-
-
-def _level_inputs(wallet: Wallet | None) -> tuple[int, int]:
-    return (wallet.balance, wallet.allotment) if wallet is not None else (0, 0)
 
 
 def _effect(event: AgentMessageProcessedV1) -> tuple[str, int, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -45,9 +45,39 @@ policy = CreditPolicy(low_percent=20)
         (0, 0, 0, CreditLevel.EXHAUSTED),
     ],
 )
-def test_percent_left_and_level(balance, allotment, percent, level) -> None:
+def test_percent_left_and_level_before_any_use(balance, allotment, percent, level) -> None:
+    """Nothing used yet this period: no pace to go by, the fixed share decides."""
     assert percent_left(balance, allotment) == percent
-    assert policy.level(balance, allotment) is level
+    assert policy.level(Wallet("org_a", balance=balance, allotment=allotment), JAN) is level
+
+
+def _spent(used: int, balance: int) -> Wallet:
+    """A monthly wallet from Jan 1 to Feb 1, `used` of it spent."""
+    return Wallet(
+        "org_a",
+        balance=balance,
+        allotment=used + balance,
+        used=used,
+        period_start=JAN,
+        renews_at=datetime(2027, 2, 1, tzinfo=UTC),
+    )
+
+
+@pytest.mark.parametrize(
+    ("used", "balance", "day", "level"),
+    [
+        (9_000, 11_000, 10, CreditLevel.LOW),  # 1,000 a day: out on Jan 21, before Feb 1
+        (3_000, 17_000, 10, CreditLevel.NORMAL),  # 85 % of a month's pace left
+        (19_000, 1_000, 31, CreditLevel.NORMAL),  # 5 % left, a day to go at 613 a day: enough
+        (500, 19_500, 1, CreditLevel.NORMAL),  # a first-day burst is taken over a whole day
+        (20_000, 0, 5, CreditLevel.EXHAUSTED),
+    ],
+)
+def test_low_is_a_run_out_before_the_renewal_at_this_periods_pace(
+    used: int, balance: int, day: int, level: CreditLevel
+) -> None:
+    now = JAN + timedelta(days=day - 1, hours=12)
+    assert policy.level(_spent(used, balance), now) is level
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ async def test_low_and_exhausted_are_announced_once_per_crossing(metering: Meter
         for r in records
     ]
     assert [(type(a).__name__, a.data.balance) for a in alerts] == [
-        ("CreditsLowV1", 20),
+        ("CreditsLowV1", 30),  # 70 used on the first day: at that pace, gone long before renewal
         ("CreditsExhaustedV1", 0),
         ("CreditsExhaustedV1", 0),
     ]

@@ -74,22 +74,33 @@ class GrantRefused(Exception):
 @dataclass(frozen=True, slots=True)
 class CreditPolicy:
     low_percent: int = 20
-    """At or below this share of the allotment left, the level is `low`."""
+    """Before anything is used in a period (no pace to go by): at or below this share of the
+    allotment left, the level is `low`."""
+    pace_window: timedelta = timedelta(days=1)
+    """The pace is taken over at least this long (a burst in the first minutes is not a pace)."""
 
-    def level(self, balance: int, allotment: int) -> CreditLevel:
+    def level(self, wallet: Wallet, now: datetime) -> CreditLevel:
+        """`low` when, at this period's pace, the credits run out before they renew (not at a
+        fixed percentage); `exhausted` at zero or below."""
+        balance, used = wallet.balance, wallet.used
         if balance <= 0:
             return CreditLevel.EXHAUSTED
-        if allotment > 0 and balance * 100 <= allotment * self.low_percent:
+        if used > 0 and wallet.period_start is not None and wallet.renews_at is not None:
+            elapsed = max(now - wallet.period_start, self.pace_window).total_seconds()
+            until_renewal = (wallet.renews_at - now).total_seconds()
+            runs_out_first = balance * elapsed < used * until_renewal
+            return CreditLevel.LOW if runs_out_first else CreditLevel.NORMAL
+        if wallet.allotment > 0 and balance * 100 <= wallet.allotment * self.low_percent:
             return CreditLevel.LOW
         return CreditLevel.NORMAL
 
-    def snapshot(self, wallet: Wallet) -> CreditBalance:
+    def snapshot(self, wallet: Wallet, now: datetime) -> CreditBalance:
         return CreditBalance(
             balance=wallet.balance,
             allotment=wallet.allotment,
             used=wallet.used,
             percent_left=percent_left(wallet.balance, wallet.allotment),
-            level=self.level(wallet.balance, wallet.allotment),
+            level=self.level(wallet, now),
             revision=wallet.revision,
             period_start=wallet.period_start,
             renews_at=wallet.renews_at,
@@ -117,7 +128,7 @@ def announcements(
     before: CreditLevel, after: Wallet, policy: CreditPolicy, *, producer: str, now: datetime
 ) -> list[Event]:
     """What to publish after a change: the new balance, then any crossing alert."""
-    body = policy.snapshot(after)
+    body = policy.snapshot(after, now)
     kinds = (CreditBalanceChangedV1, *crossings(before, body.level))
     return [
         kind.new(
