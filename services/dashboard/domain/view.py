@@ -8,6 +8,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 GREEN, AMBER, RED, GREY = "green", "amber", "red", "grey"
+PACE_WINDOW_SECONDS = 86_400
+"""The pace is taken over at least a day, as metering's low level takes it (a burst in the first
+minutes is not a pace)."""
 HORIZON_SECONDS = 100 * 365 * 86_400
 """A run-out further away than this is shown as this far (a trickle of use, many credits)."""
 
@@ -80,7 +83,7 @@ def runway(credits: dict[str, Any] | None, now: datetime) -> Runway | None:
     start = datetime.fromisoformat(credits["period_start"])
     renews = datetime.fromisoformat(credits["renews_at"])
     used, left = int(credits["used"]), max(0, int(credits["balance"]))
-    elapsed = max(int((now - start).total_seconds()), 3600)
+    elapsed = max(int((now - start).total_seconds()), PACE_WINDOW_SECONDS)
     per_day = used * 86_400 // elapsed
     if left == 0:
         return Runway(now, renews, now < renews, per_day)
