@@ -3,7 +3,7 @@
 to know who is an active member or an owner of an organisation.
 
 Invariant: per member, the state with the highest `sequence` wins, whatever the order and the
-number of deliveries. A service applies `changes(events)` with `apply` in the same transaction
+number of deliveries. A service saves `changes(events)` with `save` in the same transaction
 as its own effects of the batch, or lets `projector` do it alone."""
 
 from __future__ import annotations
@@ -54,11 +54,6 @@ def changes(events: Iterable[Event]) -> list[MemberChange]:
         )
         for e in members
     ]
-
-
-async def apply(conn: asyncpg.Connection, found: Sequence[MemberChange], now: datetime) -> None:
-    """Keep each member's state with the highest sequence."""
-    await save(conn, found, now)
 
 
 async def lock(
@@ -150,7 +145,7 @@ def projector(pool: asyncpg.Pool, clock: Clock) -> Any:
     async def project(items: Sequence[Any]) -> list[Any]:
         found = changes(i.event for i in items)
         async with pool.acquire() as conn, conn.transaction():
-            await apply(conn, found, clock.now())
+            await save(conn, found, clock.now())
         return []
 
     return project

@@ -118,7 +118,7 @@ class Subscriptions:
         created, _ = split_directory(i.event for i in items)
         members = directory.changes(i.event for i in items)
         async with self._pool.acquire() as conn, conn.transaction():
-            await directory.apply(conn, members, now)
+            await directory.save(conn, members, now)
             for event in created:
                 organisation, data = event.organisation_id, event.data
                 await store.add_organisation(conn, organisation, data.name, data.created_at, now)
