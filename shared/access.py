@@ -114,7 +114,6 @@ def allow(*scopes: Scope) -> Any:
                 f"It is for {', '.join(sorted(held))}; this route admits "
                 f"{', '.join(sorted(admitted))}.",
             )
-        request.state.scopes = held
         request.state.credential = hashlib.sha256(credentials.credentials.encode()).hexdigest()[:8]
         return held
 

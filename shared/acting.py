@@ -20,8 +20,6 @@ class ActingMember:
     organisation_id: str
     member_id: str
     role: MemberRole
-    identity: str
-    """The signed identity itself, forwarded when this service calls another for the member."""
 
 
 async def acting_member(request: Request) -> ActingMember:
@@ -53,7 +51,7 @@ async def prove(request: Request, token: str) -> ActingMember:
             reason="not_a_member",
         )
     request.state.actor = proven.member_id
-    return ActingMember(proven.organisation_id, proven.member_id, found.role, token)
+    return ActingMember(proven.organisation_id, proven.member_id, found.role)
 
 
 Acting = Annotated[ActingMember, Depends(acting_member)]

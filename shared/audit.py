@@ -66,23 +66,23 @@ class Auditor:
             )
             for organisation_id, entry in entries
         ]
-        for event in events:
-            entry = event.data
-            await conn.execute(
-                """INSERT INTO audit_log (event_id, organisation_id, actor, actor_kind, action,
-                       target, request_id, outcome, detail, occurred_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
-                event.event_id,
-                event.organisation_id,
-                entry.actor,
-                entry.actor_kind.value,
-                entry.action.value,
-                entry.target,
-                entry.request_id,
-                entry.outcome.value,
-                entry.detail,
-                event.occurred_at,
-            )
+        await conn.execute(
+            """INSERT INTO audit_log (event_id, organisation_id, actor, actor_kind, action,
+                   target, request_id, outcome, detail, occurred_at)
+               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                    $6::text[], $7::text[], $8::text[], $9::text[],
+                                    $10::timestamptz[])""",
+            [e.event_id for e in events],
+            [e.organisation_id for e in events],
+            [e.data.actor for e in events],
+            [e.data.actor_kind.value for e in events],
+            [e.data.action.value for e in events],
+            [e.data.target for e in events],
+            [e.data.request_id for e in events],
+            [e.data.outcome.value for e in events],
+            [e.data.detail for e in events],
+            [e.occurred_at for e in events],
+        )
         await outbox.enqueue(conn, events, prefix=self._prefix, clock=self._clock)
         return events
 

@@ -130,15 +130,6 @@ class ServiceSettings(CommonSettings):
         parse_credentials(value.get_secret_value())
         return value
 
-    @model_validator(mode="after")
-    def _dev_token_on_loopback_only(self) -> Self:
-        if DEV_API_TOKEN in _split(self.api_tokens) and self.http_host not in LOOPBACK_HOSTS:
-            raise ValueError(
-                f"the development token is accepted only on loopback, and this service listens "
-                f"on {self.http_host}: set {self.model_config.get('env_prefix', '')}API_TOKENS"
-            )
-        return self
-
     @field_validator("identity_keys")
     @classmethod
     def _identity_keys(cls, value: str) -> str:
@@ -146,27 +137,35 @@ class ServiceSettings(CommonSettings):
         return value
 
     @model_validator(mode="after")
-    def _dev_identity_key_on_loopback_only(self) -> Self:
-        if uses_development_key(self.identity_keys) and self.http_host not in LOOPBACK_HOSTS:
-            raise ValueError(
+    def _development_only_on_loopback(self) -> Self:
+        """The development token and identity key, and a movable clock, only on loopback."""
+        if self.http_host in LOOPBACK_HOSTS:
+            return self
+        prefix, where = self.model_config.get("env_prefix", ""), self.http_host
+        for used, refusal in (
+            (
+                self.accepts_dev_token,
+                f"the development token is accepted only on loopback, and this service listens "
+                f"on {where}: set {prefix}API_TOKENS",
+            ),
+            (
+                uses_development_key(self.identity_keys),
                 f"the development identity key is accepted only on loopback, and this service "
-                f"listens on {self.http_host}: set {self.model_config.get('env_prefix', '')}"
-                "IDENTITY_KEYS"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _clock_control_on_loopback_only(self) -> Self:
-        if self.clock_control and self.http_host not in LOOPBACK_HOSTS:
-            raise ValueError(
+                f"listens on {where}: set {prefix}IDENTITY_KEYS",
+            ),
+            (
+                self.clock_control,
                 "CLOCK_CONTROL moves the service's clock: development and tests only, on "
-                f"loopback; this service listens on {self.http_host}"
-            )
+                f"loopback; this service listens on {where}",
+            ),
+        ):
+            if used:
+                raise ValueError(refusal)
         return self
 
     @property
     def accepts_dev_token(self) -> bool:
-        return DEV_API_TOKEN in _split(self.api_tokens)
+        return any(c.token == DEV_API_TOKEN.encode() for c in self.credentials)
 
     @cached_property
     def credentials(self) -> tuple[Credential, ...]:
@@ -179,7 +178,3 @@ class ServiceSettings(CommonSettings):
     def group_id(self, consumer: str) -> str:
         """One consumer group per subscription, so that subscriptions never rebalance each other."""
         return f"{self.topic_prefix}{self.consumer_group}.{consumer}"
-
-
-def _split(tokens: SecretStr) -> list[str]:
-    return [t.strip() for t in tokens.get_secret_value().split(",") if t.strip()]

@@ -154,16 +154,13 @@ class Dashboard:
         current = datetime.fromisoformat(start)
         renews = credits.get("renews_at")
         end = datetime.fromisoformat(renews) if renews else now
-        since, until = current, max(end, now, current + timedelta(seconds=1))
         if period is not None and period < current:
-            known = await self.usage.usage(organisation_id, period, current)
-            starts = sorted(
-                {datetime.fromisoformat(p) for p in (known or {}).get("periods", [])} | {current}
-            )
-            since = period
-            until = next((s for s in starts if s > period), current)
-        found = await self.usage.usage(organisation_id, since, until)
-        return replace(stored, usage=found, period=(since, until), current_period=since == current)
+            found = await self.usage.usage(organisation_id, period)
+            until = datetime.fromisoformat(found["until"]) if found else current
+            return replace(stored, usage=found, period=(period, until), current_period=False)
+        until = max(end, now, current + timedelta(seconds=1))
+        found = await self.usage.usage(organisation_id, current, until)
+        return replace(stored, usage=found, period=(current, until), current_period=True)
 
     def open_pages(self, organisation_id: str, member_id: str) -> tuple[int, int]:
         """How many live pages are open on this instance: the organisation's, the member's."""

@@ -34,10 +34,13 @@ class MeteringUsage:
         self._client = client
 
     async def usage(
-        self, organisation_id: str, since: datetime, until: datetime
+        self, organisation_id: str, since: datetime, until: datetime | None = None
     ) -> dict[str, Any] | None:
-        """The usage in [since, until)."""
-        params = {"since": since.isoformat(), "until": until.isoformat()}
+        """The usage in [since, until); without `until`, to the end of the credit period
+        `since` falls in (metering knows where the next one began)."""
+        params = {"since": since.isoformat()}
+        if until is not None:
+            params["until"] = until.isoformat()
         return await _get(
             self._client, f"/v1/organisations/{organisation_id}/usage", params, "usage"
         )

@@ -13,6 +13,20 @@ import asyncpg
 PERIOD_STARTS = ("plan_start", "renewal_reset")
 
 
+async def period_end(
+    conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str, since: datetime
+) -> datetime | None:
+    """Where the credit period after `since` began (None: `since` is in the current one)."""
+    return await conn.fetchval(
+        """SELECT min(occurred_at) FROM ledger
+           WHERE organisation_id = $1 AND kind = 'grant' AND reason = ANY($2::text[])
+             AND occurred_at > $3""",
+        organisation_id,
+        list(PERIOD_STARTS),
+        since,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     total: int

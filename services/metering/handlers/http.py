@@ -347,13 +347,20 @@ async def get_usage(
     organisation_id: OrganisationPath,
     request: Request,
     since: Annotated[AwareDatetime, Query()],
-    until: Annotated[AwareDatetime, Query()],
+    until: Annotated[
+        AwareDatetime | None, Query(description="Default: where the next credit period began")
+    ] = None,
 ) -> UsageOut:
     """What the ledger debited between two instants (at most 400 days), by day (UTC), member
-    and agent, the latest debits, and where the credit periods began."""
+    and agent, the latest debits, and where the credit periods began. Without `until`: to
+    the end of the credit period `since` falls in (the next one's start, or now)."""
+    runtime = request.app.state.runtime
+    if until is None:
+        until = await usage.period_end(runtime.pool, organisation_id, since)
+        until = until or max(runtime.clock.now(), since + timedelta(seconds=1))
     if not since < until or until - since > timedelta(days=400):
         raise Problem(400, "invalid-range", "Give `since` before `until`, at most 400 days apart")
-    found = await usage.usage(request.app.state.runtime.pool, organisation_id, since, until)
+    found = await usage.usage(runtime.pool, organisation_id, since, until)
     return UsageOut(
         organisation_id=organisation_id,
         since=since,

@@ -164,7 +164,6 @@ async def change(body: ChangeIn, acting: Acting, request: Request) -> ChangeOut:
                 acting.organisation_id, acting.member_id, body.plan, body.cycle
             )
         except (Denied, Refused, NoSubscription, GatewayUnavailable) as exc:
-            entry.detail = getattr(exc, "reason", "") or type(exc).__name__
             raise _problem(exc) from None
         entry.detail = result.action
     return ChangeOut(
