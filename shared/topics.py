@@ -18,6 +18,7 @@ from shared.events import (
     CreditAuthorizationDecidedV1,
     CreditBalanceChangedV1,
     CreditGrantRequestedV1,
+    CreditGrantRequestedV2,
     CreditsExhaustedV1,
     CreditsLowV1,
     Event,
@@ -86,8 +87,9 @@ AGENT_USAGE = TopicSpec(
 )
 CREDIT_GRANT_REQUESTS = TopicSpec(
     name="credits.grant-requests",
-    schemas=(CreditGrantRequestedV1,),
-    description="Commands to grant, renew, top up or adjust an organisation's credits.",
+    schemas=(CreditGrantRequestedV1, CreditGrantRequestedV2),
+    description="Commands to grant, renew, top up, adjust or claw back an organisation's "
+    "credits (version 2: as buckets with priority and expiry).",
     producers=("subscriptions", "billing CLI"),
     consumers=("metering",),
     partitions=3,

@@ -59,13 +59,25 @@ async def build(kernel: Kernel[MeteringSettings]) -> Parts:
         metering.apply_grants,
         lanes=settings.write_lanes,
         max_records=1000,
-        description="Applies each grant command once per (organisation, period key).",
+        description="Applies each grant command once per (organisation, period key), as a "
+        "bucket of credits.",
     )
     kernel.background("hold-sweeper", lambda: authorizer.run_sweeper(settings.hold_sweep_seconds))
     ledger_check = LedgerCheck(kernel.pool, kernel.clock, topic_prefix=settings.topic_prefix)
     if settings.ledger_check_seconds > 0 and settings.run_consumers:
         kernel.periodic(
             "ledger-check", ledger_check.run, settings.ledger_check_seconds, first_after=True
+        )
+    if settings.run_consumers:
+        kernel.periodic(
+            "bucket-expiry", metering.expire_buckets, settings.bucket_sweep_seconds, batch=500
+        )
+        kernel.due(
+            "bucket expiries",
+            lambda: kernel.pool.fetchval(
+                """SELECT min(expires_at) FROM buckets
+                   WHERE remaining > 0 AND NOT ends_with_period"""
+            ),
         )
     kernel.due(
         "hold expiries",

@@ -241,7 +241,9 @@ class Authorizer:
             for _ in range(self._max_conflicts):
                 now = self._clock.now()
                 message_ids = [m for org in waiting.values() for m in org]
-                states = await store.decision_states(conn, list(waiting), message_ids, now)
+                states = await store.decision_states(
+                    conn, list(waiting), message_ids, now, horizon=now + self._ttl
+                )
                 views = [
                     view
                     for organisation, org_asks in waiting.items()
@@ -287,8 +289,8 @@ class Authorizer:
                 state = states.get(row["organisation_id"])
                 decided[(row["organisation_id"], row["message_id"])] = Authorization.from_row(
                     row,
-                    balance=state.balance if state else None,
-                    available=state.balance - state.held + state.lapsed if state else None,
+                    balance=state.reservable if state else None,
+                    available=state.reservable - state.held + state.lapsed if state else None,
                     renews_at=state.renews_at if state else None,
                     replayed=True,
                 )
@@ -304,7 +306,7 @@ class Authorizer:
         """New decisions for the organisation's requests not decided before, in order."""
         known = set(state.known) if state else set()
         fresh = [a for a in asks.values() if a.message_id not in known]
-        balance = state.balance if state else 0
+        balance = state.reservable if state else 0
         held = state.held - state.lapsed if state else 0
         verdicts = decide(
             [Request(a.message_id, a.estimate) for a in fresh],

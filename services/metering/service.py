@@ -18,6 +18,7 @@ from shared.events import (
     AgentMessageProcessedV1,
     CreditBalance,
     CreditGrantRequestedV1,
+    CreditGrantRequestedV2,
     Event,
     GrantReason,
 )
@@ -26,14 +27,18 @@ from shared.events.codec import Rejection
 from shared.logging import get_logger
 
 from . import PRODUCER, store
+from .domain.buckets import Bucket, burn_order
 from .domain.credits import (
     CreditPolicy,
+    Entry,
+    GrantApplied,
+    GrantCommand,
     GrantRefused,
-    GrantTerms,
     Wallet,
     admit_grant,
     announcements,
     apply_grant,
+    expire,
 )
 
 log = get_logger("metering.service")
@@ -51,6 +56,10 @@ class Credits:
     wallet: Wallet
     balance: CreditBalance
     updated_at: datetime
+    buckets: list[Bucket]
+    """The live buckets, in spending order."""
+    spendable: int
+    """The balance without credits past their expiry not yet swept."""
 
 
 class Metering:
@@ -163,103 +172,175 @@ class Metering:
         return refused
 
     async def apply_grants(
-        self, items: Sequence[Decoded[CreditGrantRequestedV1]]
-    ) -> list[tuple[Decoded[CreditGrantRequestedV1], Rejection]]:
+        self, items: Sequence[Decoded[CreditGrantRequestedV1 | CreditGrantRequestedV2]]
+    ) -> list[tuple[Decoded[CreditGrantRequestedV1 | CreditGrantRequestedV2], Rejection]]:
         """The `BatchConsumer` step for `credits.grant-requests` (see `grant`)."""
         refused = await self.grant([item.event for item in items])
         return [(items[n], rejection) for n, rejection in refused]
 
     async def grant(
-        self, commands: Sequence[CreditGrantRequestedV1]
+        self, commands: Sequence[CreditGrantRequestedV1 | CreditGrantRequestedV2]
     ) -> list[tuple[int, Rejection]]:
         """Apply grant commands in order, each once per (organisation, period key), a batch in
         one transaction: the batch's wallets are locked (in order), each grant is decided in
-        Python against the wallet as the grants before it left it, and the entries, grants and
-        wallets are written in a few statements. A refused grant changes nothing and creates
-        nothing. Each organisation's balance is announced once, after the batch. Returns the
-        refused commands' positions, with the reason."""
+        Python against the wallet and buckets as the grants before it left them, and the
+        entries, buckets, grants and wallets are written in a few statements. A refused grant
+        changes nothing and creates nothing. Each organisation's balance is announced once,
+        after the batch. Returns the refused commands' positions, with the reason."""
         now = self._clock.now()
         refused: list[tuple[int, Rejection]] = []
+        applied: list[store.AppliedGrant] = []
         async with self._pool.acquire() as conn, conn.transaction():
             organisations = sorted({c.organisation_id for c in commands})
             wallets = await store.lock_wallets(conn, organisations)
             before = dict(wallets)
+            grants = [GrantCommand.of(c.data) for c in commands]
             known = await store.find_grants(
-                conn, [(c.organisation_id, c.data.period_key) for c in commands]
+                conn, [(c.organisation_id, g.key) for c, g in zip(commands, grants, strict=True)]
             )
-            grants: list[CreditGrantRequestedV1] = []
+            pockets = Pockets(
+                await store.buckets_of(
+                    conn,
+                    organisations,
+                    keys=[
+                        (c.organisation_id, g.clawback_of)
+                        for c, g in zip(commands, grants, strict=True)
+                        if g.clawback_of
+                    ],
+                )
+            )
             entries: list[store.NewEntry] = []
-            for position, command in enumerate(commands):
-                grant = command.data
+            for position, (command, grant) in enumerate(zip(commands, grants, strict=True)):
                 organisation = command.organisation_id
                 wallet = wallets.get(organisation) or Wallet(organisation)
                 try:
                     if not admit_grant(
                         grant,
-                        grant.period_key,
-                        applied=known.get((organisation, grant.period_key)),
+                        applied=known.get((organisation, grant.key)),
                         now=now,
                         max_lead=self.max_grant_lead,
                     ):
                         log.info(
                             "grant already applied",
                             organisation_id=organisation,
-                            period_key=grant.period_key,
+                            period_key=grant.key,
                             event_id=str(command.event_id),
                         )
                         continue
-                    result = apply_grant(wallet, grant, grant.period_key)
+                    result = apply_grant(wallet, pockets.of(organisation), grant, now)
                 except GrantRefused as exc:
                     refused.append((position, Rejection(exc.reason, exc.detail)))
                     continue
                 wallets[organisation] = result.wallet
-                known[(organisation, grant.period_key)] = GrantTerms.of(grant)
-                grants.append(command)
+                pockets.update(organisation, result)
+                known[(organisation, grant.key)] = grant
+                applied.append(
+                    store.AppliedGrant(organisation, command.event_id, grant, command.data.note)
+                )
+                entries += self._entries(organisation, grant.key, command, result.entries)
+            if applied:
+                changed = sorted({a.organisation_id for a in applied})
+                await store.create_wallets(conn, [o for o in changed if o not in before], now)
+                await store.record_grants(conn, applied, now)
+                await pockets.save(conn, now)
+                await store.append_grant_entries(conn, entries, now)
+                await self._audit_manual(
+                    conn, [c for c in commands if _manual(c)], {a.event_id for a in applied}
+                )
+                await self._save_and_announce(conn, [wallets[o] for o in changed], before, now)
+        if applied:
+            log.info("grants applied", grants=len(applied), refused=len(refused))
+        return refused
+
+    async def expire_buckets(self, limit: int = 500) -> int:
+        """Scheduled work: buckets past their expiry lose what is left of them, announced like
+        any other change. Wallets busy in another transaction are taken next time (their
+        expired credits are already not spent). Returns how many buckets expired."""
+        now = self._clock.now()
+        due = await store.due_buckets(self._pool, now, limit)
+        if not due:
+            return 0
+        expired = 0
+        async with self._pool.acquire() as conn, conn.transaction():
+            wallets = await store.lock_wallets_skip_busy(conn, due)
+            before = dict(wallets)
+            pockets = Pockets(await store.buckets_of(conn, sorted(wallets)))
+            entries: list[store.NewEntry] = []
+            for organisation, wallet in wallets.items():
+                result = expire(wallet, pockets.of(organisation), now)
+                wallets[organisation] = result.wallet
+                pockets.update(organisation, result)
+                expired += len(result.entries)
                 entries += [
                     store.NewEntry(
-                        grant_entry_id(organisation, grant.period_key, e.kind.value),
+                        grant_entry_id(organisation, "bucket", e.label),
                         organisation,
                         e,
-                        command.event_id,
-                        grant.period_key,
-                        command.occurred_at,
+                        e.allocations[0][0],
+                        None,
+                        now,
                     )
                     for e in result.entries
                 ]
-            if grants:
-                changed = sorted({g.organisation_id for g in grants})
-                await store.create_wallets(conn, [o for o in changed if o not in before], now)
-                await store.record_grants(conn, grants, now)
-                await store.append_grant_entries(conn, entries, now)
-                await self._audit_manual(conn, grants)
-                saved = await store.save_wallets(conn, [wallets[o] for o in changed], now)
-                await self._announce(
-                    conn,
-                    [
-                        event
-                        for wallet in saved
-                        for event in announcements(
-                            self.policy.level(
-                                before.get(wallet.organisation_id)
-                                or Wallet(wallet.organisation_id),
-                                now,
-                            ),
-                            wallet,
-                            self.policy,
-                            producer=PRODUCER,
-                            now=now,
-                        )
-                    ],
+            await pockets.save(conn, now)
+            await store.append_grant_entries(conn, entries, now)
+            await self._save_and_announce(conn, list(wallets.values()), before, now)
+        log.info("buckets expired", buckets=expired, organisations=len(wallets))
+        return expired
+
+    def _entries(
+        self,
+        organisation: str,
+        key: str,
+        command: Event,
+        entries: Sequence[Entry],
+    ) -> list[store.NewEntry]:
+        return [
+            store.NewEntry(
+                grant_entry_id(organisation, key, e.label),
+                organisation,
+                e,
+                command.event_id,
+                key,
+                command.occurred_at,
+            )
+            for e in entries
+        ]
+
+    async def _save_and_announce(
+        self,
+        conn: asyncpg.Connection,
+        wallets: Sequence[Wallet],
+        before: dict[str, Wallet],
+        now: datetime,
+    ) -> None:
+        saved = await store.save_wallets(conn, wallets, now)
+        await self._announce(
+            conn,
+            [
+                event
+                for wallet in saved
+                for event in announcements(
+                    self.policy.level(
+                        before.get(wallet.organisation_id) or Wallet(wallet.organisation_id),
+                        now,
+                    ),
+                    wallet,
+                    self.policy,
+                    producer=PRODUCER,
+                    now=now,
                 )
-        if grants:
-            log.info("grants applied", grants=len(grants), refused=len(refused))
-        return refused
+            ],
+        )
 
     async def _audit_manual(
-        self, conn: asyncpg.Connection, grants: Sequence[CreditGrantRequestedV1]
+        self,
+        conn: asyncpg.Connection,
+        grants: Sequence[CreditGrantRequestedV1 | CreditGrantRequestedV2],
+        applied: set[UUID],
     ) -> None:
         """An operator's manual grants go into the audit log with the grant itself."""
-        manual = [g for g in grants if g.data.reason is GrantReason.MANUAL_ADJUSTMENT]
+        manual = [g for g in grants if g.event_id in applied]
         if self._auditor is None or not manual:
             return
         entries = [
@@ -285,7 +366,16 @@ class Metering:
         if found is None:
             return None
         wallet, updated_at = found
-        return Credits(wallet, self.policy.snapshot(wallet, self._clock.now()), updated_at)
+        now = self._clock.now()
+        buckets = (await store.buckets_of(self._pool, [organisation_id])).get(organisation_id, [])
+        expired = sum(b.remaining for b in buckets if b.due(now))
+        return Credits(
+            wallet,
+            self.policy.snapshot(wallet, now),
+            updated_at,
+            burn_order(buckets, now),
+            wallet.balance - expired,
+        )
 
     async def ledger(
         self, organisation_id: str, *, limit: int, before: int | None
@@ -294,6 +384,38 @@ class Metering:
 
     async def _announce(self, conn: asyncpg.Connection, events: Sequence[Event]) -> None:
         await outbox.enqueue(conn, events, prefix=self._prefix, clock=self._clock)
+
+
+class Pockets:
+    """The buckets of the organisations a transaction changes, and what to write of them."""
+
+    def __init__(self, found: dict[str, list[Bucket]]) -> None:
+        self._buckets = {o: {b.bucket_id: b for b in bs} for o, bs in found.items()}
+        self._stored = {b.bucket_id: b for bs in found.values() for b in bs}
+        self._created: list[Bucket] = []
+
+    def of(self, organisation: str) -> list[Bucket]:
+        return list(self._buckets.get(organisation, {}).values())
+
+    def update(self, organisation: str, result: GrantApplied) -> None:
+        mine = self._buckets.setdefault(organisation, {})
+        for bucket in result.buckets:
+            mine[bucket.bucket_id] = bucket
+        self._created += [mine[b] for b in result.created]
+
+    async def save(self, conn: asyncpg.Connection, now: datetime) -> None:
+        """New buckets in the order they were made (with what is left of them now), and the
+        stored ones whose credits changed."""
+        current = {b.bucket_id: b for bs in self._buckets.values() for b in bs.values()}
+        created = [current[b.bucket_id] for b in self._created]
+        changed = [
+            current[i] for i, b in self._stored.items() if current[i].remaining != b.remaining
+        ]
+        await store.save_buckets(conn, created, changed, now)
+
+
+def _manual(command: CreditGrantRequestedV1 | CreditGrantRequestedV2) -> bool:
+    return command.data.reason.value == GrantReason.MANUAL_ADJUSTMENT.value
 
 
 def _effect(event: AgentMessageProcessedV1) -> tuple[str, int, str]:

@@ -35,6 +35,8 @@ class MeteringSettings(ServiceSettings):
     hold_ttl_seconds: int = Field(300, ge=1, le=86_400)
     """An unsettled hold lapses after this; it must exceed the longest agent run."""
     hold_sweep_seconds: float = Field(1.0, gt=0, le=60)
+    bucket_sweep_seconds: float = Field(1.0, gt=0, le=3_600)
+    """How often buckets past their expiry are swept (their credits are not spent meanwhile)."""
     ledger_check_seconds: float = Field(3_600.0, ge=0, le=7 * 86_400)
     """Check every wallet against its ledger this often (0: never; the first one interval
     after start). `billing reconcile` runs one at any time."""

@@ -15,12 +15,14 @@ from uuid import UUID
 import asyncpg
 
 from shared import outbox
-from shared.events import AgentMessageProcessedV1, CreditGrantRequestedV1, Event
+from shared.events import AgentMessageProcessedV1, Event, GrantReasonV2
 
-from .domain.credits import Entry, GrantTerms, Wallet
+from .domain.buckets import Bucket, Source
+from .domain.credits import Entry, GrantCommand, Wallet
 
 _WALLET_COLUMNS = (
-    "organisation_id, balance, allotment, used, revision, held, period_key, period_start, renews_at"
+    "organisation_id, balance, allotment, used, revision, held, debt, period_key, period_start, "
+    "renews_at"
 )
 
 
@@ -32,6 +34,7 @@ def _wallet(row: asyncpg.Record) -> Wallet:
         used=row["used"],
         revision=row["revision"],
         held=row["held"],
+        debt=row["debt"],
         period_key=row["period_key"],
         period_start=row["period_start"],
         renews_at=row["renews_at"],
@@ -89,7 +92,7 @@ WITH inserted AS (
     FROM usage_batch_v2
     ORDER BY n
     ON CONFLICT DO NOTHING
-    RETURNING organisation_id, message_id, -amount AS credits
+    RETURNING seq, entry_id, organisation_id, message_id, -amount AS credits
 ),
 settled AS (
     UPDATE authorizations a
@@ -106,12 +109,48 @@ debited AS (
 released AS (
     SELECT organisation_id, sum(estimate)::bigint AS released FROM settled GROUP BY organisation_id
 ),
+spend AS (
+    SELECT entry_id, organisation_id, credits,
+           sum(credits) OVER (PARTITION BY organisation_id ORDER BY seq) AS hi
+    FROM inserted
+),
+live AS (
+    SELECT bucket_id, organisation_id, remaining,
+           sum(remaining) OVER (PARTITION BY organisation_id
+                                ORDER BY expires_at NULLS LAST, priority, seq) AS hi
+    FROM buckets
+    WHERE organisation_id IN (SELECT organisation_id FROM debited) AND remaining > 0
+      AND (ends_with_period OR expires_at IS NULL OR expires_at > $1)
+),
+allocated AS (
+    SELECT s.entry_id, l.bucket_id, l.organisation_id,
+           least(s.hi, l.hi) - greatest(s.hi - s.credits, l.hi - l.remaining) AS credits
+    FROM spend s JOIN live l USING (organisation_id)
+    WHERE s.hi - s.credits < l.hi AND l.hi - l.remaining < s.hi
+),
+allocations AS (
+    INSERT INTO ledger_buckets (entry_id, bucket_id, amount)
+    SELECT entry_id, bucket_id, -credits FROM allocated
+),
+burnt AS (
+    UPDATE buckets b SET remaining = b.remaining - t.credits, updated_at = $1
+    FROM (SELECT bucket_id, sum(credits)::bigint AS credits FROM allocated GROUP BY bucket_id) t
+    WHERE b.bucket_id = t.bucket_id
+),
+covered AS (
+    SELECT organisation_id, sum(credits)::bigint AS covered FROM allocated
+    GROUP BY organisation_id
+),
 upserted AS (
-    INSERT INTO wallets AS w (organisation_id, balance, used, revision, created_at, updated_at)
-    SELECT organisation_id, -debited, debited, 1, $1, $1 FROM debited ORDER BY organisation_id
+    INSERT INTO wallets AS w (organisation_id, balance, used, debt, revision, created_at,
+                              updated_at)
+    SELECT organisation_id, -debited, debited, debited, 1, $1, $1 FROM debited
+    ORDER BY organisation_id
     ON CONFLICT (organisation_id) DO UPDATE
     SET balance = w.balance - excluded.used,
         used = w.used + excluded.used,
+        debt = w.debt + excluded.used - coalesce(
+            (SELECT c.covered FROM covered c WHERE c.organisation_id = w.organisation_id), 0),
         held = w.held - coalesce(
             (SELECT r.released FROM released r WHERE r.organisation_id = w.organisation_id), 0),
         revision = w.revision + 1,
@@ -127,7 +166,9 @@ async def debit(
 ) -> list[Debited]:
     """Append one debit per event that is new by both its event id and its (organisation,
     message id), the first in `events` order winning; settle the hold of each message debited;
-    debit each wallet once by the sum. Events not appended change nothing, holds and wallets
+    debit each wallet once by the sum, burning its live buckets down in spending order
+    (`domain.buckets`; each debit's share of each bucket is recorded in `ledger_buckets`, what
+    no bucket covers becomes debt). Events not appended change nothing, holds and wallets
     included: a wallet is created (at zero, then debited) only for an organisation that got a
     debit.
 
@@ -209,13 +250,13 @@ async def save_wallets(
 ) -> list[Wallet]:
     rows = await conn.fetch(
         f"""UPDATE wallets w
-            SET balance = s.balance, allotment = s.allotment, used = s.used,
+            SET balance = s.balance, allotment = s.allotment, used = s.used, debt = s.debt,
                 period_key = s.period_key, period_start = s.period_start,
                 renews_at = s.renews_at, revision = w.revision + 1, updated_at = $8
             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
-                        $6::timestamptz[], $7::timestamptz[])
+                        $6::timestamptz[], $7::timestamptz[], $9::bigint[])
                 AS s(organisation_id, balance, allotment, used, period_key, period_start,
-                     renews_at)
+                     renews_at, debt)
             WHERE w.organisation_id = s.organisation_id
             RETURNING {", ".join("w." + c.strip() for c in _WALLET_COLUMNS.split(","))}""",
         [w.organisation_id for w in wallets],
@@ -226,51 +267,157 @@ async def save_wallets(
         [w.period_start for w in wallets],
         [w.renews_at for w in wallets],
         now,
+        [w.debt for w in wallets],
     )
     return sorted((_wallet(r) for r in rows), key=lambda w: w.organisation_id)
 
 
 async def find_grants(
     conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], GrantTerms]:
+) -> dict[tuple[str, str], GrantCommand]:
     """The terms of the grants applied under these (organisation, period key) pairs."""
     rows = await conn.fetch(
-        """SELECT organisation_id, period_key, reason, amount, period_start, period_end, plan
+        """SELECT organisation_id, period_key, reason, amount, period_start, period_end, plan,
+                  expires_at, priority, rollover_cap, clawback_of
            FROM grants WHERE (organisation_id, period_key) IN
                (SELECT * FROM unnest($1::text[], $2::text[]))""",
         [o for o, _ in keys],
         [k for _, k in keys],
     )
     return {
-        (r["organisation_id"], r["period_key"]): GrantTerms(
-            r["reason"], r["amount"], r["period_start"], r["period_end"], r["plan"]
+        (r["organisation_id"], r["period_key"]): GrantCommand(
+            key=r["period_key"],
+            reason=GrantReasonV2(r["reason"]),
+            amount=r["amount"],
+            period_start=r["period_start"],
+            period_end=r["period_end"],
+            plan=r["plan"],
+            expires_at=r["expires_at"],
+            priority=r["priority"],
+            rollover_cap=r["rollover_cap"],
+            clawback_of=r["clawback_of"],
         )
         for r in rows
     }
 
 
+class AppliedGrant(NamedTuple):
+    organisation_id: str
+    event_id: UUID
+    grant: GrantCommand
+    note: str | None
+
+
 async def record_grants(
-    conn: asyncpg.Connection, commands: Sequence[CreditGrantRequestedV1], now: datetime
+    conn: asyncpg.Connection, applied: Sequence[AppliedGrant], now: datetime
 ) -> None:
     """Remember the grants under (organisation, period key); the caller checked they are new."""
     await conn.execute(
         """INSERT INTO grants (organisation_id, period_key, event_id, reason, amount,
-                               period_start, period_end, plan, note, applied_at)
-           SELECT o, k, e, r, a, s, n, p, t, $10
+                               period_start, period_end, plan, note, applied_at, expires_at,
+                               priority, rollover_cap, clawback_of)
+           SELECT o, k, e, r, a, s, n, p, t, $10, x, y, c, b
            FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::bigint[],
-                       $6::timestamptz[], $7::timestamptz[], $8::text[], $9::text[])
-               AS g(o, k, e, r, a, s, n, p, t)""",
-        [c.organisation_id for c in commands],
-        [c.data.period_key for c in commands],
-        [c.event_id for c in commands],
-        [c.data.reason.value for c in commands],
-        [c.data.amount for c in commands],
-        [c.data.period_start for c in commands],
-        [c.data.period_end for c in commands],
-        [c.data.plan for c in commands],
-        [c.data.note for c in commands],
+                       $6::timestamptz[], $7::timestamptz[], $8::text[], $9::text[],
+                       $11::timestamptz[], $12::int[], $13::bigint[], $14::text[])
+               AS g(o, k, e, r, a, s, n, p, t, x, y, c, b)""",
+        [a.organisation_id for a in applied],
+        [a.grant.key for a in applied],
+        [a.event_id for a in applied],
+        [a.grant.reason.value for a in applied],
+        [a.grant.amount for a in applied],
+        [a.grant.period_start for a in applied],
+        [a.grant.period_end for a in applied],
+        [a.grant.plan for a in applied],
+        [a.note for a in applied],
         now,
+        [a.grant.expires_at for a in applied],
+        [a.grant.priority for a in applied],
+        [a.grant.rollover_cap for a in applied],
+        [a.grant.clawback_of for a in applied],
     )
+
+
+_BUCKET_COLUMNS = (
+    "bucket_id, organisation_id, grant_key, source, granted, remaining, priority, "
+    "effective_from, expires_at, seq"
+)
+
+
+def _bucket(row: asyncpg.Record) -> Bucket:
+    return Bucket(
+        bucket_id=row["bucket_id"],
+        organisation_id=row["organisation_id"],
+        key=row["grant_key"],
+        source=Source(row["source"]),
+        granted=row["granted"],
+        remaining=row["remaining"],
+        priority=row["priority"],
+        effective_from=row["effective_from"],
+        expires_at=row["expires_at"],
+        seq=row["seq"],
+    )
+
+
+async def buckets_of(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    organisations: Sequence[str],
+    *,
+    keys: Sequence[tuple[str, str]] = (),
+) -> dict[str, list[Bucket]]:
+    """The buckets with credits left of `organisations`, and those granted under `keys`
+    ((organisation, grant key) pairs) whatever is left of them, oldest first."""
+    rows = await conn.fetch(
+        f"""SELECT {_BUCKET_COLUMNS} FROM buckets
+            WHERE (organisation_id = ANY($1::text[]) AND remaining > 0)
+               OR (organisation_id, grant_key) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+            ORDER BY organisation_id, seq""",
+        list(organisations),
+        [o for o, _ in keys],
+        [k for _, k in keys],
+    )
+    found: dict[str, list[Bucket]] = {}
+    for row in rows:
+        found.setdefault(row["organisation_id"], []).append(_bucket(row))
+    return found
+
+
+async def save_buckets(
+    conn: asyncpg.Connection, created: Sequence[Bucket], changed: Sequence[Bucket], now: datetime
+) -> None:
+    """Insert `created` (in that order: it is their spending order among equals) and store what
+    remains of `changed`."""
+    if created:
+        await conn.execute(
+            """INSERT INTO buckets (bucket_id, organisation_id, grant_key, source, granted,
+                                    remaining, priority, ends_with_period, effective_from,
+                                    expires_at, created_at, updated_at)
+               SELECT i, o, k, s, g, r, p, e, f, x, $11, $11
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                           $6::bigint[], $7::int[], $8::bool[], $9::timestamptz[],
+                           $10::timestamptz[]) WITH ORDINALITY AS b(i, o, k, s, g, r, p, e, f, x, n)
+               ORDER BY n""",
+            [b.bucket_id for b in created],
+            [b.organisation_id for b in created],
+            [b.key for b in created],
+            [b.source.value for b in created],
+            [b.granted for b in created],
+            [b.remaining for b in created],
+            [b.priority for b in created],
+            [b.ends_with_period for b in created],
+            [b.effective_from for b in created],
+            [b.expires_at for b in created],
+            now,
+        )
+    if changed:
+        await conn.execute(
+            """UPDATE buckets b SET remaining = c.remaining, updated_at = $3
+               FROM unnest($1::uuid[], $2::bigint[]) AS c(bucket_id, remaining)
+               WHERE b.bucket_id = c.bucket_id""",
+            [b.bucket_id for b in changed],
+            [b.remaining for b in changed],
+            now,
+        )
 
 
 class NewEntry(NamedTuple):
@@ -285,6 +432,7 @@ class NewEntry(NamedTuple):
 async def append_grant_entries(
     conn: asyncpg.Connection, entries: Sequence[NewEntry], now: datetime
 ) -> None:
+    """The entries, and what each took from each bucket."""
     if not entries:
         return
     await conn.execute(
@@ -303,6 +451,41 @@ async def append_grant_entries(
         now,
         [e.occurred_at for e in entries],
     )
+    allocations = [(e.entry_id, b, amount) for e in entries for b, amount in e.entry.allocations]
+    if allocations:
+        await conn.execute(
+            """INSERT INTO ledger_buckets (entry_id, bucket_id, amount)
+               SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[])""",
+            [a[0] for a in allocations],
+            [a[1] for a in allocations],
+            [a[2] for a in allocations],
+        )
+
+
+async def due_buckets(
+    conn: asyncpg.Connection | asyncpg.Pool, now: datetime, limit: int
+) -> list[str]:
+    """Organisations with a bucket past its expiry and credits left in it."""
+    rows = await conn.fetch(
+        """SELECT DISTINCT organisation_id FROM buckets
+           WHERE remaining > 0 AND NOT ends_with_period AND expires_at <= $1
+           LIMIT $2""",
+        now,
+        limit,
+    )
+    return [r["organisation_id"] for r in rows]
+
+
+async def lock_wallets_skip_busy(
+    conn: asyncpg.Connection, organisations: Sequence[str]
+) -> dict[str, Wallet]:
+    """Lock the wallets of `organisations` not locked by another transaction, in order."""
+    rows = await conn.fetch(
+        f"""SELECT {_WALLET_COLUMNS} FROM wallets WHERE organisation_id = ANY($1::text[])
+            ORDER BY organisation_id FOR UPDATE SKIP LOCKED""",
+        sorted(organisations),
+    )
+    return {r["organisation_id"]: _wallet(r) for r in rows}
 
 
 async def get_wallet(
@@ -329,6 +512,8 @@ class LedgerEntry(NamedTuple):
     message_id: str | None
     occurred_at: datetime
     recorded_at: datetime
+    buckets: list[tuple[UUID, int]]
+    """(bucket, credits taken) for each bucket the entry took from."""
 
 
 async def ledger_page(
@@ -336,16 +521,18 @@ async def ledger_page(
 ) -> list[LedgerEntry]:
     """Entries newest first; `before` is the `seq` of the last entry of the previous page."""
     rows = await conn.fetch(
-        f"""SELECT {", ".join(LedgerEntry._fields)}
-            FROM ledger
-            WHERE organisation_id = $1 AND ($2::bigint IS NULL OR seq < $2)
-            ORDER BY seq DESC
+        f"""SELECT {", ".join("l." + f for f in LedgerEntry._fields[:-1])},
+                   ARRAY(SELECT ROW(a.bucket_id, -a.amount) FROM ledger_buckets a
+                         WHERE a.entry_id = l.entry_id ORDER BY a.amount) AS buckets
+            FROM ledger l
+            WHERE l.organisation_id = $1 AND ($2::bigint IS NULL OR l.seq < $2)
+            ORDER BY l.seq DESC
             LIMIT $3""",
         organisation_id,
         before,
         limit,
     )
-    return [LedgerEntry(*r.values()) for r in rows]
+    return [LedgerEntry(*list(r.values())[:-1], [(b[0], b[1]) for b in r["buckets"]]) for r in rows]
 
 
 # Authorizations. Every statement that changes hold rows locks their wallets first (see the
@@ -356,6 +543,9 @@ SELECT w.organisation_id, w.balance, w.held, w.renews_at,
        (SELECT coalesce(sum(a.estimate), 0) FROM authorizations a
         WHERE a.organisation_id = w.organisation_id AND a.status = 'held'
           AND a.expires_at <= $3)::bigint AS lapsed,
+       (SELECT coalesce(sum(b.remaining), 0) FROM buckets b
+        WHERE b.organisation_id = w.organisation_id AND b.remaining > 0
+          AND NOT b.ends_with_period AND b.expires_at <= $4)::bigint AS expiring,
        ARRAY(SELECT a.message_id FROM authorizations a
              WHERE a.organisation_id = w.organisation_id AND a.message_id = ANY($2::text[]))
            AS known
@@ -369,8 +559,16 @@ class DecisionState(NamedTuple):
     held: int
     lapsed: int
     """Part of `held` whose holds are past their expiry but not yet swept: free to reuse."""
+    expiring: int
+    """Part of `balance` in buckets that expire before a hold taken now would lapse: a hold
+    is never backed by credits that may be gone when its usage arrives."""
     renews_at: datetime | None
     known: list[str]
+
+    @property
+    def reservable(self) -> int:
+        """The balance without the credits that expire before a new hold would lapse."""
+        return self.balance - self.expiring
 
 
 async def decision_states(
@@ -378,13 +576,16 @@ async def decision_states(
     organisations: Sequence[str],
     message_ids: Sequence[str],
     now: datetime,
+    *,
+    horizon: datetime,
 ) -> dict[str, DecisionState]:
     """The wallets as decisions see them (no lock taken), each with which of `message_ids` it
-    decided before. Organisations without a wallet are absent."""
-    rows = await conn.fetch(_DECISION_STATES, list(organisations), list(message_ids), now)
+    decided before, and how much of its balance expires by `horizon` (when a hold taken now
+    lapses). Organisations without a wallet are absent."""
+    rows = await conn.fetch(_DECISION_STATES, list(organisations), list(message_ids), now, horizon)
     return {
         r["organisation_id"]: DecisionState(
-            r["balance"], r["held"], r["lapsed"], r["renews_at"], r["known"]
+            r["balance"], r["held"], r["lapsed"], r["expiring"], r["renews_at"], r["known"]
         )
         for r in rows
     }

@@ -7,10 +7,13 @@ from .credits import (
     CreditBalanceChangedV1,
     CreditGrantRequested,
     CreditGrantRequestedV1,
+    CreditGrantRequestedV2,
+    CreditGrantV2,
     CreditLevel,
     CreditsExhaustedV1,
     CreditsLowV1,
     GrantReason,
+    GrantReasonV2,
 )
 from .envelope import Body, Event, OrganisationId, UtcDatetime
 from .usage import MAX_CREDITS_PER_MESSAGE, AgentMessageProcessed, AgentMessageProcessedV1
@@ -26,11 +29,14 @@ __all__ = [
     "CreditBalanceChangedV1",
     "CreditGrantRequested",
     "CreditGrantRequestedV1",
+    "CreditGrantRequestedV2",
+    "CreditGrantV2",
     "CreditLevel",
     "CreditsExhaustedV1",
     "CreditsLowV1",
     "Event",
     "GrantReason",
+    "GrantReasonV2",
     "OrganisationId",
     "UtcDatetime",
 ]

@@ -6,9 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.metering.domain.buckets import Bucket, Source, bucket_id
 from services.metering.domain.credits import (
     CreditPolicy,
     EntryKind,
+    GrantCommand,
     GrantRefused,
     Wallet,
     announcements,
@@ -23,6 +25,7 @@ from shared.events import (
     CreditsExhaustedV1,
     CreditsLowV1,
     GrantReason,
+    GrantReasonV2,
 )
 
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
@@ -109,19 +112,39 @@ def test_announcements_carry_the_new_state_then_the_alert() -> None:
     )
 
 
-def renewal(amount: int, start: datetime = DEC, end: datetime = JAN) -> CreditGrantRequested:
-    return CreditGrantRequested(
-        period_key=start.date().isoformat(),
-        amount=amount,
-        reason=GrantReason.RENEWAL_RESET,
-        period_start=start,
-        period_end=end,
+def renewal(amount: int, start: datetime = DEC, end: datetime = JAN) -> GrantCommand:
+    return GrantCommand.of(
+        CreditGrantRequested(
+            period_key=start.date().isoformat(),
+            amount=amount,
+            reason=GrantReason.RENEWAL_RESET,
+            period_start=start,
+            period_end=end,
+        )
     )
 
 
+def holding(plan: int, *, debt: int = 0, **fields) -> tuple[Wallet, list[Bucket]]:
+    """A wallet whose plan bucket holds `plan` credits, `debt` beyond it."""
+    wallet = Wallet("org_a", balance=plan - debt, debt=debt, **fields)
+    bucket = Bucket(
+        bucket_id("org_a", "2026-11", Source.PLAN),
+        "org_a",
+        "2026-11",
+        Source.PLAN,
+        granted=max(plan, 1),
+        remaining=plan,
+        priority=10,
+        effective_from=NOV,
+        expires_at=DEC,
+        seq=1,
+    )
+    return wallet, [bucket]
+
+
 def test_renewal_expires_a_positive_remainder_and_resets_to_the_allotment() -> None:
-    wallet = Wallet("org_a", balance=300, allotment=1000, used=700, period_start=NOV, renews_at=DEC)
-    applied = apply_grant(wallet, renewal(1200), "2026-12")
+    wallet, buckets = holding(300, allotment=1000, used=700, period_start=NOV, renews_at=DEC)
+    applied = apply_grant(wallet, buckets, renewal(1200), DEC)
     assert [(e.kind, e.amount, e.reason) for e in applied.entries] == [
         (EntryKind.EXPIRY, -300, "period_ended"),
         (EntryKind.GRANT, 1200, "renewal_reset"),
@@ -136,47 +159,51 @@ def test_renewal_expires_a_positive_remainder_and_resets_to_the_allotment() -> N
 
 
 def test_renewal_writes_off_a_negative_remainder() -> None:
-    wallet = Wallet("org_a", balance=-40, allotment=1000, used=1040, period_start=NOV)
-    applied = apply_grant(wallet, renewal(1000), "2026-12")
+    wallet, buckets = holding(0, debt=40, allotment=1000, used=1040, period_start=NOV)
+    applied = apply_grant(wallet, buckets, renewal(1000), DEC)
     assert [(e.kind, e.amount, e.reason) for e in applied.entries] == [
         (EntryKind.EXPIRY, 40, "negative_remainder_written_off"),
         (EntryKind.GRANT, 1000, "renewal_reset"),
     ]
-    assert applied.wallet.balance == 1000
+    assert (applied.wallet.balance, applied.wallet.debt) == (1000, 0)
 
 
 def test_renewal_to_a_zero_allotment_only_expires() -> None:
-    applied = apply_grant(Wallet("org_a", balance=10, allotment=10), renewal(0), "2026-12")
+    wallet, buckets = holding(10, allotment=10)
+    applied = apply_grant(wallet, buckets, renewal(0), DEC)
     assert [(e.kind, e.amount) for e in applied.entries] == [(EntryKind.EXPIRY, -10)]
     assert applied.wallet.balance == 0
 
 
 def test_a_period_older_than_the_current_one_is_refused() -> None:
-    wallet = Wallet("org_a", balance=10, allotment=10, period_start=DEC)
+    wallet, buckets = holding(10, allotment=10, period_start=DEC)
     with pytest.raises(GrantRefused) as refused:
-        apply_grant(wallet, renewal(100, start=NOV, end=DEC), "2026-11")
+        apply_grant(wallet, buckets, renewal(100, start=NOV, end=DEC), DEC)
     assert refused.value.reason == "stale_period"
 
 
 def test_top_up_raises_balance_and_allotment_within_the_period() -> None:
-    wallet = Wallet("org_a", balance=100, allotment=1000, used=900, period_start=NOV, renews_at=DEC)
-    grant = CreditGrantRequested(period_key="up", amount=4000, reason=GrantReason.UPGRADE_TOP_UP)
-    applied = apply_grant(wallet, grant, "up")
+    wallet, buckets = holding(100, allotment=1000, used=900, period_start=NOV, renews_at=DEC)
+    grant = GrantCommand("up", GrantReasonV2.UPGRADE_TOP_UP, 4000)
+    applied = apply_grant(wallet, buckets, grant, NOV)
     assert (applied.wallet.balance, applied.wallet.allotment, applied.wallet.used) == (
         4100,
         5000,
         900,
     )
     assert applied.wallet.renews_at == DEC
+    top_up = next(b for b in applied.buckets if b.source is Source.UPGRADE_TOP_UP)
+    assert (top_up.remaining, top_up.expires_at, top_up.ends_with_period) == (4000, DEC, True)
 
 
 def test_a_manual_adjustment_moves_only_the_balance() -> None:
-    wallet = Wallet("org_a", balance=100, allotment=1000, used=900)
-    grant = CreditGrantRequested(period_key="fix", amount=-30, reason=GrantReason.MANUAL_ADJUSTMENT)
-    applied = apply_grant(wallet, grant, "fix")
+    wallet, buckets = holding(100, allotment=1000, used=900)
+    grant = GrantCommand("fix", GrantReasonV2.MANUAL_ADJUSTMENT, -30)
+    applied = apply_grant(wallet, buckets, grant, NOV)
     assert [(e.kind, e.amount) for e in applied.entries] == [(EntryKind.ADJUSTMENT, -30)]
     assert (applied.wallet.balance, applied.wallet.allotment, applied.wallet.used) == (
         70,
         1000,
         900,
     )
+    assert applied.entries[0].allocations == ((buckets[0].bucket_id, -30),)

@@ -122,7 +122,9 @@ async def test_the_ledger_check_reports_a_wallet_that_differs_and_never_fixes_it
 
     assert found == {
         "wallets": 2,
-        "mismatches": [{"organisation_id": "org_check", "balance": 70, "ledger": 65}],
+        "mismatches": [
+            {"organisation_id": "org_check", "balance": 70, "ledger": 65, "buckets": 70}
+        ],
     }
     assert one == {"wallets": 1, "mismatches": []}
     assert (await metering.wait_for("org_check"))["balance"] == 70  # reported, not fixed

@@ -12,6 +12,10 @@ Rules, for one organisation's requests taken in order of arrival:
   `insufficient_credits`;
 - otherwise allowed: the estimate is held, and available credits shrink by it.
 
+The balance given to `decide` leaves out credits in buckets that expire before a hold taken now
+would lapse (the store computes it): a hold is never backed by credits gone when its usage
+arrives.
+
 Overdraft: the usage event settles the hold with the actual cost, debited in full even when it
 exceeds the estimate. Since every hold was covered when granted, the balance can fall below zero
 only by the sum of (actual − estimate) over settled messages; while it is at or below zero,

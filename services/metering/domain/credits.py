@@ -2,9 +2,12 @@
 
 Invariants (the store keeps them in one transaction with each ledger entry):
 - credits are integers; a wallet's balance is the sum of its ledger entries;
+- every positive grant is a bucket (`buckets`); the balance is what remains in the buckets
+  minus the debt, and every entry names the buckets it touched;
 - `used` is what was debited since the current period started;
-- a period-starting grant (plan start, renewal) resets the balance to exactly the new allotment:
-  a positive remainder expires, a negative remainder is written off, each with a ledger entry;
+- a period-starting grant (plan start, renewal) ends the plan's buckets: what is left of them
+  expires (up to the plan's rollover cap carries over), a debt is written off, each with a
+  ledger entry; packs, promotions and operator grants keep their own expiry;
 - a grant applies once per (organisation, period key): the same terms again are a redelivery
   (ignored), other terms under a used key are refused (`grant_conflict`);
 - a period-starting grant older than the wallet's current period is refused (`stale_period`),
@@ -14,20 +17,26 @@ Invariants (the store keeps them in one transaction with each ledger entry):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
+from uuid import UUID
 
 from shared.events import (
     CreditBalance,
     CreditBalanceChangedV1,
     CreditGrantRequested,
+    CreditGrantV2,
     CreditLevel,
     CreditsExhaustedV1,
     CreditsLowV1,
     Event,
-    GrantReason,
+    GrantReasonV2,
 )
+
+from .buckets import DEFAULT_PRIORITY, Bucket, Source, bucket_id, burn
 
 
 class EntryKind(StrEnum):
@@ -46,6 +55,8 @@ class Wallet:
     revision: int = 0
     held: int = 0
     """Credits reserved by active authorization holds; not part of the balance."""
+    debt: int = 0
+    """What usage took beyond every bucket: balance = what remains in the buckets − debt."""
     period_key: str | None = None
     period_start: datetime | None = None
     renews_at: datetime | None = None
@@ -56,12 +67,21 @@ class Entry:
     kind: EntryKind
     amount: int
     reason: str
+    label: str
+    """Names the entry among those of its grant: with the grant's key, its idempotency key."""
+    bucket_id: UUID | None = None
+    """The bucket this entry created."""
+    allocations: tuple[tuple[UUID, int], ...] = ()
+    """Credits taken from (negative) each bucket it touched."""
 
 
 @dataclass(frozen=True, slots=True)
 class GrantApplied:
     entries: tuple[Entry, ...]
     wallet: Wallet
+    buckets: tuple[Bucket, ...] = ()
+    """Every bucket after the change (those with nothing left included)."""
+    created: tuple[UUID, ...] = ()
 
 
 class GrantRefused(Exception):
@@ -139,20 +159,34 @@ def announcements(
 
 
 @dataclass(frozen=True, slots=True)
-class GrantTerms:
-    """What a grant changes. Two commands under the same (organisation, period key) must agree
-    on all of it; the event id, producer and note may differ (a re-issued command)."""
+class GrantCommand:
+    """A grant command, whatever version of the wire schema carried it."""
 
-    reason: str
+    key: str
+    reason: GrantReasonV2
     amount: int
-    period_start: datetime | None
-    period_end: datetime | None
-    plan: str | None
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    plan: str | None = None
+    expires_at: datetime | None = None
+    priority: int | None = None
+    rollover_cap: int | None = None
+    clawback_of: str | None = None
 
     @classmethod
-    def of(cls, grant: CreditGrantRequested) -> GrantTerms:
+    def of(cls, grant: CreditGrantRequested | CreditGrantV2) -> GrantCommand:
+        version_two = isinstance(grant, CreditGrantV2)
         return cls(
-            grant.reason.value, grant.amount, grant.period_start, grant.period_end, grant.plan
+            key=grant.period_key,
+            reason=GrantReasonV2(grant.reason.value),
+            amount=grant.amount,
+            period_start=grant.period_start,
+            period_end=grant.period_end,
+            plan=grant.plan,
+            expires_at=grant.expires_at if version_two else None,
+            priority=grant.priority if version_two else None,
+            rollover_cap=grant.rollover_cap if version_two else None,
+            clawback_of=grant.clawback_of if version_two else None,
         )
 
     def describe(self) -> str:
@@ -161,29 +195,51 @@ class GrantTerms:
             if self.period_start and self.period_end
             else ""
         )
-        return f"{self.reason} of {self.amount}{period}" + (
-            f", plan {self.plan}" if self.plan else ""
-        )
+        extras = [
+            f"{name} {value.isoformat() if isinstance(value, datetime) else value}"
+            for name, value in (
+                ("plan", self.plan),
+                ("expires", self.expires_at),
+                ("priority", self.priority),
+                ("rollover cap", self.rollover_cap),
+                ("clawback of", self.clawback_of),
+            )
+            if value is not None
+        ]
+        return f"{self.reason.value} of {self.amount}{period}" + "".join(f", {e}" for e in extras)
+
+
+GrantTerms = GrantCommand
+"""What a grant changes. Two commands under the same (organisation, period key) must agree on
+all of it; the event id, producer, version and note may differ (a re-issued command)."""
+
+_SOURCE = {
+    GrantReasonV2.PLAN_START: Source.PLAN,
+    GrantReasonV2.RENEWAL_RESET: Source.PLAN,
+    GrantReasonV2.UPGRADE_TOP_UP: Source.UPGRADE_TOP_UP,
+    GrantReasonV2.MANUAL_ADJUSTMENT: Source.OPERATOR,
+    GrantReasonV2.PACK_PURCHASE: Source.PACK,
+    GrantReasonV2.AUTO_RECHARGE: Source.AUTO_RECHARGE,
+    GrantReasonV2.PROMOTION: Source.PROMOTION,
+}
 
 
 def admit_grant(
-    grant: CreditGrantRequested,
-    period_key: str,
+    grant: GrantCommand,
     *,
-    applied: GrantTerms | None,
+    applied: GrantCommand | None,
     now: datetime,
     max_lead: timedelta,
 ) -> bool:
     """True if the grant is to be applied now; False if it is a redelivery of the grant already
     applied under its key. Raises `GrantRefused` for a conflict or a period too far ahead."""
-    terms = GrantTerms.of(grant)
     if applied is not None:
-        if applied == terms:
+        if applied == grant:
             return False
         raise GrantRefused(
             "grant_conflict",
-            f"period key {period_key!r} was applied as {applied.describe()}; "
-            f"this command asks for {terms.describe()}",
+            f"period key {grant.key!r} was applied as {applied.describe()}; "
+            f"this command asks for {grant.describe()}",
         )
     if grant.period_start is not None and grant.period_start > now + max_lead:
         raise GrantRefused(
@@ -191,51 +247,207 @@ def admit_grant(
             f"the period starts {grant.period_start.isoformat()}, more than "
             f"{max_lead.days} days after now ({now.isoformat()})",
         )
+    if grant.expires_at is not None and grant.expires_at <= now:
+        raise GrantRefused(
+            "already_expired", f"the credits expire {grant.expires_at.isoformat()}, before now"
+        )
     return True
 
 
-def apply_grant(wallet: Wallet, grant: CreditGrantRequested, period_key: str) -> GrantApplied:
-    """The ledger entries and the new wallet for one grant command."""
-    if grant.reason.starts_period:
-        return _start_period(wallet, grant, period_key)
-    if grant.reason is GrantReason.UPGRADE_TOP_UP:
-        entry = Entry(EntryKind.GRANT, grant.amount, grant.reason.value)
-        return GrantApplied(
-            (entry,),
-            replace(
-                wallet,
-                balance=wallet.balance + grant.amount,
-                allotment=wallet.allotment + grant.amount,
-            ),
+@dataclass(slots=True)
+class _Change:
+    """A grant being applied: the wallet, its buckets and the entries so far."""
+
+    wallet: Wallet
+    buckets: dict[UUID, Bucket]
+    now: datetime
+    entries: list[Entry] = field(default_factory=list)
+    created: list[UUID] = field(default_factory=list)
+
+    def entry(self, kind: EntryKind, amount: int, reason: str, label: str, **kw: Any) -> None:
+        self.entries.append(Entry(kind, amount, reason, label, **kw))
+        self.wallet = replace(self.wallet, balance=self.wallet.balance + amount)
+
+    def bucket(
+        self,
+        key: str,
+        source: Source,
+        credits: int,
+        *,
+        priority: int | None,
+        effective_from: datetime,
+        expires_at: datetime | None,
+    ) -> tuple[Bucket, tuple[tuple[UUID, int], ...]]:
+        """A new bucket; it pays the debt first. Returns it and the allocation of the payment."""
+        repaid = min(self.wallet.debt, credits)
+        bucket = Bucket(
+            bucket_id(self.wallet.organisation_id, key, source),
+            self.wallet.organisation_id,
+            key,
+            source,
+            granted=credits,
+            remaining=credits - repaid,
+            priority=DEFAULT_PRIORITY[source] if priority is None else priority,
+            effective_from=effective_from,
+            expires_at=expires_at,
+            seq=_NEW_SEQ + len(self.created),
         )
-    entry = Entry(EntryKind.ADJUSTMENT, grant.amount, grant.reason.value)
-    return GrantApplied((entry,), replace(wallet, balance=wallet.balance + grant.amount))
+        self.buckets[bucket.bucket_id] = bucket
+        self.created.append(bucket.bucket_id)
+        self.wallet = replace(self.wallet, debt=self.wallet.debt - repaid)
+        return bucket, (((bucket.bucket_id, -repaid),) if repaid else ())
+
+    def spend(self, credits: int) -> tuple[tuple[UUID, int], ...]:
+        burnt = burn(self.buckets.values(), credits, self.now)
+        burnt.apply(self.buckets)
+        self.wallet = replace(self.wallet, debt=self.wallet.debt + burnt.uncovered)
+        return tuple((b.bucket_id, -taken) for b, taken in burnt.taken)
 
 
-def _start_period(wallet: Wallet, grant: CreditGrantRequested, period_key: str) -> GrantApplied:
+_NEW_SEQ = 2**62
+"""Buckets made by a grant come after every stored one (the store numbers them in order)."""
+
+
+def apply_grant(
+    wallet: Wallet, buckets: Sequence[Bucket], grant: GrantCommand, now: datetime
+) -> GrantApplied:
+    """The ledger entries, the new wallet and its buckets after one grant command."""
+    change = _Change(wallet, {b.bucket_id: b for b in buckets}, now)
+    reason = grant.reason
+    if reason.starts_period:
+        _start_period(change, grant)
+    elif reason is GrantReasonV2.REFUND_CLAWBACK:
+        _claw_back(change, grant)
+    elif reason is GrantReasonV2.MANUAL_ADJUSTMENT and grant.amount < 0:
+        allocations = change.spend(-grant.amount)
+        change.entry(
+            EntryKind.ADJUSTMENT, grant.amount, reason.value, "adjustment", allocations=allocations
+        )
+    else:
+        source = _SOURCE[reason]
+        ends = grant.expires_at
+        if source is Source.UPGRADE_TOP_UP:
+            ends = wallet.renews_at
+            change.wallet = replace(change.wallet, allotment=wallet.allotment + grant.amount)
+        bucket, repaid = change.bucket(
+            grant.key,
+            source,
+            grant.amount,
+            priority=grant.priority,
+            effective_from=now,
+            expires_at=ends,
+        )
+        kind = EntryKind.ADJUSTMENT if source is Source.OPERATOR else EntryKind.GRANT
+        change.entry(
+            kind,
+            grant.amount,
+            reason.value,
+            kind.value,
+            bucket_id=bucket.bucket_id,
+            allocations=repaid,
+        )
+    return GrantApplied(
+        tuple(change.entries),
+        change.wallet,
+        tuple(change.buckets.values()),
+        tuple(change.created),
+    )
+
+
+def _start_period(change: _Change, grant: GrantCommand) -> None:
+    """The plan's buckets end and the new period's begin: what is left expires (up to the
+    plan's rollover cap carries over), a debt is written off."""
     assert grant.period_start is not None and grant.period_end is not None
+    wallet = change.wallet
     if wallet.period_start is not None and grant.period_start < wallet.period_start:
         raise GrantRefused(
             "stale_period",
             f"period starting {grant.period_start.isoformat()} is older than the current one "
             f"({wallet.period_start.isoformat()})",
         )
-    entries = []
-    if wallet.balance > 0:
-        entries.append(Entry(EntryKind.EXPIRY, -wallet.balance, "period_ended"))
-    elif wallet.balance < 0:
-        entries.append(Entry(EntryKind.EXPIRY, -wallet.balance, "negative_remainder_written_off"))
-    if grant.amount > 0:
-        entries.append(Entry(EntryKind.GRANT, grant.amount, grant.reason.value))
-    return GrantApplied(
-        tuple(entries),
-        replace(
-            wallet,
-            balance=grant.amount,
-            allotment=grant.amount,
-            used=0,
-            period_key=period_key,
-            period_start=grant.period_start,
-            renews_at=grant.period_end,
-        ),
+    ending = sorted(
+        (b for b in change.buckets.values() if b.ends_with_period and b.remaining > 0),
+        key=lambda b: b.order,
     )
+    left = sum(b.remaining for b in ending)
+    if left:
+        for b in ending:
+            change.buckets[b.bucket_id] = replace(b, remaining=0)
+        change.entry(
+            EntryKind.EXPIRY,
+            -left,
+            "period_ended",
+            "expiry",
+            allocations=tuple((b.bucket_id, -b.remaining) for b in ending),
+        )
+    if wallet.debt:
+        change.wallet = replace(change.wallet, debt=0)
+        change.entry(EntryKind.EXPIRY, wallet.debt, "negative_remainder_written_off", "write_off")
+    rolled = min(left, grant.rollover_cap or 0)
+    if rolled:
+        bucket, _ = change.bucket(
+            grant.key,
+            Source.ROLLOVER,
+            rolled,
+            priority=None,
+            effective_from=grant.period_start,
+            expires_at=grant.period_end,
+        )
+        change.entry(EntryKind.GRANT, rolled, "rollover", "rollover", bucket_id=bucket.bucket_id)
+    if grant.amount > 0:
+        bucket, _ = change.bucket(
+            grant.key,
+            Source.PLAN,
+            grant.amount,
+            priority=grant.priority,
+            effective_from=grant.period_start,
+            expires_at=grant.period_end,
+        )
+        change.entry(
+            EntryKind.GRANT, grant.amount, grant.reason.value, "grant", bucket_id=bucket.bucket_id
+        )
+    change.wallet = replace(
+        change.wallet,
+        allotment=grant.amount + rolled,
+        used=0,
+        period_key=grant.key,
+        period_start=grant.period_start,
+        renews_at=grant.period_end,
+    )
+
+
+def _claw_back(change: _Change, grant: GrantCommand) -> None:
+    """Take back what is left, up to the amount, of the bucket granted under `clawback_of`."""
+    found = [
+        b
+        for b in change.buckets.values()
+        if b.key == grant.clawback_of and b.source is not Source.ROLLOVER
+    ]
+    if not found:
+        raise GrantRefused("unknown_bucket", f"no bucket was granted under {grant.clawback_of!r}")
+    bucket = found[0]
+    taken = min(grant.amount, bucket.remaining)
+    if taken:
+        change.buckets[bucket.bucket_id] = replace(bucket, remaining=bucket.remaining - taken)
+        change.entry(
+            EntryKind.ADJUSTMENT,
+            -taken,
+            grant.reason.value,
+            "adjustment",
+            allocations=((bucket.bucket_id, -taken),),
+        )
+
+
+def expire(wallet: Wallet, buckets: Sequence[Bucket], now: datetime) -> GrantApplied:
+    """Buckets past their expiry lose what is left (one entry each, labelled by the bucket)."""
+    change = _Change(wallet, {b.bucket_id: b for b in buckets}, now)
+    for bucket in sorted((b for b in buckets if b.due(now)), key=lambda b: b.order):
+        change.buckets[bucket.bucket_id] = replace(bucket, remaining=0)
+        change.entry(
+            EntryKind.EXPIRY,
+            -bucket.remaining,
+            "bucket_expired",
+            f"expiry:{bucket.bucket_id}",
+            allocations=((bucket.bucket_id, -bucket.remaining),),
+        )
+    return GrantApplied(tuple(change.entries), change.wallet, tuple(change.buckets.values()), ())

@@ -203,13 +203,32 @@ async def release(authorization_id: UUID, request: Request) -> AuthorizationOut:
 # Credits and ledger ----------------------------------------------------------------------------
 
 
+class BucketOut(BaseModel):
+    bucket_id: UUID
+    source: str
+    """`plan`, `upgrade_top_up`, `rollover`, `pack`, `auto_recharge`, `promotion`, `operator`."""
+    grant_key: str
+    granted: int
+    remaining: int
+    priority: int
+    effective_from: datetime
+    expires_at: datetime | None
+    ends_with_period: bool
+    """A plan's credits end when the next period starts (`expires_at` is its end)."""
+
+
 class CreditsOut(BaseModel):
     organisation_id: str
     balance: int
     held: int
     """Credits reserved by active holds."""
     available: int
-    """Balance minus held: what new authorizations can reserve."""
+    """Balance minus held, without credits already expired: what new authorizations can
+    reserve."""
+    debt: int
+    """What usage took beyond every bucket (the balance is below zero by this much)."""
+    buckets: list[BucketOut]
+    """The live buckets, in the order they are spent."""
     allotment: int
     used: int
     percent_left: int
@@ -218,6 +237,12 @@ class CreditsOut(BaseModel):
     renews_at: datetime | None
     revision: int
     updated_at: datetime
+
+
+class AllocationOut(BaseModel):
+    bucket_id: UUID
+    credits: int
+    """Credits taken from the bucket (positive)."""
 
 
 class LedgerEntryOut(BaseModel):
@@ -234,6 +259,8 @@ class LedgerEntryOut(BaseModel):
     message_id: str | None
     occurred_at: datetime
     recorded_at: datetime
+    buckets: list[AllocationOut]
+    """The buckets the entry took credits from (a debit, an expiry, a clawback)."""
 
 
 class LedgerPageOut(BaseModel):
@@ -269,7 +296,22 @@ async def get_credits(organisation_id: OrganisationPath, request: Request) -> Cr
         organisation_id=organisation_id,
         balance=b.balance,
         held=found.wallet.held,
-        available=b.balance - found.wallet.held,
+        available=found.spendable - found.wallet.held,
+        debt=found.wallet.debt,
+        buckets=[
+            BucketOut(
+                bucket_id=k.bucket_id,
+                source=k.source.value,
+                grant_key=k.key,
+                granted=k.granted,
+                remaining=k.remaining,
+                priority=k.priority,
+                effective_from=k.effective_from,
+                expires_at=k.expires_at,
+                ends_with_period=k.ends_with_period,
+            )
+            for k in found.buckets
+        ],
         allotment=b.allotment,
         used=b.used,
         percent_left=b.percent_left,
@@ -304,7 +346,15 @@ async def get_ledger(
     page = rows[:limit]
     return LedgerPageOut(
         organisation_id=organisation_id,
-        entries=[LedgerEntryOut.model_validate(e, from_attributes=True) for e in page],
+        entries=[
+            LedgerEntryOut(
+                **{
+                    **e._asdict(),
+                    "buckets": [AllocationOut(bucket_id=b, credits=c) for b, c in e.buckets],
+                }
+            )
+            for e in page
+        ],
         next_before=page[-1].seq if len(rows) > limit else None,
     )
 
@@ -384,9 +434,15 @@ class LedgerCheckIn(BaseModel):
 
 class LedgerMismatchOut(BaseModel):
     organisation_id: str
-    balance: int
-    ledger: int
+    balance: int | None = None
+    ledger: int | None = None
     """The sum of the wallet's ledger entries."""
+    buckets: int | None = None
+    """What remains in the wallet's buckets, less its debt."""
+    bucket_id: str | None = None
+    """A bucket whose remaining differs from what it was granted less what entries took."""
+    remaining: int | None = None
+    allocated: int | None = None
 
 
 class LedgerCheckOut(BaseModel):
@@ -399,10 +455,12 @@ class LedgerCheckOut(BaseModel):
     "/ledger-checks",
     dependencies=[allow(Scope.OPERATOR)],
     response_model=LedgerCheckOut,
+    response_model_exclude_none=True,
     tags=["operations"],
 )
 async def ledger_check(body: LedgerCheckIn, request: Request) -> LedgerCheckOut:
-    """Check that every wallet's balance (or one's) equals the sum of its ledger entries."""
+    """Check that every wallet's balance (or one's) equals the sum of its ledger entries and
+    what remains in its buckets less its debt, and every bucket against its entries."""
     organisation = body.organisation_id or SYSTEM_ORGANISATION
     async with audited(request, organisation, AuditAction.LEDGER_CHECK) as entry:
         found = await request.app.state.parts.ledger_check.run(body.organisation_id)
