@@ -415,8 +415,51 @@ async def run_year(kafka: str, database: str, args: argparse.Namespace) -> dict[
     return found
 
 
+async def run_buckets(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
+    events, organisations = args.bucket_events, args.organisations
+    print(f"buckets: {events:,} usage events for {organisations:,} wallets, 1 then 5 buckets each")
+    workload = metering.make_workload(events, organisations, seed=5)
+    runs: dict[int, list[dict[str, Any]]] = {1: [], 5: []}
+    for buckets in (1, 5, 1, 5, 1, 5):
+        found = await metering.end_to_end(kafka, database, workload, buckets=buckets)
+        runs[buckets].append(found)
+        print(f"  {buckets} bucket(s) per wallet: {found['per_second']:>9,} events/s")
+    best = {n: max(r["per_second"] for r in found) for n, found in runs.items()}
+    median = {n: sorted(r["per_second"] for r in found)[1] for n, found in runs.items()}
+    ratios = {
+        "five_vs_one_bucket_best": round(best[5] / best[1], 3),
+        "five_vs_one_bucket_median": round(median[5] / median[1], 3),
+    }
+    print()
+    print(
+        report.table(
+            "Usage throughput with buckets (the same workload, runs alternated)",
+            [
+                ("measure", "figure", "target / ratio"),
+                ("1 live bucket per wallet, median of 3", f"{median[1]:,}/s", ""),
+                (
+                    "5 live buckets per wallet, median of 3",
+                    f"{median[5]:,}/s",
+                    f"= {ratios['five_vs_one_bucket_median']:.2f} x 1 bucket (target >= 0.9)",
+                ),
+                (
+                    "best of 3, 5 vs 1",
+                    f"{best[5]:,} / {best[1]:,}/s",
+                    f"= {ratios['five_vs_one_bucket_best']:.2f} x",
+                ),
+            ],
+        )
+    )
+    return {
+        "runs": {str(n): found for n, found in runs.items()},
+        "ratios": ratios,
+        "targets": {"five_vs_one_bucket": 0.9},
+    }
+
+
 SUITES = {
     "metering": run_metering,
+    "buckets": run_buckets,
     "authorization": run_authorization,
     "restart": run_restart,
     "webhooks": run_webhooks,
@@ -433,6 +476,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--organisations", type=int, default=1_000)
+    parser.add_argument("--bucket-events", type=int, default=200_000)
     parser.add_argument(
         "--moderate-rate", type=int, default=2_000, help="events/s during latency probes"
     )

@@ -18,7 +18,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -29,8 +29,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from services.metering.app import SERVICE
 from services.metering.settings import DEV_API_TOKEN
 from shared.db import apply_migrations
+from shared.events import CreditGrantRequestedV2, CreditGrantV2, GrantReasonV2
 from shared.kafka import KeyPlacement, send_batched
-from shared.topics import AGENT_USAGE, ensure_topics
+from shared.testing import produce
+from shared.topics import AGENT_USAGE, CREDIT_GRANT_REQUESTS, ensure_topics
 
 from .httpload import latencies
 from .process import ServiceProcess
@@ -111,13 +113,53 @@ class MeteringProcess(ServiceProcess):
         )
 
 
-async def end_to_end(bootstrap: str, database_url: str, workload: Workload) -> dict[str, Any]:
+def bucket_grants(workload: Workload, buckets: int) -> list[tuple[bytes, bytes]]:
+    """Credit packs for every organisation of the workload, `buckets` each, with different
+    expiries and priorities, covering a quarter more than it will use: its debits cross from
+    bucket to bucket in the spending order."""
+    needs: dict[str, int] = {}
+    for row in workload.rows:
+        needs[row[1]] = needs.get(row[1], 0) + row[2]
+    now = datetime.now(UTC)
+    commands = []
+    for organisation, need in sorted(needs.items()):
+        each = need * 5 // 4 // buckets + 1
+        for n in range(buckets):
+            command = CreditGrantRequestedV2.new(
+                organisation_id=organisation,
+                producer="bench",
+                occurred_at=now,
+                data=CreditGrantV2(
+                    period_key=f"bench:{n}",
+                    amount=each,
+                    reason=GrantReasonV2.PACK_PURCHASE,
+                    expires_at=now + timedelta(days=30 + 7 * ((n * 3) % buckets)),
+                    priority=n % 3,
+                ),
+            )
+            commands.append((command.key, command.to_bytes()))
+    return commands
+
+
+async def end_to_end(
+    bootstrap: str, database_url: str, workload: Workload, *, buckets: int = 0
+) -> dict[str, Any]:
+    """End to end; with `buckets`, every wallet first holds that many live buckets (granted
+    before the clock starts) that its debits burn down."""
     schema, prefix = f"bench_{uuid.uuid4().hex[:8]}", f"bench{uuid.uuid4().hex[:8]}."
     topic = AGENT_USAGE.topic(prefix)
     await ensure_topics(bootstrap, prefix)
     async with MeteringProcess(bootstrap, database_url, schema, prefix):
         conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
         try:
+            granted = 0
+            if buckets:
+                grants = bucket_grants(workload, buckets)
+                granted = sum(orjson.loads(v)["data"]["amount"] for _, v in grants)
+                await produce(bootstrap, CREDIT_GRANT_REQUESTS.topic(prefix), grants)
+                seeded = "SELECT coalesce(sum(balance), 0)::bigint FROM wallets"
+                while await conn.fetchval(seeded) < granted:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
             placed = workload.partitioned(AGENT_USAGE.partitions)
             publishing = asyncio.create_task(publish(bootstrap, topic, placed))
             started = await publishing
@@ -126,15 +168,20 @@ async def end_to_end(bootstrap: str, database_url: str, workload: Workload) -> d
             while await conn.fetchval(debited_so_far) < workload.credits:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             finished = time.perf_counter()
-            counted = await conn.fetchval("SELECT count(*) FROM ledger")
-            debited = -await conn.fetchval("SELECT sum(balance)::bigint FROM wallets")
+            counted = await conn.fetchval("SELECT count(*) FROM ledger WHERE kind = 'debit'")
+            debited = granted - await conn.fetchval("SELECT sum(balance)::bigint FROM wallets")
+            debt = await conn.fetchval("SELECT sum(debt)::bigint FROM wallets")
+            touched = await conn.fetchval("SELECT count(*) FROM ledger_buckets")
         finally:
             await conn.close()
     assert counted == len(workload.events), (
         f"ledger has {counted} entries, {len(workload.events)} sent"
     )
     assert debited == workload.credits, f"debited {debited}, expected {workload.credits}"
+    assert not buckets or debt == 0, f"{debt} credits of debt with buckets that cover the usage"
     return {
+        "buckets_per_wallet": buckets,
+        "allocations_written": touched,
         "events": len(workload.events),
         "seconds": round(finished - started, 3),
         "per_second": round(len(workload.events) / (finished - started)),

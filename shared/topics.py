@@ -29,6 +29,7 @@ from shared.events.operations import DriftRepairedV1, OperatorAlertRaisedV1
 from shared.events.seats import SeatsChangedV1
 from shared.events.stripe import (
     CancelAtPeriodEndRequestedV1,
+    ChargeRequestedV1,
     CheckoutRequestedV1,
     CreateCustomerRequestedV1,
     PortalRequestedV1,
@@ -42,6 +43,7 @@ from shared.events.stripe import (
     StripeInvoicePaidV2,
     StripeInvoicePaymentFailedV1,
     StripeInvoicePaymentFailedV2,
+    StripePaymentUpdatedV1,
     StripeSubscriptionActivatedV1,
     StripeSubscriptionActivatedV2,
     StripeSubscriptionDeletedV1,
@@ -99,7 +101,7 @@ CREDIT_BALANCE = TopicSpec(
     schemas=(CreditBalanceChangedV1,),
     description="An organisation's credits after every change: the data behind the credit bar.",
     producers=("metering",),
-    consumers=("dashboards", "chat gateway"),
+    consumers=("dashboards", "chat gateway", "subscriptions"),
     partitions=6,
 )
 CREDIT_ALERTS = TopicSpec(
@@ -129,6 +131,7 @@ STRIPE_COMMANDS = TopicSpec(
         PriceChangeRequestedV1,
         CancelAtPeriodEndRequestedV1,
         QuantityChangeRequestedV1,
+        ChargeRequestedV1,
     ),
     description="Commands to the Stripe gateway; the event id is the Stripe idempotency key.",
     producers=("subscriptions", "seats"),
@@ -154,6 +157,7 @@ STRIPE_EVENTS = TopicSpec(
         StripeSubscriptionDeletedV2,
         StripeInvoicePaidV2,
         StripeInvoicePaymentFailedV2,
+        StripePaymentUpdatedV1,
     ),
     description="What Stripe holds, fetched by the gateway when a webhook or the reconciler "
     "names an object (v2: ordered per object by `version`), and how each command ended.",

@@ -40,11 +40,15 @@ from shared.events import Body, Event
 from shared.events.codec import Rejection
 from shared.events.stripe import (
     CancelAtPeriodEndRequestedV1,
+    ChargeRequest,
+    ChargeRequestedV1,
     CheckoutRequest,
     CheckoutRequestedV1,
     CommandFailure,
     CommandOutcome,
     CreateCustomerRequestedV1,
+    ObservedBy,
+    PaymentCheckoutRequest,
     PortalRequest,
     PortalRequestedV1,
     PriceChangeRequestedV1,
@@ -58,6 +62,7 @@ from shared.logging import get_logger
 from . import PRODUCER
 from .domain.projection import Held
 from .domain.quantities import next_send_at
+from .domain.reports import ObjectKind, ObjectRef
 from .service import Observer
 from .store import commands as store
 from .store import objects
@@ -140,6 +145,8 @@ class Commands:
                 )
             case QuantityChangeRequestedV1():
                 run = lambda _: self._quantities.want(organisation, data.quantity, data.revision)  # noqa: E731
+            case ChargeRequestedV1():
+                return await self.charge(organisation, data)
             case _:
                 raise CommandRefused("unknown_command", command.type)
         return await self._once(organisation, command.type, command_id, fingerprint(data), run)
@@ -168,6 +175,62 @@ class Commands:
 
         return await self._once(
             organisation, CheckoutRequestedV1.type_name, request_id, fingerprint(request), run
+        )
+
+    async def payment_checkout(
+        self, organisation: str, request_id: str, request: PaymentCheckoutRequest
+    ) -> Result:
+        """A Checkout session in payment mode (a credit pack): the payment is announced by
+        `stripe_payment.updated.v1` once Stripe holds it paid."""
+
+        async def run(key: str) -> Result:
+            customer = await self._ensure_customer(organisation, None, None)
+            session = await self._api.create_payment_checkout_session(
+                organisation,
+                customer_id=customer,
+                price_id=request.price_id,
+                purchase_id=request.purchase_id,
+                success_url=str(request.success_url),
+                cancel_url=str(request.cancel_url),
+                idempotency_key=key,
+            )
+            return {"checkout_session_id": session["id"], "url": session["url"]}
+
+        return await self._once(
+            organisation, "payment_checkout", request_id, fingerprint(request), run
+        )
+
+    async def charge(self, organisation: str, request: ChargeRequest) -> Result:
+        """Charge off-session, once per purchase (its key is the purchase, whatever command
+        carries it); what Stripe then holds is observed and announced at once, a declined card
+        included (the webhook reports it too)."""
+
+        async def run(key: str) -> Result:
+            customer = await objects.customer_of(self._pool, organisation)
+            if customer is None:
+                raise CommandRefused("no_customer", f"{organisation} has no Stripe customer")
+            intent = await self._api.charge(
+                organisation,
+                customer_id=customer,
+                amount=request.amount,
+                currency=request.currency,
+                description=request.description,
+                purchase_id=request.purchase_id,
+                idempotency_key=key,
+            )
+            ref = ObjectRef(ObjectKind.PAYMENT_INTENT, intent["id"])
+            try:
+                await self._observer.observe(ref, ObservedBy.COMMAND)
+            except Exception as exc:
+                log.warning("a charge's payment was not observed", error=repr(exc)[:300])
+            return {"payment_intent_id": intent["id"], "status": intent.get("status")}
+
+        return await self._once(
+            organisation,
+            ChargeRequestedV1.type_name,
+            request.purchase_id,
+            fingerprint(request),
+            run,
         )
 
     async def portal(self, organisation: str, request_id: str, request: PortalRequest) -> Result:

@@ -35,6 +35,8 @@ from shared.events.stripe import (
     StripeInvoiceObserved,
     StripeInvoicePaidV2,
     StripeInvoicePaymentFailedV2,
+    StripePaymentObserved,
+    StripePaymentUpdatedV1,
     StripeSubscriptionActivatedV2,
     StripeSubscriptionDeletedV2,
     StripeSubscriptionObserved,
@@ -52,6 +54,7 @@ from .domain.stripe_objects import (
     Unreadable,
     read_checkout_session,
     read_invoice,
+    read_payment_intent,
     read_subscription,
 )
 from .store import commands as commands_store
@@ -115,6 +118,10 @@ class Observer:
                     case ObjectKind.CHECKOUT_SESSION:
                         fetched = await self._api.retrieve_checkout_session(ref.object_id)
                         return await self._checkout(fetched, by, repair)
+                    case ObjectKind.PAYMENT_INTENT:
+                        expected = await objects.payment_version(self._pool, ref.object_id)
+                        fetched = await self._api.retrieve_payment_intent(ref.object_id)
+                        return await self._payment(fetched, expected, by)
             except Conflict:
                 continue
         raise Conflict(f"{ref.kind} {ref.object_id}: {_CONFLICT_ATTEMPTS} observations lost")
@@ -338,6 +345,57 @@ class Observer:
                 events.append(self._event(kind, organisation, body))
             await outbox.enqueue(conn, events, prefix=self._prefix, clock=self._clock)
         return events
+
+    # One-off payments --------------------------------------------------------------------------
+
+    async def _payment(self, obj: dict[str, Any], expected: int, by: ObservedBy) -> list[Event]:
+        """A payment whose state (status, amounts received and refunded, failure) changed is
+        announced with the next version; an unchanged one is not."""
+        payment = read_payment_intent(obj)
+        async with self._pool.acquire() as conn, conn.transaction():
+            held = await objects.lock_payment(conn, payment.payment_intent_id)
+            if (held.version if held else 0) != expected:
+                raise Conflict(payment.payment_intent_id)
+            if held is not None and held.payment.same_state(payment):
+                return []
+            organisation = held.organisation_id if held else payment.organisation_id
+            if organisation is None and payment.customer_id:
+                organisation = await objects.organisation_of(conn, payment.customer_id)
+            if organisation is None:
+                raise UnknownOrganisation(f"payment {payment.payment_intent_id}")
+            now = self._clock.now()
+            version = expected + 1
+            await objects.save_payment(
+                conn, payment, organisation_id=organisation, version=version, now=now
+            )
+            event = self._event(
+                StripePaymentUpdatedV1,
+                organisation,
+                StripePaymentObserved(
+                    payment_intent_id=payment.payment_intent_id,
+                    customer_id=payment.customer_id,
+                    status=payment.status,
+                    amount=payment.amount,
+                    amount_received=payment.amount_received,
+                    amount_refunded=payment.amount_refunded,
+                    currency=payment.currency,
+                    purchase_id=payment.purchase_id,
+                    failure_code=payment.failure_code,
+                    version=version,
+                    observed_at=now,
+                    observed_by=by,
+                ),
+            )
+            await outbox.enqueue(conn, [event], prefix=self._prefix, clock=self._clock)
+        log.info(
+            "payment observed",
+            organisation_id=organisation,
+            payment_intent_id=payment.payment_intent_id,
+            status=payment.status.value,
+            refunded=payment.amount_refunded,
+            version=version,
+        )
+        return [event]
 
     # Announcements -----------------------------------------------------------------------------
 

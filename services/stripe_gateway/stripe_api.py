@@ -23,7 +23,7 @@ import stripe
 from shared.failures import Backoff
 from shared.logging import get_logger
 
-from .domain.stripe_objects import ORGANISATION_KEY
+from .domain.stripe_objects import ORGANISATION_KEY, PURCHASE_KEY
 
 log = get_logger("stripe_gateway.api")
 
@@ -171,6 +171,84 @@ class StripeApi:
             lambda: self._client.v1.checkout.sessions.create_async(
                 params,  # type: ignore[arg-type]
                 {"idempotency_key": idempotency_key},
+            ),
+        )
+
+    async def create_payment_checkout_session(
+        self,
+        organisation_id: str,
+        *,
+        customer_id: str,
+        price_id: str,
+        purchase_id: str,
+        success_url: str,
+        cancel_url: str,
+        idempotency_key: str,
+    ) -> dict[str, Any]:
+        """A payment-mode session for one item (a credit pack): the organisation and the
+        purchase are in the metadata of the session and of its payment."""
+        metadata = {ORGANISATION_KEY: organisation_id, PURCHASE_KEY: purchase_id}
+        params = {
+            "mode": "payment",
+            "customer": customer_id,
+            "client_reference_id": organisation_id,
+            "line_items": [{"price": price_id, "quantity": 1}],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "payment_intent_data": {"metadata": metadata, "setup_future_usage": "off_session"},
+            "metadata": metadata,
+        }
+        return await self._call(
+            "create payment checkout session",
+            lambda: self._client.v1.checkout.sessions.create_async(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            ),
+        )
+
+    async def charge(
+        self,
+        organisation_id: str,
+        *,
+        customer_id: str,
+        amount: int,
+        currency: str,
+        description: str,
+        purchase_id: str,
+        idempotency_key: str,
+    ) -> dict[str, Any]:
+        """Charge the customer's default payment method off-session. A declined card is not an
+        error here: the payment intent is returned as Stripe left it (unpaid, with its last
+        payment error)."""
+        params = {
+            "customer": customer_id,
+            "amount": amount,
+            "currency": currency,
+            "description": description,
+            "confirm": True,
+            "off_session": True,
+            "metadata": {ORGANISATION_KEY: organisation_id, PURCHASE_KEY: purchase_id},
+        }
+        try:
+            return await self._call(
+                "charge",
+                lambda: self._client.v1.payment_intents.create_async(
+                    params,  # type: ignore[arg-type]
+                    {"idempotency_key": idempotency_key},
+                ),
+            )
+        except StripeRefused as exc:
+            declined = exc.__cause__
+            intent = getattr(getattr(declined, "error", None), "payment_intent", None)
+            if isinstance(declined, stripe.CardError) and intent is not None:
+                return intent.to_dict() if hasattr(intent, "to_dict") else dict(intent)
+            raise
+
+    async def retrieve_payment_intent(self, payment_intent_id: str) -> dict[str, Any]:
+        return await self._call(
+            "retrieve payment intent",
+            lambda: self._client.v1.payment_intents.retrieve_async(
+                payment_intent_id, {"expand": ["latest_charge"]}
             ),
         )
 

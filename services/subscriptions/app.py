@@ -9,14 +9,15 @@ from pathlib import Path
 import httpx
 
 from shared.service import Kernel, Service
-from shared.topics import STRIPE_EVENTS, WORKSPACE_MEMBERS
+from shared.topics import CREDIT_BALANCE, STRIPE_EVENTS, WORKSPACE_MEMBERS
 
 from . import PRODUCER
 from .domain.catalogue import Catalogue
 from .gateway import Gateway
 from .handlers import http
+from .packs import CreditPacks
 from .reconcile import Reconciler
-from .service import Links, Subscriptions
+from .service import Links, Subscriptions, require_owner
 from .settings import SubscriptionSettings
 
 
@@ -26,6 +27,7 @@ class Parts:
 
     subscriptions: Subscriptions
     reconciler: Reconciler
+    packs: CreditPacks
 
 
 async def build(kernel: Kernel[SubscriptionSettings]) -> Parts:
@@ -36,6 +38,17 @@ async def build(kernel: Kernel[SubscriptionSettings]) -> Parts:
         timeout=30,
     )
     catalogue, gateway = Catalogue.load(settings.catalogue), Gateway(client)
+    packs = CreditPacks(
+        kernel.pool,
+        kernel.clock,
+        catalogue,
+        gateway,
+        require_owner,
+        success_url=str(settings.checkout_success_url),
+        cancel_url=str(settings.checkout_cancel_url),
+        topic_prefix=settings.topic_prefix,
+        retry_after=timedelta(seconds=settings.recharge_retry_seconds),
+    )
     subscriptions = Subscriptions(
         kernel.pool,
         kernel.clock,
@@ -47,6 +60,7 @@ async def build(kernel: Kernel[SubscriptionSettings]) -> Parts:
             portal_return_url=str(settings.portal_return_url),
         ),
         topic_prefix=settings.topic_prefix,
+        packs=packs,
     )
     reconciler = Reconciler(
         kernel.pool,
@@ -72,6 +86,14 @@ async def build(kernel: Kernel[SubscriptionSettings]) -> Parts:
         description="What Stripe holds, as the gateway observed it: checkouts, paid periods, "
         "prices, cancellations, standing. Ordered by the gateway's version per subscription.",
     )
+    kernel.consume(
+        CREDIT_BALANCE,
+        "balances",
+        packs.on_balances,
+        max_records=1000,
+        description="Balances announced by metering: a crossing of an owner's auto-recharge "
+        "threshold charges one pack.",
+    )
     kernel.periodic(
         "renewals",
         lambda: subscriptions.renew_due(settings.renewal_batch),
@@ -85,7 +107,7 @@ async def build(kernel: Kernel[SubscriptionSettings]) -> Parts:
         lambda: kernel.pool.fetchval("SELECT min(next_renewal_at) FROM subscriptions"),
     )
     kernel.on_stop(client.aclose)
-    return Parts(subscriptions, reconciler)
+    return Parts(subscriptions, reconciler, packs)
 
 
 SERVICE = Service(

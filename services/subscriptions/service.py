@@ -14,7 +14,15 @@ import asyncpg
 from shared import directory, outbox
 from shared.clock import Clock
 from shared.consumer import Decoded
-from shared.events import CreditGrantRequested, CreditGrantRequestedV1, Event, GrantReason
+from shared.events import (
+    CreditGrantRequested,
+    CreditGrantRequestedV1,
+    CreditGrantRequestedV2,
+    CreditGrantV2,
+    Event,
+    GrantReason,
+    GrantReasonV2,
+)
 from shared.events.codec import Rejection
 from shared.events.members import MemberRole, MemberStatus, split_directory
 from shared.events.operations import (
@@ -25,6 +33,7 @@ from shared.events.operations import (
 from shared.events.stripe import (
     CancelAtPeriodEnd,
     CancelAtPeriodEndRequestedV1,
+    ChargeRequestedV1,
     PriceChange,
     PriceChangeRequestedV1,
     PriceChangeTiming,
@@ -36,6 +45,7 @@ from shared.events.stripe import (
     StripeInvoicePaidV2,
     StripeInvoicePaymentFailedV1,
     StripeInvoicePaymentFailedV2,
+    StripePaymentUpdatedV1,
     StripeSubscription,
     StripeSubscriptionDeletedV1,
     StripeSubscriptionDeletedV2,
@@ -57,6 +67,7 @@ from .domain.subscription import (
     Unappliable,
 )
 from .gateway import Gateway
+from .packs import CreditPacks
 
 log = get_logger("subscriptions.service")
 
@@ -68,6 +79,17 @@ class Denied(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+async def require_owner(conn: asyncpg.Connection, organisation: str, member_id: str) -> None:
+    """Only an active owner may change the plan, cancel, reactivate or buy credits (R3)."""
+    found = await directory.member(conn, organisation, member_id)
+    if found is None:
+        raise Denied("unknown_member", f"{member_id} is not a member of {organisation}")
+    if found.status is not MemberStatus.ACTIVE:
+        raise Denied("inactive_member", f"{member_id} is {found.status.value}")
+    if found.role is not MemberRole.OWNER:
+        raise Denied("not_owner", f"only an owner may do this; {member_id} is {found.role.value}")
 
 
 class NoSubscription(LookupError):
@@ -99,7 +121,9 @@ class Subscriptions:
         links: Links,
         *,
         topic_prefix: str,
+        packs: CreditPacks | None = None,
     ) -> None:
+        self._packs = packs
         self._pool = pool
         self._clock = clock
         self.catalogue = catalogue
@@ -167,6 +191,11 @@ class Subscriptions:
     ) -> Outcome | None:
         if isinstance(event, (StripeCommandSucceededV1, *_INVOICE_REPORTS)):
             return None  # invoices: the subscription's status says what a payment changed
+        if isinstance(event, StripePaymentUpdatedV1):
+            if self._packs is None:
+                raise Unappliable("no_credit_packs", "credit packs are not served here")
+            await self._packs.on_payment(conn, event, now)
+            return None
         sub = await store.lock(conn, event.organisation_id)
         if isinstance(event, StripeCommandFailedV1):
             log.error(
@@ -176,6 +205,10 @@ class Subscriptions:
                 reason=event.data.reason,
                 detail=event.data.detail,
             )
+            if event.data.command_type == ChargeRequestedV1.type_name and self._packs:
+                await self._packs.on_charge_refused(
+                    conn, event.organisation_id, event.data.command_id, event.data.reason, now
+                )
             if sub is None or event.data.command_type not in _SUBSCRIPTION_COMMANDS:
                 return None
             return machine.stripe_restored(sub, now, self.catalogue)
@@ -343,16 +376,7 @@ class Subscriptions:
         return outcome.subscription
 
     async def _owner(self, conn: asyncpg.Connection, organisation: str, member_id: str) -> None:
-        """Only an active owner may change the plan, cancel or reactivate (R3)."""
-        found = await directory.member(conn, organisation, member_id)
-        if found is None:
-            raise Denied("unknown_member", f"{member_id} is not a member of {organisation}")
-        if found.status is not MemberStatus.ACTIVE:
-            raise Denied("inactive_member", f"{member_id} is {found.status.value}")
-        if found.role is not MemberRole.OWNER:
-            raise Denied(
-                "not_owner", f"only an owner may do this; {member_id} is {found.role.value}"
-            )
+        await require_owner(conn, organisation, member_id)
 
     async def _lock(self, conn: asyncpg.Connection, organisation: str) -> Subscription:
         sub = await store.lock(conn, organisation)
@@ -393,6 +417,27 @@ class Subscriptions:
             sub = outcome.subscription
             organisation = sub.organisation_id
             for grant in outcome.grants:
+                reason = GrantReason(grant.reason)
+                terms = self.catalogue.plans[grant.plan]
+                cap = terms.rollover_cap if reason.starts_period else None
+                if cap is not None:
+                    events.append(
+                        CreditGrantRequestedV2.new(
+                            organisation_id=organisation,
+                            producer=PRODUCER,
+                            occurred_at=now,
+                            data=CreditGrantV2(
+                                period_key=grant.period_key,
+                                amount=grant.amount,
+                                reason=GrantReasonV2(grant.reason),
+                                period_start=grant.period_start,
+                                period_end=grant.period_end,
+                                plan=grant.plan.value,
+                                rollover_cap=cap,
+                            ),
+                        )
+                    )
+                    continue
                 events.append(
                     CreditGrantRequestedV1.new(
                         organisation_id=organisation,

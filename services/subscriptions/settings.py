@@ -37,6 +37,8 @@ class SubscriptionSettings(ServiceSettings):
     renewal_poll_seconds: float = Field(1.0, gt=0, le=3600)
     renewal_batch: int = Field(1000, ge=1, le=100_000)
     """Subscriptions renewed per transaction."""
+    recharge_retry_seconds: float = Field(3_600.0, ge=0, le=7 * 86_400)
+    """After a failed auto-recharge, the next charge waits at least this long (on the clock)."""
     reconcile_seconds: float = Field(3_600.0, ge=0, le=7 * 86_400)
     """Compare every paid organisation with what the gateway holds of Stripe this often (0:
     never; the first one interval after start). `billing reconcile` runs one at any time."""

@@ -19,7 +19,16 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from .envelope import Body, Event, HttpUrl, Identifier, Int64, NonNegativeInt64, UtcDatetime
+from .envelope import (
+    TEXT_PATTERN,
+    Body,
+    Event,
+    HttpUrl,
+    Identifier,
+    Int64,
+    NonNegativeInt64,
+    UtcDatetime,
+)
 
 MAX_AMOUNT = 10**12
 """The largest invoice amount (in the currency's smallest unit) the gateway stores."""
@@ -274,6 +283,48 @@ class StripeInvoicePaymentFailedV2(Event):
     data: StripeInvoiceObserved
 
 
+class PaymentStatus(StrEnum):
+    """A PaymentIntent's status, as Stripe names it."""
+
+    REQUIRES_PAYMENT_METHOD = "requires_payment_method"
+    REQUIRES_CONFIRMATION = "requires_confirmation"
+    REQUIRES_ACTION = "requires_action"
+    PROCESSING = "processing"
+    REQUIRES_CAPTURE = "requires_capture"
+    CANCELED = "canceled"
+    SUCCEEDED = "succeeded"
+
+
+class StripePaymentObserved(Body):
+    """A one-off payment (a PaymentIntent: a credit pack bought through Checkout, or charged
+    off-session by auto-recharge) as the gateway fetched it from Stripe, with its refunds."""
+
+    payment_intent_id: StripeId
+    customer_id: StripeId | None
+    status: PaymentStatus
+    amount: Money
+    amount_received: Money
+    amount_refunded: Money
+    """Refunded so far, in total (a later refund raises it)."""
+    currency: Annotated[str, Field(min_length=3, max_length=3)]
+    purchase_id: Identifier | None
+    """The id the requesting service gave the payment (its metadata)."""
+    failure_code: Identifier | None
+    """Why the last attempt failed (`card_declined`, …), while it is not paid."""
+    version: ObjectVersion
+    """Increases with every new state the gateway observes of this payment."""
+    observed_at: UtcDatetime
+    observed_by: ObservedBy
+
+
+class StripePaymentUpdatedV1(Event):
+    """A one-off payment changed: it succeeded, an attempt failed, or it was refunded (wholly
+    or in part). Consumers keep the highest version per payment."""
+
+    type: Literal["stripe_payment.updated.v1"]
+    data: StripePaymentObserved
+
+
 # Commands ---------------------------------------------------------------------------------------
 
 
@@ -353,6 +404,32 @@ class QuantityChange(Body):
 class QuantityChangeRequestedV1(Event):
     type: Literal["stripe_subscription.quantity_change_requested.v1"]
     data: QuantityChange
+
+
+class PaymentCheckoutRequest(Body):
+    """A Checkout session in payment mode for one price (a credit pack)."""
+
+    price_id: StripeId
+    purchase_id: Identifier
+    success_url: HttpUrl
+    cancel_url: HttpUrl
+
+
+class ChargeRequest(Body):
+    purchase_id: Identifier
+    """The requesting service's id for the payment: in its metadata, and in its idempotency
+    key (one charge per purchase)."""
+    amount: Annotated[int, Field(strict=True, ge=1, le=10**12)]
+    currency: Annotated[str, Field(min_length=3, max_length=3, pattern=r"^[a-z]{3}$")]
+    description: Annotated[str, Field(max_length=200, pattern=TEXT_PATTERN)]
+
+
+class ChargeRequestedV1(Event):
+    """Charge the organisation's customer off-session, once per purchase, with its default
+    payment method (auto-recharge). What happened is reported by `stripe_payment.updated.v1`."""
+
+    type: Literal["stripe_payment.charge_requested.v1"]
+    data: ChargeRequest
 
 
 class CommandOutcome(Body):

@@ -53,7 +53,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from shared.logging import get_logger
 
-from .core import Clock, Event, Stripe, StripeError, missing, new_id
+from .core import PAYING, Clock, Event, Stripe, StripeError, missing, new_id
 
 log = get_logger("devstripe")
 
@@ -196,7 +196,7 @@ def create_app(
         now = time.monotonic()
         return any(
             state["silenced"].get(ref, 0) > now
-            for ref in (obj.get("id"), obj.get("subscription"))
+            for ref in (obj.get("id"), obj.get("subscription"), obj.get("payment_intent"))
             if isinstance(ref, str)
         )
 
@@ -419,6 +419,25 @@ def create_app(
             case "POST", ["billing_portal", "sessions"]:
                 record(request, "portal", params)
                 return create_portal(params)
+            case "POST", ["payment_intents"]:
+                record(request, "payment_intent", params)
+                intent, events = stripe.create_payment_intent(params)
+                emit(intent.export(), events, quiet)
+                if intent.last_payment_error is not None:
+                    declined = StripeError(
+                        402, "card_error", intent.last_payment_error["message"], "card_declined"
+                    )
+                    declined.body["error"]["payment_intent"] = intent.export()
+                    raise declined
+                return intent.export()
+            case "GET", ["payment_intents", payment_intent_id]:
+                expand = params.get("expand") or []
+                return stripe.payment_intent(payment_intent_id).export(
+                    expand_charge="latest_charge" in expand
+                )
+            case "POST", ["refunds"]:
+                refund, events = stripe.refund(params)
+                return emit(refund, events, quiet)
         raise StripeError(404, "invalid_request_error", f"Unrecognized request URL: /v1/{path}")
 
     def emit(answer: dict[str, Any], events: list[Event], quiet: bool) -> dict[str, Any]:
@@ -451,6 +470,8 @@ def create_app(
             "livemode": False,
             "_line": items[0],
             "_subscription_metadata": (params.get("subscription_data") or {}).get("metadata") or {},
+            "_payment_metadata": (params.get("payment_intent_data") or {}).get("metadata") or {},
+            "payment_intent": None,
         }
         state["sessions"][session_id] = session
         return _public(session)
@@ -467,6 +488,26 @@ def create_app(
         if session["status"] == "complete":
             return session
         line = session["_line"]
+        if session["mode"] == "payment":
+            price = stripe.price(str(line["price"]))
+            intent, events = stripe.create_payment_intent(
+                {
+                    "customer": session["customer"],
+                    "amount": price.unit_amount * int(line.get("quantity", "1")),
+                    "currency": "usd",
+                    "metadata": session["_payment_metadata"],
+                    "confirm": "true",
+                    "payment_method": PAYING,
+                }
+            )
+            session.update(status="complete", payment_status="paid", payment_intent=intent.id)
+            if silent:
+                silence(session_id, intent.id)
+            events.append(
+                ("checkout.session.completed", _public(session), None, stripe.clock.seconds())
+            )
+            send(events)
+            return session
         subscription, events = stripe.create_subscription(
             {
                 "customer": session["customer"],

@@ -14,6 +14,8 @@ What it models, as Stripe does:
 - invoices, paid at once with the customer's payment method, or open after a failed attempt
   and retried on Stripe's schedule (`RETRIES`), the subscription `past_due` meanwhile; after
   the last failed retry the subscription is canceled;
+- one-off payments (PaymentIntents, charged at once with `confirm`, as Checkout in payment
+  mode does) and their refunds, whole or in part;
 - when the clock moves, everything that fell due runs in time order: renewals, retries,
   cancellations at period end; each event carries the instant it happened.
 """
@@ -40,8 +42,12 @@ KNOWN_AMOUNTS = {
     "price_pro_annual": 20000,
     "price_max_monthly": 5000,
     "price_max_annual": 50000,
+    "price_pack_5k": 1000,
+    "price_pack_25k": 4500,
+    "price_pack_100k": 16000,
 }
-"""Per seat, in cents: the catalogue's prices, so invoices carry amounts."""
+"""Per seat (per pack for `price_pack_…`), in cents: the catalogue's prices, so invoices and
+payments carry amounts."""
 
 
 class StripeError(Exception):
@@ -273,6 +279,55 @@ class Subscription:
         }
 
 
+@dataclass
+class PaymentIntent:
+    id: str
+    customer: str | None
+    amount: int
+    currency: str
+    created: int
+    metadata: dict[str, str]
+    description: str | None
+    status: str = "requires_payment_method"
+    charge: str | None = None
+    amount_received: int = 0
+    amount_refunded: int = 0
+    last_payment_error: dict[str, Any] | None = None
+
+    def export(self, *, expand_charge: bool = False) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "payment_intent",
+            "amount": self.amount,
+            "amount_received": self.amount_received,
+            "currency": self.currency,
+            "customer": self.customer,
+            "description": self.description,
+            "metadata": dict(self.metadata),
+            "status": self.status,
+            "created": self.created,
+            "latest_charge": self.charge_export() if expand_charge and self.charge else self.charge,
+            "last_payment_error": self.last_payment_error,
+            "livemode": False,
+        }
+
+    def charge_export(self) -> dict[str, Any]:
+        return {
+            "id": self.charge,
+            "object": "charge",
+            "amount": self.amount,
+            "amount_captured": self.amount_received,
+            "amount_refunded": self.amount_refunded,
+            "refunded": self.amount_refunded >= self.amount_received > 0,
+            "currency": self.currency,
+            "customer": self.customer,
+            "payment_intent": self.id,
+            "metadata": dict(self.metadata),
+            "status": "succeeded",
+            "livemode": False,
+        }
+
+
 def _seconds(at: datetime) -> int:
     return int(at.timestamp())
 
@@ -288,6 +343,7 @@ class Stripe:
     customers: dict[str, Customer] = field(default_factory=dict)
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
     invoices: dict[str, Invoice] = field(default_factory=dict)
+    payment_intents: dict[str, PaymentIntent] = field(default_factory=dict)
     public_url: str = ""
     """Where this devstripe is reached (its invoices' links)."""
     _order: list[str] = field(default_factory=list)
@@ -444,6 +500,76 @@ class Stripe:
         if found is None:
             raise missing("invoice", invoice_id)
         return found
+
+    # One-off payments ---------------------------------------------------------------------------
+
+    def create_payment_intent(self, params: Mapping[str, Any]) -> tuple[PaymentIntent, list[Event]]:
+        """A payment; with `confirm`, charged at once to `payment_method` or the customer's
+        default (`off_session` is accepted: nobody is there to authenticate)."""
+        customer = self.customer(str(params["customer"])) if params.get("customer") else None
+        intent = PaymentIntent(
+            new_id("pi"),
+            customer.id if customer else None,
+            _amount(params.get("amount")),
+            str(params.get("currency") or "usd"),
+            self.clock.seconds(),
+            _metadata(params),
+            params.get("description"),
+        )
+        self.payment_intents[intent.id] = intent
+        events = [self._event("payment_intent.created", intent.export())]
+        if _flag(params.get("confirm")):
+            method = params.get("payment_method") or (customer.payment_method if customer else None)
+            events += self._pay(intent, method)
+        return intent, events
+
+    def _pay(self, intent: PaymentIntent, method: str | None) -> list[Event]:
+        if method is None or method == DECLINING:
+            intent.status = "requires_payment_method"
+            intent.last_payment_error = {
+                "type": "card_error",
+                "code": "card_declined",
+                "decline_code": "generic_decline",
+                "message": "Your card was declined.",
+            }
+            return [self._event("payment_intent.payment_failed", intent.export())]
+        intent.status, intent.amount_received = "succeeded", intent.amount
+        intent.last_payment_error, intent.charge = None, new_id("ch")
+        return [
+            self._event("charge.succeeded", intent.charge_export()),
+            self._event("payment_intent.succeeded", intent.export()),
+        ]
+
+    def payment_intent(self, payment_intent_id: str) -> PaymentIntent:
+        found = self.payment_intents.get(payment_intent_id)
+        if found is None:
+            raise missing("payment_intent", payment_intent_id)
+        return found
+
+    def refund(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], list[Event]]:
+        """Refund a succeeded payment, wholly or in part (`amount`)."""
+        intent = self.payment_intent(str(params.get("payment_intent")))
+        left = intent.amount_received - intent.amount_refunded
+        amount = _amount(params["amount"]) if params.get("amount") is not None else left
+        if intent.status != "succeeded" or amount > left:
+            raise bad(
+                f"Refund amount ({amount}) is greater than unrefunded amount on charge ({left})"
+            )
+        intent.amount_refunded += amount
+        refund = {
+            "id": new_id("re"),
+            "object": "refund",
+            "amount": amount,
+            "charge": intent.charge,
+            "payment_intent": intent.id,
+            "currency": intent.currency,
+            "status": "succeeded",
+            "created": self.clock.seconds(),
+        }
+        return refund, [
+            self._event("refund.created", refund),
+            self._event("charge.refunded", intent.charge_export()),
+        ]
 
     # Time --------------------------------------------------------------------------------------
 
@@ -620,6 +746,16 @@ def _quantity(value: Any) -> int:
     if quantity < 1:
         raise bad("quantity must be at least 1")
     return quantity
+
+
+def _amount(value: Any) -> int:
+    try:
+        amount = int(value)
+    except (TypeError, ValueError):
+        raise bad(f"invalid amount: {value!r}") from None
+    if amount < 1:
+        raise bad("amount must be at least 1")
+    return amount
 
 
 def _flag(value: Any) -> bool:

@@ -20,6 +20,7 @@ class ObjectKind(StrEnum):
     SUBSCRIPTION = "subscription"
     INVOICE = "invoice"
     CHECKOUT_SESSION = "checkout_session"
+    PAYMENT_INTENT = "payment_intent"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -56,7 +57,17 @@ CHECKOUT_EVENTS = frozenset(
         "checkout.session.expired",
     }
 )
-HANDLED = SUBSCRIPTION_EVENTS | INVOICE_EVENTS | CHECKOUT_EVENTS
+PAYMENT_EVENTS = frozenset(
+    {
+        "payment_intent.succeeded",
+        "payment_intent.payment_failed",
+        "payment_intent.canceled",
+        "payment_intent.processing",
+        "charge.refunded",
+        "charge.refund.updated",
+    }
+)
+HANDLED = SUBSCRIPTION_EVENTS | INVOICE_EVENTS | CHECKOUT_EVENTS | PAYMENT_EVENTS
 
 
 def objects_named(event: Mapping[str, Any]) -> tuple[ObjectRef, ...]:
@@ -80,5 +91,13 @@ def objects_named(event: Mapping[str, Any]) -> tuple[ObjectRef, ...]:
             refs.append(ObjectRef(ObjectKind.SUBSCRIPTION, subscription))
         return tuple(refs)
     if kind in CHECKOUT_EVENTS:
-        return (ObjectRef(ObjectKind.CHECKOUT_SESSION, object_id),)
+        refs = [ObjectRef(ObjectKind.CHECKOUT_SESSION, object_id)]
+        payment = _id(obj.get("payment_intent")) if obj.get("mode") == "payment" else None
+        if payment:
+            refs.append(ObjectRef(ObjectKind.PAYMENT_INTENT, payment))
+        return tuple(refs)
+    if kind in PAYMENT_EVENTS:
+        payment = object_id if kind.startswith("payment_intent.") else None
+        payment = payment or _id(obj.get("payment_intent"))
+        return (ObjectRef(ObjectKind.PAYMENT_INTENT, payment),) if payment else ()
     return ()

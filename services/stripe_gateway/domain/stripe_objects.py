@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.events.envelope import EARLIEST, LATEST
-from shared.events.stripe import InvoiceStatus, SubscriptionStatus
+from shared.events.stripe import InvoiceStatus, PaymentStatus, SubscriptionStatus
 
 ORGANISATION_KEY = "organisation_id"
 """The metadata key that names the organisation on customers, subscriptions and sessions."""
@@ -231,3 +231,60 @@ def read_checkout_session(obj: Mapping[str, Any]) -> CheckoutSession:
         if isinstance(obj.get("payment_status"), str)
         else None,
     )
+
+
+PURCHASE_KEY = "purchase_id"
+"""The metadata key that names the requesting service's purchase on a payment."""
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    payment_intent_id: str
+    customer_id: str | None
+    organisation_id: str | None
+    status: PaymentStatus
+    amount: int
+    amount_received: int
+    amount_refunded: int
+    """From the latest charge (expanded), refunded so far in total."""
+    currency: str
+    purchase_id: str | None
+    failure_code: str | None
+
+    def same_state(self, other: Payment) -> bool:
+        return (self.status, self.amount_received, self.amount_refunded, self.failure_code) == (
+            other.status,
+            other.amount_received,
+            other.amount_refunded,
+            other.failure_code,
+        )
+
+
+def read_payment_intent(obj: Mapping[str, Any]) -> Payment:
+    """A PaymentIntent, its latest charge expanded (for what was refunded)."""
+    try:
+        payment_id = _id(obj.get("id"))
+        if not payment_id:
+            raise Unreadable("payment intent without id")
+        metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+        charge = obj.get("latest_charge")
+        refunded = charge.get("amount_refunded") if isinstance(charge, Mapping) else 0
+        error = obj.get("last_payment_error")
+        code = error.get("code") if isinstance(error, Mapping) else None
+        purchase = metadata.get(PURCHASE_KEY)
+        return Payment(
+            payment_intent_id=payment_id,
+            customer_id=_id(obj.get("customer")),
+            organisation_id=metadata_organisation(obj),
+            status=PaymentStatus(obj.get("status")),
+            amount=_money(obj.get("amount")),
+            amount_received=_money(obj.get("amount_received")),
+            amount_refunded=_money(refunded),
+            currency=str(obj.get("currency") or "usd")[:3],
+            purchase_id=purchase if isinstance(purchase, str) and purchase else None,
+            failure_code=code if isinstance(code, str) and code else None,
+        )
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        if isinstance(exc, Unreadable):
+            raise
+        raise Unreadable(f"unreadable payment intent: {exc!r}") from exc

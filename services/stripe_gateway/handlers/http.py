@@ -16,7 +16,13 @@ from shared.access import READERS, Scope, allow
 from shared.audit import audited
 from shared.events.audit import SYSTEM_ORGANISATION, AuditAction
 from shared.events.envelope import HttpUrl, Identifier, OrganisationId
-from shared.events.stripe import CheckoutRequest, PortalRequest, Quantity, StripeId
+from shared.events.stripe import (
+    CheckoutRequest,
+    PaymentCheckoutRequest,
+    PortalRequest,
+    Quantity,
+    StripeId,
+)
 from shared.http import PROBLEM_RESPONSES, OrganisationPath, Problem
 
 from ..commands import CommandRefused
@@ -62,6 +68,19 @@ class CheckoutIn(BaseModel):
     success_url: HttpUrl
     cancel_url: HttpUrl
     customer_email: Annotated[str, Field(max_length=254)] | None = None
+
+
+class PaymentCheckoutIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    organisation_id: OrganisationId
+    request_id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    """The caller's id of this request: asking again with it returns the same session."""
+    price_id: StripeId
+    purchase_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    """Put in the payment's metadata: `stripe_payment.updated.v1` carries it back."""
+    success_url: HttpUrl
+    cancel_url: HttpUrl
 
 
 class PortalIn(BaseModel):
@@ -116,6 +135,31 @@ async def create_checkout_session(body: CheckoutIn, request: Request) -> Session
                 success_url=body.success_url,
                 cancel_url=body.cancel_url,
                 customer_email=body.customer_email,
+            ),
+        )
+    except CommandRefused as refused:
+        raise _problem(refused) from None
+    return SessionOut(id=str(result["checkout_session_id"]), url=str(result["url"]))
+
+
+@router.post(
+    "/payment-checkout-sessions",
+    dependencies=[allow(Scope.SERVICE)],
+    response_model=SessionOut,
+    tags=["sessions"],
+)
+async def create_payment_checkout_session(body: PaymentCheckoutIn, request: Request) -> SessionOut:
+    """A Checkout session in payment mode (a credit pack) for the organisation: redirect the
+    owner to `url`. The payment is reported by `stripe_payment.updated.v1`."""
+    try:
+        result = await parts_of(request).commands.payment_checkout(
+            body.organisation_id,
+            body.request_id,
+            PaymentCheckoutRequest(
+                price_id=body.price_id,
+                purchase_id=body.purchase_id,
+                success_url=body.success_url,
+                cancel_url=body.cancel_url,
             ),
         )
     except CommandRefused as refused:

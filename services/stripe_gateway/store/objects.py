@@ -1,18 +1,20 @@
-"""What the gateway holds of Stripe's objects: each organisation's customer, subscriptions and
-invoices as last observed (with their versions), and the checkout sessions it follows."""
+"""What the gateway holds of Stripe's objects: each organisation's customer, subscriptions,
+invoices and one-off payments as last observed (with their versions), and the checkout sessions
+it follows."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 
-from shared.events.stripe import InvoiceStatus, SubscriptionStatus
+from shared.events.stripe import InvoiceStatus, PaymentStatus, SubscriptionStatus
 
 from ..domain.projection import Held
-from ..domain.stripe_objects import Invoice, Subscription
+from ..domain.stripe_objects import Invoice, Payment, Subscription
 
 Db = asyncpg.Connection | asyncpg.Pool
 
@@ -347,3 +349,71 @@ async def expire_checkouts(db: Db, before: datetime) -> int:
         before,
     )
     return int(done.split()[-1])
+
+
+# Payments --------------------------------------------------------------------------------------
+
+
+class HeldPayment(NamedTuple):
+    payment: Payment
+    organisation_id: str
+    version: int
+
+
+async def payment_version(db: Db, payment_intent_id: str) -> int:
+    found = await db.fetchval(
+        "SELECT version FROM payments WHERE payment_intent_id = $1", payment_intent_id
+    )
+    return found or 0
+
+
+async def lock_payment(db: asyncpg.Connection, payment_intent_id: str) -> HeldPayment | None:
+    row = await db.fetchrow(
+        """SELECT payment_intent_id, customer_id, status, amount, amount_received,
+                  amount_refunded, currency, purchase_id, failure_code, organisation_id, version
+           FROM payments WHERE payment_intent_id = $1 FOR UPDATE""",
+        payment_intent_id,
+    )
+    if row is None:
+        return None
+    payment = Payment(
+        payment_intent_id=row["payment_intent_id"],
+        customer_id=row["customer_id"],
+        organisation_id=row["organisation_id"],
+        status=PaymentStatus(row["status"]),
+        amount=row["amount"],
+        amount_received=row["amount_received"],
+        amount_refunded=row["amount_refunded"],
+        currency=row["currency"],
+        purchase_id=row["purchase_id"],
+        failure_code=row["failure_code"],
+    )
+    return HeldPayment(payment, row["organisation_id"], row["version"])
+
+
+async def save_payment(
+    db: asyncpg.Connection, payment: Payment, *, organisation_id: str, version: int, now: datetime
+) -> None:
+    await db.execute(
+        """INSERT INTO payments (payment_intent_id, organisation_id, customer_id, status, amount,
+                                 amount_received, amount_refunded, currency, purchase_id,
+                                 failure_code, version, observed_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+           ON CONFLICT (payment_intent_id) DO UPDATE SET
+               status = excluded.status, amount_received = excluded.amount_received,
+               amount_refunded = excluded.amount_refunded,
+               failure_code = excluded.failure_code, version = excluded.version,
+               observed_at = excluded.observed_at""",
+        payment.payment_intent_id,
+        organisation_id,
+        payment.customer_id,
+        payment.status.value,
+        payment.amount,
+        payment.amount_received,
+        payment.amount_refunded,
+        payment.currency,
+        payment.purchase_id,
+        payment.failure_code,
+        version,
+        now,
+    )

@@ -1,13 +1,14 @@
 """The plan catalogue (R1, R2): data, not code. A versioned file (`catalogue/plans.v1.json`)
-names, per plan, the monthly credit allotment, the seat limit (null: unlimited), the features,
-and the price per seat per cycle with its Stripe price id (annual for Pro and Max only). Money
+names, per plan, the monthly credit allotment, how many unused credits roll over (none by
+default), the seat limit (null: unlimited), the features, and the price per seat per cycle with
+its Stripe price id (annual for Pro and Max only); and the credit packs on sale. Money
 is in the currency's smallest unit (cents), as integers. Enterprise's values in the file are
 defaults: an operator sets each Enterprise organisation's own (`EnterpriseTerms`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -41,15 +42,33 @@ class PlanTerms(_Strict):
     name: str
     summary: str
     monthly_credits: Annotated[int, Field(strict=True, ge=0)]
+    rollover_cap: Annotated[int, Field(strict=True, ge=0)] | None = None
+    """Up to this many unused credits of a period carry into the next (none: nothing)."""
     seat_limit: Annotated[int, Field(strict=True, ge=1)] | None
     features: tuple[str, ...]
     prices: Mapping[Cycle, Price] = Field(default_factory=dict)
+
+
+class Pack(_Strict):
+    """A credit pack: bought once (Checkout in payment mode, or by auto-recharge); its credits
+    are a bucket of their own that survives renewals and expires after `valid_days`."""
+
+    name: str
+    credits: Annotated[int, Field(strict=True, ge=1, le=10**9)]
+    price: Annotated[int, Field(strict=True, ge=1, le=10**9)]
+    """In the currency's smallest unit (cents)."""
+    stripe_price_id: StripePriceId
+    valid_days: Annotated[int, Field(strict=True, ge=1, le=3660)]
+
+
+PackId = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9_]+$")]
 
 
 class _File(_Strict):
     version: int
     currency: Annotated[str, Field(min_length=3, max_length=3)]
     plans: Mapping[Plan, PlanTerms]
+    packs: Mapping[PackId, Pack] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,7 @@ class Catalogue:
     version: int
     currency: str
     plans: Mapping[Plan, PlanTerms]
+    packs: Mapping[str, Pack] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path = DEFAULT) -> Catalogue:
@@ -84,7 +104,10 @@ class Catalogue:
         ]
         if len(ids) != len(set(ids)):
             raise ValueError("a Stripe price may bill one plan and cycle only")
-        return cls(data.version, data.currency, data.plans)
+        ids += [pack.stripe_price_id for pack in data.packs.values()]
+        if len(ids) != len(set(ids)):
+            raise ValueError("a pack's Stripe price may bill nothing else")
+        return cls(data.version, data.currency, data.plans, data.packs)
 
     def terms(self, plan: Plan, enterprise: EnterpriseTerms | None = None) -> PlanTerms:
         terms = self.plans[plan]

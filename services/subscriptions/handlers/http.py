@@ -21,8 +21,10 @@ from shared.events.subscriptions import Cycle, Plan, Standing
 from shared.http import PROBLEM_RESPONSES, OrganisationPath, Problem
 
 from ..domain.catalogue import EnterpriseTerms
+from ..domain.packs import Purchase
 from ..domain.subscription import Refused, Subscription
 from ..gateway import GatewayUnavailable
+from ..packs import CreditPacks
 from ..service import Denied, NoSubscription, Subscriptions
 
 router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
@@ -77,6 +79,8 @@ def _out(service: Subscriptions, sub: Subscription) -> SubscriptionOut:
 REFUSALS = (Denied, Refused, NoSubscription)
 
 _UNPROCESSABLE = {
+    "unknown_pack",
+    "cap_below_pack",
     "cycle_not_offered",
     "enterprise_by_contract",
     "cancel_instead",
@@ -245,10 +249,21 @@ class PlanOut(BaseModel):
     """Empty: free, or by contract (Enterprise)."""
 
 
+class PackOut(BaseModel):
+    pack: str
+    name: str
+    credits: int
+    price: int
+    """In the currency's smallest unit (cents)."""
+    valid_days: int
+    """The pack's credits expire this many days after payment (they survive renewals)."""
+
+
 class CatalogueOut(BaseModel):
     version: int
     currency: str
     plans: list[PlanOut]
+    packs: list[PackOut]
 
 
 @router.get(
@@ -275,7 +290,197 @@ async def catalogue(request: Request) -> CatalogueOut:
             )
             for plan, terms in found.plans.items()
         ],
+        packs=[
+            PackOut(
+                pack=pack_id,
+                name=pack.name,
+                credits=pack.credits,
+                price=pack.price,
+                valid_days=pack.valid_days,
+            )
+            for pack_id, pack in found.packs.items()
+        ],
     )
+
+
+# Credit packs and auto-recharge ----------------------------------------------------------------
+
+PackId = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9_]+$")]
+Credits = Annotated[int, Field(strict=True, ge=0, le=10**12)]
+
+
+def _packs(request: Request) -> CreditPacks:
+    return request.app.state.parts.packs
+
+
+class BuyPackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pack: PackId
+
+
+class PurchaseOut(BaseModel):
+    purchase_id: str
+    pack: str
+    credits: int
+    price: int
+    currency: str
+    source: Literal["checkout", "auto_recharge"]
+    status: Literal["open", "paid", "failed"]
+    """`open` until Stripe holds it paid (or an attempt failed)."""
+    refunded: int
+    """Money refunded so far."""
+    clawed_back: int
+    """Credits taken back for the refunds (metering takes only what was left)."""
+    failure_code: str | None
+    paid_at: datetime | None
+    expires_at: datetime | None
+
+
+def _purchase(p: Purchase) -> PurchaseOut:
+    return PurchaseOut(
+        purchase_id=p.purchase_id,
+        pack=p.pack,
+        credits=p.credits,
+        price=p.price,
+        currency=p.currency,
+        source=p.source.value,
+        status=p.status.value,
+        refunded=p.refunded,
+        clawed_back=p.clawed_back,
+        failure_code=p.failure_code,
+        paid_at=p.paid_at,
+        expires_at=p.expires_at(),
+    )
+
+
+class BuyPackOut(BaseModel):
+    purchase: PurchaseOut
+    checkout_url: str
+    """Redirect the owner there (Stripe Checkout, payment mode)."""
+
+
+@router.post(
+    "/subscription/credit-packs",
+    dependencies=[allow(Scope.FRONT)],
+    response_model=BuyPackOut,
+    tags=["credit packs"],
+)
+async def buy_pack(body: BuyPackIn, acting: Acting, request: Request) -> BuyPackOut:
+    """Buy a credit pack (owners only): the credits arrive once Stripe holds it paid, exactly
+    once, as a bucket that survives renewals until the pack's expiry."""
+    try:
+        purchase, url = await _packs(request).buy(
+            acting.organisation_id, acting.member_id, body.pack
+        )
+    except (Denied, Refused, GatewayUnavailable) as exc:
+        raise _problem(exc) from None
+    return BuyPackOut(purchase=_purchase(purchase), checkout_url=url)
+
+
+@router.get(
+    "/subscription/credit-purchases",
+    dependencies=[allow(Scope.FRONT)],
+    response_model=list[PurchaseOut],
+    tags=["credit packs"],
+)
+async def credit_purchases(acting: Acting, request: Request) -> list[PurchaseOut]:
+    """The organisation's credit packs, bought or auto-recharged, newest first."""
+    return [_purchase(p) for p in await _packs(request).purchases(acting.organisation_id)]
+
+
+class AutoRechargeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool
+    threshold: Credits
+    """When the balance falls to this, one pack is charged."""
+    pack: PackId
+    monthly_cap: Annotated[int, Field(strict=True, ge=1, le=10**12)]
+    """At most this many credits auto-recharged in a calendar month (UTC)."""
+
+
+class AutoRechargeOut(BaseModel):
+    enabled: bool
+    threshold: int
+    pack: str | None
+    monthly_cap: int
+    recharged_this_month: int
+    armed: bool
+    """Charges at the next report at or below the threshold (it re-arms above it)."""
+    in_flight: str | None
+    """A recharge charged and not yet paid."""
+    failures: int
+    last_failure: str | None
+    disabled_reason: str | None
+    """Why it turned itself off (`payment_failed_repeatedly`)."""
+
+
+async def _recharge_out(packs: CreditPacks, organisation: str) -> AutoRechargeOut:
+    rule = await packs.rule(organisation)
+    recharged = await packs.recharged_this_month(organisation)
+    if rule is None:
+        return AutoRechargeOut(
+            enabled=False,
+            threshold=0,
+            pack=None,
+            monthly_cap=0,
+            recharged_this_month=recharged,
+            armed=False,
+            in_flight=None,
+            failures=0,
+            last_failure=None,
+            disabled_reason=None,
+        )
+    return AutoRechargeOut(
+        enabled=rule.enabled,
+        threshold=rule.threshold,
+        pack=rule.pack,
+        monthly_cap=rule.monthly_cap,
+        recharged_this_month=recharged,
+        armed=rule.armed,
+        in_flight=rule.in_flight,
+        failures=rule.failures,
+        last_failure=rule.last_failure,
+        disabled_reason=rule.disabled_reason,
+    )
+
+
+@router.get(
+    "/subscription/auto-recharge",
+    dependencies=[allow(Scope.FRONT)],
+    response_model=AutoRechargeOut,
+    tags=["credit packs"],
+)
+async def auto_recharge(acting: Acting, request: Request) -> AutoRechargeOut:
+    """The organisation's auto-recharge and what it did this month."""
+    return await _recharge_out(_packs(request), acting.organisation_id)
+
+
+@router.put(
+    "/subscription/auto-recharge",
+    dependencies=[allow(Scope.FRONT)],
+    response_model=AutoRechargeOut,
+    tags=["credit packs"],
+)
+async def set_auto_recharge(
+    body: AutoRechargeIn, acting: Acting, request: Request
+) -> AutoRechargeOut:
+    """Set auto-recharge (owners only): when the balance falls to the threshold, one pack is
+    charged off-session to the saved card, never beyond the monthly cap."""
+    packs = _packs(request)
+    try:
+        await packs.configure(
+            acting.organisation_id,
+            acting.member_id,
+            enabled=body.enabled,
+            threshold=body.threshold,
+            pack_id=body.pack,
+            monthly_cap=body.monthly_cap,
+        )
+    except (Denied, Refused) as exc:
+        raise _problem(exc) from None
+    return await _recharge_out(packs, acting.organisation_id)
 
 
 @router.get(
