@@ -149,6 +149,8 @@ class Dashboard:
         now = self._clock.now()
         credits = stored.credits or {}
         start = credits.get("period_start")
+        if self.usage is not None and stored.credits is not None:
+            stored = replace(stored, buckets=await self.usage.buckets(organisation_id))
         if self.usage is None or not start:
             return stored
         current = datetime.fromisoformat(start)

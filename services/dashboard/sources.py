@@ -28,7 +28,7 @@ async def _get(client: httpx.AsyncClient, path: str, params: dict[str, Any], wha
 
 
 class MeteringUsage:
-    """`GET /v1/organisations/{id}/usage` of metering."""
+    """`GET /v1/organisations/{id}/usage` and `.../credits` of metering."""
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self._client = client
@@ -44,6 +44,13 @@ class MeteringUsage:
         return await _get(
             self._client, f"/v1/organisations/{organisation_id}/usage", params, "usage"
         )
+
+    async def buckets(self, organisation_id: str) -> list[dict[str, Any]] | None:
+        """The live buckets of credits, in the order they are spent."""
+        found = await _get(
+            self._client, f"/v1/organisations/{organisation_id}/credits", {}, "credits"
+        )
+        return None if found is None else found.get("buckets")
 
 
 class StripeInvoices:

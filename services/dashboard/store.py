@@ -124,6 +124,10 @@ class Stored:
     current_period: bool = True
     invoices: list[dict[str, Any]] | None = None
     """The latest invoices (the gateway's); None: unavailable."""
+    buckets: list[dict[str, Any]] | None = None
+    """Where the credits are (metering's live buckets, in spending order); None: unavailable."""
+    recharge: dict[str, Any] | None = None
+    """The organisation's auto-recharge (the subscription service's), as the viewer may see it."""
 
 
 async def view(conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str) -> Stored:

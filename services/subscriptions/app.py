@@ -44,7 +44,7 @@ async def build(kernel: Kernel[SubscriptionSettings]) -> Parts:
         catalogue,
         gateway,
         require_owner,
-        success_url=str(settings.checkout_success_url),
+        success_url=str(settings.pack_success_url),
         cancel_url=str(settings.checkout_cancel_url),
         topic_prefix=settings.topic_prefix,
         retry_after=timedelta(seconds=settings.recharge_retry_seconds),

@@ -34,6 +34,8 @@ class SubscriptionSettings(ServiceSettings):
     checkout_success_url: AnyHttpUrl = AnyHttpUrl(f"{APP}/billing?checkout=success")
     checkout_cancel_url: AnyHttpUrl = AnyHttpUrl(f"{APP}/billing?checkout=cancelled")
     portal_return_url: AnyHttpUrl = AnyHttpUrl(f"{APP}/billing?portal=returned")
+    pack_success_url: AnyHttpUrl = AnyHttpUrl(f"{APP}/billing?outcome=pack_paid")
+    """Where Stripe's Checkout sends the owner after paying for a credit pack."""
     renewal_poll_seconds: float = Field(1.0, gt=0, le=3600)
     renewal_batch: int = Field(1000, ge=1, le=100_000)
     """Subscriptions renewed per transaction."""

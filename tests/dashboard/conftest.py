@@ -112,6 +112,8 @@ async def dashboard(
                 cancel_url=f"{url}/billing?checkout=cancelled",
                 portal_return_url=f"{url}/billing?portal=returned",
             )
+            billing.service._packs._success_url = f"{url}/billing?outcome=pack_paid"
+            billing.service._packs._cancel_url = f"{url}/billing?checkout=cancelled"
             yield Page(f"http://127.0.0.1:{port}", billing, settings)
 
 

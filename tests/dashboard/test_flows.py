@@ -191,3 +191,35 @@ async def test_cancel_confirm_reactivate_the_portal_and_a_refusal_in_words(
         await f.notice("refused:already_cancelled")
         await expect(f.tab.locator("#notice")).to_contain_text("already cancelled")
         await f.check("refused")
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+async def test_buying_credits_and_setting_auto_recharge(
+    browser: Browser, dashboard: Page, viewport: str
+) -> None:
+    """Where the credits are, a pack bought through Stripe's Checkout (payment mode), its
+    bucket beside the plan's, and auto-recharge saved: with the keyboard alone."""
+    async for f in flow(browser, dashboard, viewport):
+        buckets = f.tab.locator("#buckets li")
+        await expect(buckets).to_have_count(1, timeout=LIVE)
+        await expect(buckets.first).to_have_attribute("data-source", "plan")
+        await f.press("#buy-pack_5k")
+        await expect(f.tab.locator("#pay")).to_be_visible(timeout=LIVE)  # Stripe's page
+        await f.press("#pay")
+        await f.notice("pack_paid")
+        await expect(f.tab.locator("#credits-left")).to_have_text("6,000", timeout=LIVE)
+        await expect(buckets).to_have_count(2, timeout=LIVE)
+        await expect(buckets.nth(1)).to_have_attribute("data-source", "pack")
+        await f.check("pack-bought")
+
+        await f.tab.locator("#recharge-enabled").focus()
+        await f.tab.keyboard.press("Space")
+        for field, value in (("#recharge-threshold", "500"), ("#recharge-cap", "10000")):
+            await f.tab.locator(field).focus()
+            await f.tab.keyboard.press("ControlOrMeta+A")
+            await f.tab.keyboard.type(value)
+        await f.press("#save-recharge")
+        await f.notice("auto_recharge_saved")
+        await expect(f.tab.locator("#recharge-state")).to_contain_text("on", timeout=LIVE)
+        await expect(f.tab.locator("#recharge-threshold")).to_have_value("500")
+        await f.check("auto-recharge")

@@ -25,6 +25,9 @@ _DONE = {
     "it, usually within seconds.",
     "checkout_cancelled": "Checkout cancelled: nothing was charged and your plan is unchanged.",
     "portal_returned": "Back from Manage billing: changes made there show here in a moment.",
+    "pack_paid": "Payment received. Your credits show here as soon as Stripe confirms it, "
+    "usually within seconds.",
+    "auto_recharge_saved": "Auto-recharge is saved.",
 }
 
 _REFUSED = {
@@ -42,6 +45,8 @@ _REFUSED = {
     "period_over": "The paid period is over: choose a plan again.",
     "no_customer": "Manage billing opens once the organisation has a paid plan.",
     "no_subscription": "Manage billing opens once the organisation has a paid plan.",
+    "unknown_pack": "That credit pack is not on sale.",
+    "cap_below_pack": "The monthly cap must allow at least one pack.",
     "stripe_unavailable": "Stripe did not answer. Nothing changed; please try again in a moment.",
     "unavailable": "Billing is unavailable right now. Nothing changed; please try again in a "
     "moment.",

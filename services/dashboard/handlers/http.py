@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 import httpx
@@ -113,6 +113,17 @@ async def _catalogue(request: Request) -> dict | None:
     return parts.catalogue
 
 
+async def _recharge(request: Request, who: Viewer) -> dict | None:
+    """The organisation's auto-recharge, as the viewer may see it; None if not answered."""
+    try:
+        answer = await request.app.state.parts.subscriptions.get(
+            "/v1/subscription/auto-recharge", headers={IDENTITY_HEADER: who.identity}
+        )
+    except httpx.HTTPError:
+        return None
+    return answer.json() if answer.status_code == 200 else None
+
+
 def _version(html: str) -> str:
     return hashlib.blake2s(html.encode(), digest_size=8).hexdigest()
 
@@ -130,6 +141,7 @@ async def billing(
     the page, or Stripe's Checkout and Billing Portal on the way back); `period`: the usage of
     an earlier credit period."""
     stored = await _dashboard(request).view(who.organisation_id, period)
+    stored = replace(stored, recharge=await _recharge(request, who))
     now = request.app.state.runtime.clock.now()
     body = page.main(stored, who.member_id, await _catalogue(request), who.query, now)
     notice = notices.from_address(outcome, checkout, portal)
@@ -164,12 +176,14 @@ async def stream(who: Looking, request: Request, period: Period = None) -> Strea
             headers={"Retry-After": "30"},
         )
     catalogue = await _catalogue(request)
+    recharge = await _recharge(request, who)
 
     async def events() -> AsyncIterator[bytes]:
         async with dashboard.watch(who.organisation_id, who.member_id) as changed:
             stored = await dashboard.view(who.organisation_id, period)  # a reconnect catches up
             last = ""
             while True:
+                stored = replace(stored, recharge=recharge)
                 now = request.app.state.runtime.clock.now()
                 body = page.main(stored, who.member_id, catalogue, who.query, now)
                 version = _version(body)
@@ -192,10 +206,11 @@ async def stream(who: Looking, request: Request, period: Period = None) -> Strea
 
 
 async def _act(
-    request: Request, who: Viewer, path: str, body: dict | None = None
+    request: Request, who: Viewer, path: str, body: dict | None = None, method: str = "POST"
 ) -> httpx.Response:
     try:
-        return await request.app.state.parts.subscriptions.post(
+        return await request.app.state.parts.subscriptions.request(
+            method,
             path,
             json=body,
             headers={IDENTITY_HEADER: who.identity},
@@ -237,6 +252,37 @@ async def change(
         return RedirectResponse(answer.json()["checkout_url"], status_code=303)
     action = answer.json().get("action", "") if answer.status_code == 200 else ""
     return _back(who, answer, action)
+
+
+@router.post("/billing/credit-packs", tags=["billing page"], dependencies=[Depends(same_origin)])
+async def buy_pack(
+    who: Looking, request: Request, pack: Annotated[str, Form(max_length=40)]
+) -> RedirectResponse:
+    """Buy a credit pack: to Stripe Checkout (payment mode), back here once paid."""
+    answer = await _act(request, who, "/v1/subscription/credit-packs", {"pack": pack})
+    if answer.status_code == 200:
+        return RedirectResponse(answer.json()["checkout_url"], status_code=303)
+    return _back(who, answer, "")
+
+
+@router.post("/billing/auto-recharge", tags=["billing page"], dependencies=[Depends(same_origin)])
+async def save_recharge(
+    who: Looking,
+    request: Request,
+    threshold: Annotated[int, Form(ge=0, le=10**12)],
+    pack: Annotated[str, Form(max_length=40)],
+    monthly_cap: Annotated[int, Form(ge=1, le=10**12)],
+    enabled: Annotated[str, Form(max_length=8)] = "",
+) -> RedirectResponse:
+    """Save auto-recharge (owners)."""
+    body = {
+        "enabled": enabled == "on",
+        "threshold": threshold,
+        "pack": pack,
+        "monthly_cap": monthly_cap,
+    }
+    answer = await _act(request, who, "/v1/subscription/auto-recharge", body, method="PUT")
+    return _back(who, answer, "auto_recharge_saved")
 
 
 @router.post("/billing/portal", tags=["billing page"], dependencies=[Depends(same_origin)])

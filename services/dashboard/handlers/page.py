@@ -49,7 +49,12 @@ dialog::backdrop{background:rgba(20,24,33,.55)}
 .tag{display:inline-block;background:#1d6b34;color:#fff;border-radius:4px;padding:0 6px;font-size:12px}
 .saving{color:#1f7a3a;font-weight:600}
 .periods a{margin-right:10px;color:#2f4fb0}
+h3{font-size:15px;margin:14px 0 6px}
+form.recharge{display:grid;grid-template-columns:max-content minmax(8rem,16rem);gap:8px 12px;align-items:center}
+.recharge label:first-child,.recharge button{grid-column:1/-1;justify-self:start}
+.recharge input[type=number],.recharge select{font:inherit;padding:5px 8px}
 @media (max-width:600px){
+ form.recharge{grid-template-columns:1fr}
  header{padding:12px 14px}main,#notices{padding:0 10px}section{padding:12px}
  .cols{flex-direction:column}.big{font-size:22px}form{display:block}
  form button,.button,#change-plan{width:100%;margin:4px 0}
@@ -114,14 +119,54 @@ def _credits(stored: Stored, now: datetime) -> str:
     percent = int(credits["percent_left"])
     colour = bar_colour(percent, credits["level"])
     left = max(0, int(credits["balance"]))
+    allotment = int(credits["allotment"])
+    of = (
+        f"of {allotment:,} credits left"
+        if left <= allotment
+        else f"credits left: this period's {allotment:,} and your packs"
+    )
     return f"""<section id='credits'><h2>Credits</h2>
-<div class='big'><span id='credits-left'>{left:,}</span> of {int(credits["allotment"]):,} credits left
+<div class='big'><span id='credits-left'>{left:,}</span> {of}
 <span class='muted'>({percent} %)</span></div>
 <div class='bar' role='progressbar' aria-label='Credits left' aria-valuenow='{percent}' aria-valuemin='0' aria-valuemax='100'>
 <div id='credit-bar' class='fill {colour}' data-colour='{colour}' data-percent='{percent}'
  style='width:{percent}%'></div></div>
 <p class='muted'>Renews {_when(credits.get("renews_at"))} · {int(credits["used"]):,} used this period</p>
-{_runway(runway(credits, now))}</section>"""
+{_runway(runway(credits, now))}{_buckets(stored.buckets)}</section>"""
+
+
+_SOURCES = {
+    "plan": "Plan",
+    "upgrade_top_up": "Upgrade top-up",
+    "rollover": "Rolled over",
+    "pack": "Credit pack",
+    "auto_recharge": "Auto-recharge",
+    "promotion": "Promotion",
+    "operator": "Granted by us",
+}
+
+
+def _buckets(buckets: list[dict[str, Any]] | None) -> str:
+    """Where the credits are, in the order they are spent."""
+    if not buckets:
+        return ""
+    items = []
+    for b in buckets:
+        if b["ends_with_period"]:
+            ends = f"ends with the period ({_when(b['expires_at'])})"
+        elif b["expires_at"]:
+            ends = f"expires {_when(b['expires_at'])}"
+        else:
+            ends = "does not expire"
+        items.append(
+            f"<li data-source='{escape(b['source'])}'><b>{escape(_SOURCES.get(b['source'], b['source']))}</b>: "
+            f"{int(b['remaining']):,} of {int(b['granted']):,} left · {ends}</li>"
+        )
+    return (
+        "<h3>Where your credits are</h3>"
+        f"<ul id='buckets'>{''.join(items)}</ul>"
+        "<p class='muted'>The credits that expire first are used first.</p>"
+    )
 
 
 def _runway(found: Runway | None) -> str:
@@ -361,6 +406,84 @@ def _actions(stored: Stored, can: Actions, catalogue: dict[str, Any] | None, que
 </section>"""
 
 
+def _packs(stored: Stored, can: Actions, catalogue: dict[str, Any] | None, query: str) -> str:
+    """Credit packs to buy now, and auto-recharge (owners act; everyone sees)."""
+    packs = (catalogue or {}).get("packs") or []
+    if not packs:
+        return ""
+    currency = (catalogue or {}).get("currency", "usd")
+    off = "" if can.allowed else "disabled"
+    buy = "".join(
+        f"<form method='post' action='/billing/credit-packs{query}'>"
+        f"<input type='hidden' name='pack' value='{escape(p['pack'])}'>"
+        f"<button id='buy-{escape(p['pack'])}' class='secondary' {off}>Buy {int(p['credits']):,} credits "
+        f"for {_money(int(p['price']), currency)}</button></form>"
+        for p in packs
+    )
+    return f"""<section id='packs'><h2>More credits</h2>
+<p class='muted'>A pack's credits are yours for {int(packs[0]["valid_days"])} days, through renewals; the plan's are used first.</p>
+<div class='pack-buttons'>{buy}</div>{_recharge(stored.recharge, packs, can, currency, query)}</section>"""
+
+
+def _recharge(
+    recharge: dict[str, Any] | None,
+    packs: list[dict[str, Any]],
+    can: Actions,
+    currency: str,
+    query: str,
+) -> str:
+    if recharge is None:
+        return ""
+    state = _recharge_state(recharge, packs)
+    off = "" if can.allowed else "disabled"
+    chosen = recharge.get("pack") or packs[0]["pack"]
+    options = "".join(
+        f"<option value='{escape(p['pack'])}' {'selected' if p['pack'] == chosen else ''}>"
+        f"{int(p['credits']):,} credits for {_money(int(p['price']), currency)}</option>"
+        for p in packs
+    )
+    first = int(packs[0]["credits"])
+    threshold = int(recharge.get("threshold") or 0) if recharge.get("pack") else first // 10
+    cap = int(recharge.get("monthly_cap") or 0) or 2 * first
+    return f"""<h3>Auto-recharge</h3>{state}
+<form method='post' action='/billing/auto-recharge{query}' id='auto-recharge' class='recharge'>
+<label><input type='checkbox' name='enabled' value='on' id='recharge-enabled' {"checked" if recharge.get("enabled") else ""} {off}> Buy credits automatically</label>
+<label for='recharge-threshold'>when credits fall to</label>
+<input type='number' id='recharge-threshold' name='threshold' min='0' value='{threshold}' {off}>
+<label for='recharge-pack'>buy</label><select id='recharge-pack' name='pack' {off}>{options}</select>
+<label for='recharge-cap'>at most this many credits a month</label>
+<input type='number' id='recharge-cap' name='monthly_cap' min='1' value='{cap}' {off}>
+<button id='save-recharge' {off}>Save auto-recharge</button></form>"""
+
+
+def _recharge_state(recharge: dict[str, Any], packs: list[dict[str, Any]]) -> str:
+    if recharge.get("disabled_reason"):
+        return (
+            "<div class='banner danger' id='recharge-off'>Auto-recharge turned itself off after "
+            "payments failed repeatedly. Update your card in Manage billing, then save it again."
+            "</div>"
+        )
+    failure = recharge.get("last_failure")
+    if failure == "monthly_cap_reached":
+        return (
+            "<div class='banner warn' id='recharge-capped'>Auto-recharge reached this month's "
+            "cap: nothing more is bought until next month.</div>"
+        )
+    if failure:
+        return (
+            f"<div class='banner warn' id='recharge-failed'>The last auto-recharge failed "
+            f"({escape(failure.replace('_', ' '))}); it tries again later. "
+            f"Check your card in Manage billing.</div>"
+        )
+    if not recharge.get("enabled"):
+        return "<p class='muted' id='recharge-state'>Auto-recharge is off.</p>"
+    return (
+        f"<p class='muted' id='recharge-state'>Auto-recharge is on: "
+        f"{int(recharge['recharged_this_month']):,} of {int(recharge['monthly_cap']):,} credits "
+        f"bought this month.</p>"
+    )
+
+
 def _pricing(stored: Stored, can: Actions, catalogue: dict[str, Any] | None, query: str) -> str:
     """The pricing modal: the plans side by side, the current one marked, what each choice
     does now."""
@@ -437,6 +560,7 @@ def main(
         + _plan(stored, can, query)
         + _seats(stored)
         + _actions(stored, can, catalogue, query)
+        + _packs(stored, can, catalogue, query)
         + _invoices(stored, can, catalogue)
         + _usage(stored, query)
         + _audit(stored, can)
