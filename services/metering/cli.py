@@ -1,6 +1,7 @@
 """Metering's `billing` commands (see `shared.cli`):
 
   billing grant org_acme 1000 --reason plan_start      # a period starts with 1000 credits
+  billing grant org_acme 500 --reason promotion --expires-in-days 7   # a bucket that expires
   billing usage org_acme --credits 7 --count 3         # three agent messages of 7 credits
   billing balance org_acme                             # the credit bar
   billing ledger org_acme                              # newest entries first
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -26,9 +27,9 @@ from shared.cli.common import add_reconcile_step
 from shared.events import (
     AgentMessageProcessed,
     AgentMessageProcessedV1,
-    CreditGrantRequested,
-    CreditGrantRequestedV1,
-    GrantReason,
+    CreditGrantRequestedV2,
+    CreditGrantV2,
+    GrantReasonV2,
 )
 
 from .settings import MeteringSettings
@@ -41,7 +42,7 @@ def _api(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> int
 
 def grant(args: argparse.Namespace) -> int:
     now = stack_now()
-    reason = GrantReason(args.reason)
+    reason = GrantReasonV2(args.reason)
     period_start = args.period_start or (now if reason.starts_period else None)
     period_end = args.period_end or (add_months(period_start, 1) if reason.starts_period else None)
     period_key = args.period_key or (
@@ -49,11 +50,14 @@ def grant(args: argparse.Namespace) -> int:
         if reason.starts_period
         else f"cli:{uuid4()}"
     )
-    event = CreditGrantRequestedV1.new(
+    expires_at = args.expires_at or (
+        now + timedelta(days=args.expires_in_days) if args.expires_in_days else None
+    )
+    event = CreditGrantRequestedV2.new(
         organisation_id=args.organisation,
         producer=PRODUCER,
         occurred_at=now,
-        data=CreditGrantRequested(
+        data=CreditGrantV2(
             period_key=period_key,
             amount=args.amount,
             reason=reason,
@@ -61,6 +65,10 @@ def grant(args: argparse.Namespace) -> int:
             period_end=period_end,
             plan=args.plan,
             note=args.note,
+            expires_at=expires_at,
+            priority=args.priority,
+            rollover_cap=args.rollover_cap,
+            clawback_of=args.clawback_of,
         ),
     )
     asyncio.run(publish(CliSettings(), [event]))
@@ -142,7 +150,9 @@ def register(commands: Any) -> None:
     p = commands.add_parser("grant", help="publish a credit grant command")
     p.add_argument("organisation")
     p.add_argument("amount", type=int)
-    p.add_argument("--reason", choices=[r.value for r in GrantReason], default="manual_adjustment")
+    p.add_argument(
+        "--reason", choices=[r.value for r in GrantReasonV2], default="manual_adjustment"
+    )
     p.add_argument(
         "--period-key", help="idempotency key; the same key for an organisation applies once"
     )
@@ -150,6 +160,11 @@ def register(commands: Any) -> None:
     p.add_argument("--period-end", type=_instant, help="default: one month after the start")
     p.add_argument("--plan")
     p.add_argument("--note")
+    p.add_argument("--expires-at", type=_instant, help="when the bucket's credits expire")
+    p.add_argument("--expires-in-days", type=int, help="or: this many days from now")
+    p.add_argument("--priority", type=int, help="0..100; lower is spent first among equals")
+    p.add_argument("--rollover-cap", type=int, help="with a period start: credits carried over")
+    p.add_argument("--clawback-of", help="with refund_clawback: the grant's period key")
     p.set_defaults(run=grant)
 
     p = commands.add_parser("usage", help="publish sample usage events, as the agent runtime does")

@@ -58,6 +58,7 @@ from . import PRODUCER, store
 from .domain import subscription as machine
 from .domain.catalogue import Catalogue, EnterpriseTerms
 from .domain.subscription import (
+    Grant,
     NeedsCheckout,
     Outcome,
     Refused,
@@ -416,43 +417,9 @@ class Subscriptions:
         for outcome in outcomes:
             sub = outcome.subscription
             organisation = sub.organisation_id
-            for grant in outcome.grants:
-                reason = GrantReason(grant.reason)
-                terms = self.catalogue.plans[grant.plan]
-                cap = terms.rollover_cap if reason.starts_period else None
-                if cap is not None:
-                    events.append(
-                        CreditGrantRequestedV2.new(
-                            organisation_id=organisation,
-                            producer=PRODUCER,
-                            occurred_at=now,
-                            data=CreditGrantV2(
-                                period_key=grant.period_key,
-                                amount=grant.amount,
-                                reason=GrantReasonV2(grant.reason),
-                                period_start=grant.period_start,
-                                period_end=grant.period_end,
-                                plan=grant.plan.value,
-                                rollover_cap=cap,
-                            ),
-                        )
-                    )
-                    continue
-                events.append(
-                    CreditGrantRequestedV1.new(
-                        organisation_id=organisation,
-                        producer=PRODUCER,
-                        occurred_at=now,
-                        data=CreditGrantRequested(
-                            period_key=grant.period_key,
-                            amount=grant.amount,
-                            reason=GrantReason(grant.reason),
-                            period_start=grant.period_start,
-                            period_end=grant.period_end,
-                            plan=grant.plan.value,
-                        ),
-                    )
-                )
+            events += [
+                grant_command(grant, self.catalogue, organisation, now) for grant in outcome.grants
+            ]
             for command in outcome.commands:
                 if isinstance(command, SetCancelAtPeriodEnd):
                     events.append(
@@ -504,6 +471,41 @@ class Subscriptions:
             revision=sub.revision,
             change=outcome.change if outcome and outcome.change else "billing_updated",  # type: ignore[arg-type]
         )
+
+
+def grant_command(grant: Grant, catalogue: Catalogue, organisation: str, now: datetime) -> Event:
+    """Metering's grant command for a grant of the subscription: version 2 when the plan rolls
+    unused credits over (its `rollover_cap`), else version 1, as before."""
+    reason = GrantReason(grant.reason)
+    cap = catalogue.plans[grant.plan].rollover_cap if reason.starts_period else None
+    if cap is None:
+        return CreditGrantRequestedV1.new(
+            organisation_id=organisation,
+            producer=PRODUCER,
+            occurred_at=now,
+            data=CreditGrantRequested(
+                period_key=grant.period_key,
+                amount=grant.amount,
+                reason=reason,
+                period_start=grant.period_start,
+                period_end=grant.period_end,
+                plan=grant.plan.value,
+            ),
+        )
+    return CreditGrantRequestedV2.new(
+        organisation_id=organisation,
+        producer=PRODUCER,
+        occurred_at=now,
+        data=CreditGrantV2(
+            period_key=grant.period_key,
+            amount=grant.amount,
+            reason=GrantReasonV2(grant.reason),
+            period_start=grant.period_start,
+            period_end=grant.period_end,
+            plan=grant.plan.value,
+            rollover_cap=cap,
+        ),
+    )
 
 
 _INVOICE_REPORTS = (

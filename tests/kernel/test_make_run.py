@@ -202,6 +202,42 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
         assert opened.status_code == 200 and back.status_code == 200, back.text
         assert "data-code='checkout_cancelled'" in back.text
 
+        # An operator's promotion, a bucket that expires in a week: it pays the debt first.
+        cli_env = {
+            **env,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka,
+            "STRIPE_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}",
+            "SUBSCRIPTIONS_URL": f"http://127.0.0.1:{subscriptions_port}",
+            "METERING_URL": f"http://127.0.0.1:{http_port}",
+        }
+        granted = await asyncio.to_thread(
+            subprocess.run,
+            [
+                *(sys.executable, "-m", "shared.cli", "grant", "org_outside", "500"),
+                *("--reason", "promotion", "--expires-in-days", "7"),
+            ],
+            cwd=ROOT,
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert granted.returncode == 0, granted.stdout + granted.stderr
+
+        async def promoted() -> dict | None:
+            async with httpx.AsyncClient(headers={"Authorization": "Bearer dev-token"}) as c:
+                response = await c.get(
+                    f"http://127.0.0.1:{http_port}/v1/organisations/org_outside/credits"
+                )
+            found = response.json()
+            return found if found["balance"] == 450 else None
+
+        credits = await eventually(promoted, timeout=60, what="the promotion applied")
+        assert credits["debt"] == 0
+        assert [(b["source"], b["granted"], b["remaining"]) for b in credits["buckets"]] == [
+            ("promotion", 500, 450)
+        ]
+
         # `billing reconcile`: Stripe against the gateway, organisations against Stripe, every
         # wallet against its ledger; nothing to repair in a stack that just started.
         reconciled = await asyncio.to_thread(
