@@ -37,8 +37,9 @@ from shared.events import AuthorizationDecision, CreditAuthorizationDecidedV1
 from shared.failures import is_transient
 from shared.logging import get_logger
 
-from . import PRODUCER, store
+from . import PRODUCER
 from .domain.authorization import Request, decide
+from .store import holds as store
 
 log = get_logger("metering.authorizer")
 

@@ -26,7 +26,7 @@ from shared.events.audit import ActorKind, AuditAction, AuditEntry, Outcome
 from shared.events.codec import Rejection
 from shared.logging import get_logger
 
-from . import PRODUCER, store
+from . import PRODUCER
 from .domain.buckets import Bucket, burn_order
 from .domain.credits import (
     CreditPolicy,
@@ -40,6 +40,8 @@ from .domain.credits import (
     apply_grant,
     expire,
 )
+from .store import grants as grant_store
+from .store import wallets as wallet_store
 
 log = get_logger("metering.service")
 
@@ -103,7 +105,7 @@ class Metering:
         events = [item.event for item in unique.values()]
         now = self._clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
-            debited = await store.debit(conn, events, now)
+            debited = await wallet_store.debit(conn, events, now)
             if sum(d.entries for d in debited) < len(events):
                 refused += await self._not_debited(conn, list(unique.values()))
             await self._announce(
@@ -134,9 +136,9 @@ class Metering:
     ) -> list[tuple[Decoded[AgentMessageProcessedV1], Rejection]]:
         """Why events were not appended: a redelivery (rightly ignored), an event id reused for
         another effect, or a message already debited under another event id."""
-        by_id = await store.entries_by_id(conn, [i.event.event_id for i in items])
+        by_id = await wallet_store.entries_by_id(conn, [i.event.event_id for i in items])
         missing = [i for i in items if i.event.event_id not in by_id]
-        by_message = await store.debits_by_message(
+        by_message = await wallet_store.debits_by_message(
             conn, [(i.event.organisation_id, i.event.data.message_id) for i in missing]
         )
         refused = []
@@ -189,17 +191,17 @@ class Metering:
         after the batch. Returns the refused commands' positions, with the reason."""
         now = self._clock.now()
         refused: list[tuple[int, Rejection]] = []
-        applied: list[store.AppliedGrant] = []
+        applied: list[grant_store.AppliedGrant] = []
         async with self._pool.acquire() as conn, conn.transaction():
             organisations = sorted({c.organisation_id for c in commands})
-            wallets = await store.lock_wallets(conn, organisations)
+            wallets = await wallet_store.lock_wallets(conn, organisations)
             before = dict(wallets)
             grants = [GrantCommand.of(c.data) for c in commands]
-            known = await store.find_grants(
+            known = await grant_store.find_grants(
                 conn, [(c.organisation_id, g.key) for c, g in zip(commands, grants, strict=True)]
             )
             pockets = Pockets(
-                await store.buckets_of(
+                await grant_store.buckets_of(
                     conn,
                     organisations,
                     keys=[
@@ -209,7 +211,7 @@ class Metering:
                     ],
                 )
             )
-            entries: list[store.NewEntry] = []
+            entries: list[wallet_store.NewEntry] = []
             for position, (command, grant) in enumerate(zip(commands, grants, strict=True)):
                 organisation = command.organisation_id
                 wallet = wallets.get(organisation) or Wallet(organisation)
@@ -235,15 +237,19 @@ class Metering:
                 pockets.update(organisation, result)
                 known[(organisation, grant.key)] = grant
                 applied.append(
-                    store.AppliedGrant(organisation, command.event_id, grant, command.data.note)
+                    grant_store.AppliedGrant(
+                        organisation, command.event_id, grant, command.data.note
+                    )
                 )
                 entries += self._entries(organisation, grant.key, command, result.entries)
             if applied:
                 changed = sorted({a.organisation_id for a in applied})
-                await store.create_wallets(conn, [o for o in changed if o not in before], now)
-                await store.record_grants(conn, applied, now)
+                await wallet_store.create_wallets(
+                    conn, [o for o in changed if o not in before], now
+                )
+                await grant_store.record_grants(conn, applied, now)
                 await pockets.save(conn, now)
-                await store.append_grant_entries(conn, entries, now)
+                await wallet_store.append_grant_entries(conn, entries, now)
                 await self._audit_manual(
                     conn, [c for c in commands if _manual(c)], {a.event_id for a in applied}
                 )
@@ -257,22 +263,22 @@ class Metering:
         any other change. Wallets busy in another transaction are taken next time (their
         expired credits are already not spent). Returns how many buckets expired."""
         now = self._clock.now()
-        due = await store.due_buckets(self._pool, now, limit)
+        due = await grant_store.due_buckets(self._pool, now, limit)
         if not due:
             return 0
         expired = 0
         async with self._pool.acquire() as conn, conn.transaction():
-            wallets = await store.lock_wallets_skip_busy(conn, due)
+            wallets = await wallet_store.lock_wallets_skip_busy(conn, due)
             before = dict(wallets)
-            pockets = Pockets(await store.buckets_of(conn, sorted(wallets)))
-            entries: list[store.NewEntry] = []
+            pockets = Pockets(await grant_store.buckets_of(conn, sorted(wallets)))
+            entries: list[wallet_store.NewEntry] = []
             for organisation, wallet in wallets.items():
                 result = expire(wallet, pockets.of(organisation), now)
                 wallets[organisation] = result.wallet
                 pockets.update(organisation, result)
                 expired += len(result.entries)
                 entries += [
-                    store.NewEntry(
+                    wallet_store.NewEntry(
                         grant_entry_id(organisation, "bucket", e.label),
                         organisation,
                         e,
@@ -283,7 +289,7 @@ class Metering:
                     for e in result.entries
                 ]
             await pockets.save(conn, now)
-            await store.append_grant_entries(conn, entries, now)
+            await wallet_store.append_grant_entries(conn, entries, now)
             await self._save_and_announce(conn, list(wallets.values()), before, now)
         log.info("buckets expired", buckets=expired, organisations=len(wallets))
         return expired
@@ -294,9 +300,9 @@ class Metering:
         key: str,
         command: Event,
         entries: Sequence[Entry],
-    ) -> list[store.NewEntry]:
+    ) -> list[wallet_store.NewEntry]:
         return [
-            store.NewEntry(
+            wallet_store.NewEntry(
                 grant_entry_id(organisation, key, e.label),
                 organisation,
                 e,
@@ -314,7 +320,7 @@ class Metering:
         before: dict[str, Wallet],
         now: datetime,
     ) -> None:
-        saved = await store.save_wallets(conn, wallets, now)
+        saved = await wallet_store.save_wallets(conn, wallets, now)
         await self._announce(
             conn,
             [
@@ -362,12 +368,14 @@ class Metering:
         await self._auditor.add(conn, entries)
 
     async def credits(self, organisation_id: str) -> Credits | None:
-        found = await store.get_wallet(self._pool, organisation_id)
+        found = await wallet_store.get_wallet(self._pool, organisation_id)
         if found is None:
             return None
         wallet, updated_at = found
         now = self._clock.now()
-        buckets = (await store.buckets_of(self._pool, [organisation_id])).get(organisation_id, [])
+        buckets = (await grant_store.buckets_of(self._pool, [organisation_id])).get(
+            organisation_id, []
+        )
         expired = sum(b.remaining for b in buckets if b.due(now))
         return Credits(
             wallet,
@@ -379,8 +387,10 @@ class Metering:
 
     async def ledger(
         self, organisation_id: str, *, limit: int, before: int | None
-    ) -> list[store.LedgerEntry]:
-        return await store.ledger_page(self._pool, organisation_id, limit=limit, before=before)
+    ) -> list[wallet_store.LedgerEntry]:
+        return await wallet_store.ledger_page(
+            self._pool, organisation_id, limit=limit, before=before
+        )
 
     async def _announce(self, conn: asyncpg.Connection, events: Sequence[Event]) -> None:
         await outbox.enqueue(conn, events, prefix=self._prefix, clock=self._clock)
@@ -411,7 +421,7 @@ class Pockets:
         changed = [
             current[i] for i, b in self._stored.items() if current[i].remaining != b.remaining
         ]
-        await store.save_buckets(conn, created, changed, now)
+        await grant_store.save_buckets(conn, created, changed, now)
 
 
 def _manual(command: CreditGrantRequestedV1 | CreditGrantRequestedV2) -> bool:

@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from services.metering.settings import MeteringSettings
-from services.metering.store import buckets_of
+from services.metering.store.grants import buckets_of
 from shared.clock import FrozenClock
 from shared.consumer import Decoded
 from shared.events import CreditGrantRequestedV2, CreditGrantV2, GrantReasonV2
