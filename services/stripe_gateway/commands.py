@@ -194,6 +194,9 @@ class Commands:
                 cancel_url=str(request.cancel_url),
                 idempotency_key=key,
             )
+            await objects.follow_checkout(
+                self._pool, session["id"], organisation, self._clock.now()
+            )
             return {"checkout_session_id": session["id"], "url": session["url"]}
 
         return await self._once(

@@ -50,6 +50,7 @@ from . import PRODUCER
 from .domain.projection import Held, InvoiceNews, Kind, drift, invoice_news, transition
 from .domain.reports import ObjectKind, ObjectRef, objects_named
 from .domain.stripe_objects import (
+    CheckoutSession,
     Subscription,
     Unreadable,
     read_checkout_session,
@@ -237,6 +238,8 @@ class Observer:
         as Stripe holds it (fetched before the transaction)."""
         session = read_checkout_session(obj)
         now = self._clock.now()
+        if session.mode == "payment":
+            return await self._payment_checkout(session, by, repair)
         if not session.paid:
             if session.status in ("open", "expired"):
                 await objects.checkout_checked(self._pool, session.session_id, session.status, now)
@@ -291,6 +294,34 @@ class Observer:
             checkout_session_id=session.session_id,
             observed_by=by.value,
         )
+        return events
+
+    async def _payment_checkout(
+        self, session: CheckoutSession, by: ObservedBy, repair: Repair | None
+    ) -> list[Event]:
+        """A payment-mode session (a credit pack): once Stripe holds it complete, its payment
+        is observed (and announced, if it is news); the session is followed until then."""
+        now = self._clock.now()
+        if session.status != "complete" or session.payment_intent_id is None:
+            if session.status in ("open", "expired"):
+                await objects.checkout_checked(self._pool, session.session_id, session.status, now)
+            return []
+        ref = ObjectRef(ObjectKind.PAYMENT_INTENT, session.payment_intent_id)
+        events = await self.observe(ref, by)
+        organisation = events[0].organisation_id if events else session.organisation_id
+        async with self._pool.acquire() as conn, conn.transaction():
+            if organisation is not None:
+                await objects.checkout_completed(conn, session.session_id, organisation, None, now)
+            if repair is not None and events and organisation is not None:
+                repaired = self._repaired(
+                    organisation,
+                    "payment",
+                    session.payment_intent_id,
+                    {"status": (None, events[0].data.status.value)},
+                    repair,
+                )
+                await outbox.enqueue(conn, [repaired], prefix=self._prefix, clock=self._clock)
+                events = [*events, repaired]
         return events
 
     # Invoices ----------------------------------------------------------------------------------

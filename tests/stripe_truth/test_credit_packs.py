@@ -153,6 +153,37 @@ async def test_a_pack_is_granted_once_however_its_payment_is_reported(
     assert purchase["expires_at"] is not None
 
 
+async def test_a_pack_paid_while_no_webhook_came_is_granted_by_the_reconciliation(
+    stack: Stack, metering: httpx.AsyncClient
+) -> None:
+    """Stripe holds the pack paid, but never said so (the webhooks were lost): the gateway's
+    sweep finds the session paid, observes its payment, and the credits arrive once."""
+    org = await stack.organisation()
+    await credits(metering, org, balance=FREE_CREDITS)
+    answer = await stack.subscriptions.post(  # type: ignore[union-attr]
+        "/v1/subscription/credit-packs", json={"pack": "pack_5k"}, headers=stack.acting(org)
+    )
+    session = answer.json()["checkout_url"].rsplit("/", 1)[1]
+    await stack.stripe("POST", f"/_devstripe/checkout/{session}/complete", params={"silent": "1"})
+    await stack.quiet()
+    assert (await purchases(stack, org))[0]["status"] == "open"
+
+    swept = await stack.gateway.http.post(  # type: ignore[union-attr]
+        "/v1/reconciliations", json={"organisation_id": org}
+    )
+    assert swept.status_code == 200, swept.text
+    assert swept.json()["repaired"] >= 1
+    await credits(metering, org, balance=FREE_CREDITS + PACK)
+    await stack.quiet()
+    again = await stack.gateway.http.post(  # type: ignore[union-attr]
+        "/v1/reconciliations", json={"organisation_id": org}
+    )
+    assert again.json()["repaired"] == 0
+    await stack.quiet()
+    await credits(metering, org, balance=FREE_CREDITS + PACK)
+    assert [g["reason"] for g in await grants_of(stack, org)] == ["pack_purchase"]
+
+
 async def test_a_refund_takes_back_what_is_left_of_the_pack(
     stack: Stack, metering: httpx.AsyncClient
 ) -> None:

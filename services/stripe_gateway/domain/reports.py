@@ -91,11 +91,7 @@ def objects_named(event: Mapping[str, Any]) -> tuple[ObjectRef, ...]:
             refs.append(ObjectRef(ObjectKind.SUBSCRIPTION, subscription))
         return tuple(refs)
     if kind in CHECKOUT_EVENTS:
-        refs = [ObjectRef(ObjectKind.CHECKOUT_SESSION, object_id)]
-        payment = _id(obj.get("payment_intent")) if obj.get("mode") == "payment" else None
-        if payment:
-            refs.append(ObjectRef(ObjectKind.PAYMENT_INTENT, payment))
-        return tuple(refs)
+        return (ObjectRef(ObjectKind.CHECKOUT_SESSION, object_id),)
     if kind in PAYMENT_EVENTS:
         payment = object_id if kind.startswith("payment_intent.") else None
         payment = payment or _id(obj.get("payment_intent"))

@@ -200,6 +200,10 @@ class CheckoutSession:
     """`open`, `complete` or `expired`."""
     payment_status: str | None
     """`paid`, `unpaid` or `no_payment_required`."""
+    mode: str | None = None
+    """`subscription` (a plan) or `payment` (a credit pack)."""
+    payment_intent_id: str | None = None
+    """A payment-mode session's payment, once it was paid."""
 
     @property
     def paid(self) -> bool:
@@ -230,6 +234,8 @@ def read_checkout_session(obj: Mapping[str, Any]) -> CheckoutSession:
         payment_status=obj.get("payment_status")
         if isinstance(obj.get("payment_status"), str)
         else None,
+        mode=obj.get("mode") if isinstance(obj.get("mode"), str) else None,
+        payment_intent_id=_id(obj.get("payment_intent")),
     )
 
 

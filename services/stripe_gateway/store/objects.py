@@ -298,7 +298,7 @@ async def checkout_completed(
     db: asyncpg.Connection,
     session_id: str,
     organisation_id: str,
-    subscription_id: str,
+    subscription_id: str | None,
     now: datetime,
 ) -> None:
     await db.execute(
