@@ -1,4 +1,5 @@
-"""The Billing page's pure rules: the pricing modal's choices and the credit runway."""
+"""The Billing page's pure rules: the pricing modal's choices, the credit runway, where the
+credits are, and what the owner is told of auto-recharge."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 from services.dashboard.domain import notices
 from services.dashboard.domain.pricing import choices
 from services.dashboard.domain.view import runway
+from services.dashboard.handlers.page import _buckets, _recharge_state
 
 CATALOGUE = {
     "currency": "usd",
@@ -151,3 +153,59 @@ def test_a_link_cannot_make_the_page_say_anything_but_its_own_sentences() -> Non
     assert notices.from_address("", "success", "").code == "checkout_success"
     assert notices.from_address("", "", "returned").code == "portal_returned"
     assert notices.from_address("anything else", "", "") is None
+
+
+PACKS = [
+    {"pack": "pack_5k", "name": "5,000 credits", "credits": 5000, "price": 1000, "valid_days": 365}
+]
+
+
+def test_the_owner_is_told_when_auto_recharge_failed_or_turned_itself_off() -> None:
+    on = {
+        "enabled": True,
+        "recharged_this_month": 5000,
+        "monthly_cap": 10000,
+        "last_failure": None,
+        "disabled_reason": None,
+    }
+    assert "id='recharge-state'" in _recharge_state(on, PACKS)
+    failed = _recharge_state({**on, "last_failure": "card_declined"}, PACKS)
+    assert "id='recharge-failed'" in failed and "card declined" in failed
+    capped = _recharge_state({**on, "last_failure": "monthly_cap_reached"}, PACKS)
+    assert "id='recharge-capped'" in capped
+    off = _recharge_state(
+        {**on, "enabled": False, "disabled_reason": "payment_failed_repeatedly"}, PACKS
+    )
+    assert "id='recharge-off'" in off
+
+
+def test_buckets_are_listed_with_what_is_left_and_when_they_end() -> None:
+    listed = _buckets(
+        [
+            {
+                "source": "plan",
+                "remaining": 700,
+                "granted": 1000,
+                "ends_with_period": True,
+                "expires_at": "2027-01-01T00:00:00Z",
+            },
+            {
+                "source": "pack",
+                "remaining": 5000,
+                "granted": 5000,
+                "ends_with_period": False,
+                "expires_at": "2027-12-01T00:00:00Z",
+            },
+            {
+                "source": "operator",
+                "remaining": 50,
+                "granted": 50,
+                "ends_with_period": False,
+                "expires_at": None,
+            },
+        ]
+    )
+    assert listed.count("<li") == 3
+    assert "700 of 1,000 left · ends with the period (01 Jan 2027, 00:00 UTC)" in listed
+    assert "expires 01 Dec 2027, 00:00 UTC" in listed and "does not expire" in listed
+    assert _buckets([]) == "" and _buckets(None) == ""

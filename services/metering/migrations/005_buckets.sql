@@ -32,7 +32,7 @@ CREATE TABLE ledger_buckets (
     amount    bigint NOT NULL CHECK (amount < 0),
     PRIMARY KEY (entry_id, bucket_id)
 );
-CREATE INDEX ledger_buckets_by_bucket ON ledger_buckets (bucket_id);
+
 CREATE TRIGGER ledger_buckets_append_only BEFORE UPDATE OR DELETE ON ledger_buckets
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_is_append_only();
 CREATE TRIGGER ledger_buckets_no_truncate BEFORE TRUNCATE ON ledger_buckets
