@@ -76,7 +76,7 @@ async def build(kernel: Kernel[MeteringSettings]) -> Parts:
             "bucket expiries",
             lambda: kernel.pool.fetchval(
                 """SELECT min(expires_at) FROM buckets
-                   WHERE remaining > 0 AND NOT ends_with_period"""
+                   WHERE live AND NOT ends_with_period AND expires_at IS NOT NULL"""
             ),
         )
     kernel.due(

@@ -113,7 +113,7 @@ async def buckets_of(
     ((organisation, grant key) pairs) whatever is left of them, oldest first."""
     rows = await conn.fetch(
         f"""SELECT {_BUCKET_COLUMNS} FROM buckets
-            WHERE (organisation_id = ANY($1::text[]) AND remaining > 0)
+            WHERE (organisation_id = ANY($1::text[]) AND live)
                OR (organisation_id, grant_key) IN (SELECT * FROM unnest($2::text[], $3::text[]))
             ORDER BY organisation_id, seq""",
         list(organisations),
@@ -170,7 +170,7 @@ async def due_buckets(
     """Organisations with a bucket past its expiry and credits left in it."""
     rows = await conn.fetch(
         """SELECT DISTINCT organisation_id FROM buckets
-           WHERE remaining > 0 AND NOT ends_with_period AND expires_at <= $1
+           WHERE live AND NOT ends_with_period AND expires_at <= $1
            LIMIT $2""",
         now,
         limit,

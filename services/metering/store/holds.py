@@ -19,7 +19,7 @@ SELECT w.organisation_id, w.balance, w.held, w.renews_at,
         WHERE a.organisation_id = w.organisation_id AND a.status = 'held'
           AND a.expires_at <= $3)::bigint AS lapsed,
        (SELECT coalesce(sum(b.remaining), 0) FROM buckets b
-        WHERE b.organisation_id = w.organisation_id AND b.remaining > 0
+        WHERE b.organisation_id = w.organisation_id AND b.live
           AND NOT b.ends_with_period AND b.expires_at <= $4)::bigint AS expiring,
        ARRAY(SELECT a.message_id FROM authorizations a
              WHERE a.organisation_id = w.organisation_id AND a.message_id = ANY($2::text[]))

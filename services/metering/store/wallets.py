@@ -113,7 +113,7 @@ live AS (
            sum(remaining) OVER (PARTITION BY organisation_id
                                 ORDER BY expires_at NULLS LAST, priority, seq) AS hi
     FROM buckets
-    WHERE organisation_id IN (SELECT organisation_id FROM debited) AND remaining > 0
+    WHERE organisation_id IN (SELECT organisation_id FROM debited) AND live
       AND (ends_with_period OR expires_at IS NULL OR expires_at > $1)
 ),
 allocated AS (
