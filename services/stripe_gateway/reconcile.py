@@ -14,7 +14,10 @@ the gateway is down. A sweep (every `RECONCILE_SECONDS`, or `billing reconcile
 3. asks Stripe about every checkout session still open on our side (within the 24 hours
    Stripe keeps one open): one that was paid is completed as if its webhook had come;
 4. compares each organisation's seat quantity in Stripe with the newest count asked for, and
-   sends that count again where they differ.
+   sends that count again where they differ;
+5. asks Stripe about the payments of credit packs refunded lately (the refunds listed since
+   `REFUND_LOOKBACK`; for one organisation: each of its payments), so a refund whose webhooks
+   were lost is still clawed back.
 
 Every step reads the versions it compares before it asks Stripe, and an observation applies
 only if no newer one was applied meanwhile, so a sweep never overwrites a webhook's newer
@@ -58,6 +61,8 @@ log = get_logger("stripe_gateway.reconcile")
 
 CHECKOUT_LIFETIME = timedelta(hours=24)
 """Stripe keeps a Checkout session open at most this long."""
+REFUND_LOOKBACK = timedelta(days=7)
+"""A full sweep looks at the refunds made this long ago or since (sweeps run hourly)."""
 SWEEP_LEASE = timedelta(hours=1)
 """A sweep not finished by then is taken as abandoned (its instance died)."""
 
@@ -92,6 +97,7 @@ class Reconciler:
             await self._subscriptions(organisation, repair, counts)
             await self._checkouts(organisation, repair, counts)
             await self._quantities(organisation, repair, counts)
+            await self._refunds(organisation, repair, counts)
         except (StripeUnavailable, StripeRefused) as exc:
             error = repr(exc)[:500]
             log.warning("reconciliation stopped: stripe did not answer", error=error)
@@ -186,6 +192,24 @@ class Reconciler:
                     counts["repaired"] += 1
             except StripeMissing:
                 await objects.checkout_checked(self._pool, session_id, "expired", now)
+
+    async def _refunds(
+        self, organisation: str | None, repair: Repair, counts: Counter[str]
+    ) -> None:
+        """Observe again the payments refunded lately (or one organisation's payments)."""
+        if organisation is not None:
+            payments = await objects.payments_of(self._pool, organisation)
+        else:
+            refunded: list[str] = []
+            since = self._clock.now() - REFUND_LOOKBACK
+            async for page in self._api.list_refunds(created_since=since):
+                refunded += [r["payment_intent"] for r in page if r.get("payment_intent")]
+            payments = await objects.known_payments(self._pool, refunded)
+        for payment in dict.fromkeys(payments):
+            counts["payments"] += 1
+            ref = ObjectRef(ObjectKind.PAYMENT_INTENT, payment)
+            if await self._observer.observe(ref, ObservedBy.RECONCILIATION, repair):
+                counts["repaired"] += 1
 
     async def _quantities(
         self, organisation: str | None, repair: Repair, counts: Counter[str]

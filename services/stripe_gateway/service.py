@@ -122,7 +122,7 @@ class Observer:
                     case ObjectKind.PAYMENT_INTENT:
                         expected = await objects.payment_version(self._pool, ref.object_id)
                         fetched = await self._api.retrieve_payment_intent(ref.object_id)
-                        return await self._payment(fetched, expected, by)
+                        return await self._payment(fetched, expected, by, repair)
             except Conflict:
                 continue
         raise Conflict(f"{ref.kind} {ref.object_id}: {_CONFLICT_ATTEMPTS} observations lost")
@@ -379,9 +379,12 @@ class Observer:
 
     # One-off payments --------------------------------------------------------------------------
 
-    async def _payment(self, obj: dict[str, Any], expected: int, by: ObservedBy) -> list[Event]:
+    async def _payment(
+        self, obj: dict[str, Any], expected: int, by: ObservedBy, repair: Repair | None = None
+    ) -> list[Event]:
         """A payment whose state (status, amounts received and refunded, failure) changed is
-        announced with the next version; an unchanged one is not."""
+        announced with the next version; an unchanged one is not. Found by a sweep, the change
+        is also a repair."""
         payment = read_payment_intent(obj)
         async with self._pool.acquire() as conn, conn.transaction():
             held = await objects.lock_payment(conn, payment.payment_intent_id)
@@ -417,7 +420,23 @@ class Observer:
                     observed_by=by,
                 ),
             )
-            await outbox.enqueue(conn, [event], prefix=self._prefix, clock=self._clock)
+            events = [event]
+            if repair is not None and held is not None:
+                differing = {
+                    name: (getattr(held.payment, name), getattr(payment, name))
+                    for name in ("status", "amount_received", "amount_refunded", "failure_code")
+                    if getattr(held.payment, name) != getattr(payment, name)
+                }
+                events.append(
+                    self._repaired(
+                        organisation,
+                        "payment",
+                        payment.payment_intent_id,
+                        differing,
+                        repair,
+                    )
+                )
+            await outbox.enqueue(conn, events, prefix=self._prefix, clock=self._clock)
         log.info(
             "payment observed",
             organisation_id=organisation,
@@ -426,7 +445,7 @@ class Observer:
             refunded=payment.amount_refunded,
             version=version,
         )
-        return [event]
+        return events
 
     # Announcements -----------------------------------------------------------------------------
 

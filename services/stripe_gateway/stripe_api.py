@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import stripe
@@ -295,6 +296,29 @@ class StripeApi:
             page = await self._call(
                 "list subscriptions",
                 lambda p=params: self._client.v1.subscriptions.list_async(p),  # type: ignore[misc]
+            )
+            data = page.get("data") or []
+            if data:
+                yield data
+            if not page.get("has_more") or not data:
+                return
+            after = data[-1]["id"]
+
+    async def list_refunds(
+        self, *, created_since: datetime, page_size: int = 100
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The refunds made since `created_since`, newest first, a page at a time."""
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {
+                "created": {"gte": int(created_since.timestamp())},
+                "limit": page_size,
+            }
+            if after:
+                params["starting_after"] = after
+            page = await self._call(
+                "list refunds",
+                lambda p=params: self._client.v1.refunds.list_async(p),  # type: ignore[misc]
             )
             data = page.get("data") or []
             if data:

@@ -21,13 +21,15 @@ from shared.clock import SystemClock
 from shared.events import AgentMessageProcessed, AgentMessageProcessedV1
 from shared.testing import eventually, produce, read_topic
 from shared.testing.service import running_service
-from shared.topics import AGENT_USAGE, CREDIT_GRANT_REQUESTS, STRIPE_EVENTS
+from shared.topics import AGENT_USAGE, BILLING_OPERATIONS, CREDIT_GRANT_REQUESTS, STRIPE_EVENTS
 from tests.stripe_truth.conftest import Stack, settings_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 DISORDER = {"duplicate": 0.5, "max_delay": 0.8, "seed": 20}
 """Stripe delivers some webhooks twice, and late: later ones overtake earlier ones."""
+OWN_DEVSTRIPE = True
+"""A devstripe of the module's own: a full sweep sees only its refunds."""
 
 FREE_CREDITS = 1000
 PACK = 5000
@@ -212,6 +214,35 @@ async def test_a_refund_takes_back_what_is_left_of_the_pack(
     ]
     ledger = (await metering.get(f"/v1/organisations/{org}/ledger")).json()["entries"]
     assert [e["amount"] for e in ledger if e["reason"] == "refund_clawback"] == [-500, -2500]
+
+
+async def test_a_refund_whose_webhooks_were_lost_is_clawed_back_by_the_sweep(
+    stack: Stack, metering: httpx.AsyncClient
+) -> None:
+    org = await stack.organisation()
+    await credits(metering, org, balance=FREE_CREDITS)
+    bought = await buy(stack, org)
+    await credits(metering, org, balance=FREE_CREDITS + PACK)
+    await stack.quiet()
+    await stack.stripe(
+        "POST",
+        "/v1/refunds",
+        data={"payment_intent": bought["payment_intent"]},
+        headers={"Devstripe-Silent": "1"},
+    )
+    await stack.quiet()
+    await credits(metering, org, balance=FREE_CREDITS + PACK)  # nobody was told
+
+    swept = await stack.gateway.http.post("/v1/reconciliations", json={})  # type: ignore[union-attr]
+    assert swept.status_code == 200, swept.text
+    assert swept.json()["repaired"] >= 1
+    await credits(metering, org, balance=FREE_CREDITS)
+    repairs = [
+        a for a in await stack.events(BILLING_OPERATIONS, org) if a["type"] == "drift.repaired.v1"
+    ]
+    assert [(r["data"]["subject"], r["data"]["after"]["amount_refunded"]) for r in repairs] == [
+        ("payment", 1000)
+    ]
 
 
 async def set_recharge(stack: Stack, org: str, **body: object) -> dict:

@@ -437,7 +437,18 @@ def create_app(
                 )
             case "POST", ["refunds"]:
                 refund, events = stripe.refund(params)
+                if quiet:
+                    silence(refund["payment_intent"])
                 return emit(refund, events, quiet)
+            case "GET", ["refunds"]:
+                created = params.get("created") or {}
+                return stripe.list_refunds(
+                    created_gte=int(created["gte"])
+                    if isinstance(created, dict) and "gte" in created
+                    else None,
+                    limit=min(100, int(params.get("limit", 10))),
+                    starting_after=params.get("starting_after"),
+                )
         raise StripeError(404, "invalid_request_error", f"Unrecognized request URL: /v1/{path}")
 
     def emit(answer: dict[str, Any], events: list[Event], quiet: bool) -> dict[str, Any]:

@@ -344,6 +344,8 @@ class Stripe:
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
     invoices: dict[str, Invoice] = field(default_factory=dict)
     payment_intents: dict[str, PaymentIntent] = field(default_factory=dict)
+    refunds: list[dict[str, Any]] = field(default_factory=list)
+    """Oldest first (lists are newest first)."""
     public_url: str = ""
     """Where this devstripe is reached (its invoices' links)."""
     _order: list[str] = field(default_factory=list)
@@ -566,10 +568,30 @@ class Stripe:
             "status": "succeeded",
             "created": self.clock.seconds(),
         }
+        self.refunds.append(refund)
         return refund, [
             self._event("refund.created", refund),
             self._event("charge.refunded", intent.charge_export()),
         ]
+
+    def list_refunds(
+        self, *, created_gte: int | None, limit: int, starting_after: str | None
+    ) -> dict[str, Any]:
+        newest_first = [
+            r for r in reversed(self.refunds) if created_gte is None or r["created"] >= created_gte
+        ]
+        if starting_after is not None:
+            ids = [r["id"] for r in newest_first]
+            if starting_after not in ids:
+                raise missing("refund", starting_after)
+            newest_first = newest_first[ids.index(starting_after) + 1 :]
+        page = newest_first[:limit]
+        return {
+            "object": "list",
+            "data": page,
+            "has_more": len(newest_first) > limit,
+            "url": "/v1/refunds",
+        }
 
     # Time --------------------------------------------------------------------------------------
 

@@ -417,3 +417,22 @@ async def save_payment(
         version,
         now,
     )
+
+
+async def payments_of(db: Db, organisation_id: str) -> list[str]:
+    """The organisation's payments held that were paid."""
+    rows = await db.fetch(
+        """SELECT payment_intent_id FROM payments
+           WHERE status = 'succeeded' AND organisation_id = $1""",
+        organisation_id,
+    )
+    return [r[0] for r in rows]
+
+
+async def known_payments(db: Db, payment_intent_ids: Sequence[str]) -> list[str]:
+    """Those of these payments the gateway holds (the others are not ours)."""
+    rows = await db.fetch(
+        "SELECT payment_intent_id FROM payments WHERE payment_intent_id = ANY($1::text[])",
+        list(dict.fromkeys(payment_intent_ids)),
+    )
+    return [r[0] for r in rows]
