@@ -27,7 +27,7 @@ from shared.events.codec import Rejection
 from shared.logging import get_logger
 
 from . import PRODUCER
-from .domain.buckets import Bucket, burn_order
+from .domain.buckets import Bucket, burn_order, spendable
 from .domain.credits import (
     CreditPolicy,
     Entry,
@@ -376,13 +376,12 @@ class Metering:
         buckets = (await grant_store.buckets_of(self._pool, [organisation_id])).get(
             organisation_id, []
         )
-        expired = sum(b.remaining for b in buckets if b.due(now))
         return Credits(
             wallet,
             self.policy.snapshot(wallet, now),
             updated_at,
             burn_order(buckets, now),
-            wallet.balance - expired,
+            spendable(buckets, wallet.debt, now),
         )
 
     async def ledger(

@@ -286,40 +286,28 @@ class StripeApi:
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """Every subscription in the account (or the customer's), canceled ones included, a
         page at a time."""
-        after: str | None = None
-        while True:
-            params: dict[str, Any] = {"status": "all", "limit": page_size}
-            if customer:
-                params["customer"] = customer
-            if after:
-                params["starting_after"] = after
-            page = await self._call(
-                "list subscriptions",
-                lambda p=params: self._client.v1.subscriptions.list_async(p),  # type: ignore[misc]
-            )
-            data = page.get("data") or []
-            if data:
-                yield data
-            if not page.get("has_more") or not data:
-                return
-            after = data[-1]["id"]
+        params: dict[str, Any] = {"status": "all", "limit": page_size}
+        if customer:
+            params["customer"] = customer
+        async for page in self._pages("list subscriptions", self._client.v1.subscriptions, params):
+            yield page
 
     async def list_refunds(
         self, *, created_since: datetime, page_size: int = 100
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """The refunds made since `created_since`, newest first, a page at a time."""
+        params = {"created": {"gte": int(created_since.timestamp())}, "limit": page_size}
+        async for page in self._pages("list refunds", self._client.v1.refunds, params):
+            yield page
+
+    async def _pages(
+        self, what: str, resource: Any, params: dict[str, Any]
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """A Stripe list, a page at a time (`starting_after` the last object of each)."""
         after: str | None = None
         while True:
-            params: dict[str, Any] = {
-                "created": {"gte": int(created_since.timestamp())},
-                "limit": page_size,
-            }
-            if after:
-                params["starting_after"] = after
-            page = await self._call(
-                "list refunds",
-                lambda p=params: self._client.v1.refunds.list_async(p),  # type: ignore[misc]
-            )
+            asked = {**params, **({"starting_after": after} if after else {})}
+            page = await self._call(what, lambda: resource.list_async(asked))  # noqa: B023
             data = page.get("data") or []
             if data:
                 yield data

@@ -304,6 +304,7 @@ class CreditPacks:
                 return []
             changed: dict[str, AutoRecharge] = {}
             charges: list[Event] = []
+            recharged_this_month: dict[str, int] = {}
             for item in items:
                 event = item.event
                 rule = changed.get(event.organisation_id) or found.get(event.organisation_id)
@@ -312,14 +313,17 @@ class CreditPacks:
                 pack = self.catalogue.packs.get(rule.pack)
                 if pack is None:
                     continue
+                organisation = rule.organisation_id
+                if organisation not in recharged_this_month:
+                    recharged_this_month[organisation] = await store.recharged_since(
+                        conn, organisation, since
+                    )
                 rule, charge = rules.on_balance(
                     rule,
                     event.data.balance,
                     event.data.revision,
                     now,
-                    recharged_this_month=await store.recharged_since(
-                        conn, rule.organisation_id, since
-                    ),
+                    recharged_this_month=recharged_this_month[organisation],
                     pack_credits=pack.credits,
                 )
                 if charge:
@@ -331,6 +335,7 @@ class CreditPacks:
                         Source.AUTO_RECHARGE,
                     )
                     await store.add_purchase(conn, purchase, requested_by=None, now=now)
+                    recharged_this_month[organisation] += pack.credits
                     rule = replace(rule, in_flight=purchase.purchase_id)
                     charges.append(self._charge(purchase, pack))
                     log.info(

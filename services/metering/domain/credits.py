@@ -160,7 +160,9 @@ def announcements(
 
 @dataclass(frozen=True, slots=True)
 class GrantCommand:
-    """A grant command, whatever version of the wire schema carried it."""
+    """A grant command, whatever version of the wire schema carried it. Two commands under the
+    same (organisation, period key) must agree on all of it; the event id, producer, version
+    and note may differ (a re-issued command)."""
 
     key: str
     reason: GrantReasonV2
@@ -208,10 +210,6 @@ class GrantCommand:
         ]
         return f"{self.reason.value} of {self.amount}{period}" + "".join(f", {e}" for e in extras)
 
-
-GrantTerms = GrantCommand
-"""What a grant changes. Two commands under the same (organisation, period key) must agree on
-all of it; the event id, producer, version and note may differ (a re-issued command)."""
 
 _SOURCE = {
     GrantReasonV2.PLAN_START: Source.PLAN,
