@@ -118,3 +118,17 @@ async def db(
         yield conn
     finally:
         await conn.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_db(
+    infrastructure: Infrastructure, module_isolation: Isolation
+) -> AsyncIterator[asyncpg.Connection]:
+    """A connection whose search path is the module's schema (`module_isolation`)."""
+    conn = await asyncpg.connect(
+        infrastructure.database_url, server_settings={"search_path": module_isolation.schema}
+    )
+    try:
+        yield conn
+    finally:
+        await conn.close()

@@ -52,17 +52,9 @@ async def metering(
         yield harness
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def db(
-    infrastructure: Infrastructure, module_isolation: Isolation
-) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(
-        infrastructure.database_url, server_settings={"search_path": module_isolation.schema}
-    )
-    try:
-        yield conn
-    finally:
-        await conn.close()
+@pytest.fixture(scope="module")
+def db(module_db: asyncpg.Connection) -> asyncpg.Connection:
+    return module_db
 
 
 def grant(

@@ -106,11 +106,8 @@ async def purchases(stack: Stack, org: str) -> list[dict]:
 
 async def grants_of(stack: Stack, org: str) -> list[dict]:
     records = await read_topic(stack.bootstrap, stack.topic(CREDIT_GRANT_REQUESTS))
-    return [
-        orjson.loads(r.value)["data"]
-        for r in records
-        if r.key == org.encode() and orjson.loads(r.value)["type"].endswith(".v2")
-    ]
+    commands = [orjson.loads(r.value) for r in records if r.key == org.encode()]
+    return [c["data"] for c in commands if c["type"].endswith(".v2")]
 
 
 async def test_a_pack_is_granted_once_however_its_payment_is_reported(
