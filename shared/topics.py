@@ -15,6 +15,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from shared.events import (
     AgentMessageProcessedV1,
+    AgentMessageProcessedV2,
     CreditAuthorizationDecidedV1,
     CreditBalanceChangedV1,
     CreditGrantRequestedV1,
@@ -81,8 +82,9 @@ class TopicSpec:
 
 AGENT_USAGE = TopicSpec(
     name="agent.usage",
-    schemas=(AgentMessageProcessedV1,),
-    description="One event per agent message processed, with the credits it consumed (R6).",
+    schemas=(AgentMessageProcessedV1, AgentMessageProcessedV2),
+    description="One event per agent message processed, with the credits it consumed (R6; "
+    "version 2: the raw usage, which metering prices with the rate card).",
     producers=("agent runtime",),
     consumers=("metering", "dashboard"),
     partitions=6,

@@ -12,6 +12,7 @@ from shared.topics import AGENT_USAGE, CREDIT_GRANT_REQUESTS
 from . import PRODUCER
 from .authorizer import Authorizer
 from .domain.credits import CreditPolicy
+from .domain.pricing import RateCard
 from .handlers import http
 from .ledger_check import LedgerCheck
 from .service import Metering
@@ -36,6 +37,7 @@ async def build(kernel: Kernel[MeteringSettings]) -> Parts:
         topic_prefix=settings.topic_prefix,
         max_grant_lead=timedelta(days=settings.max_grant_lead_days),
         auditor=kernel.auditor,
+        rate_card=RateCard.load(settings.rate_card),
     )
     authorizer = Authorizer(
         kernel.pool,

@@ -16,6 +16,7 @@ from shared.clock import Clock
 from shared.consumer import Decoded
 from shared.events import (
     AgentMessageProcessedV1,
+    AgentMessageProcessedV2,
     CreditBalance,
     CreditGrantRequestedV1,
     CreditGrantRequestedV2,
@@ -24,10 +25,12 @@ from shared.events import (
 )
 from shared.events.audit import ActorKind, AuditAction, AuditEntry, Outcome
 from shared.events.codec import Rejection
+from shared.events.usage import MAX_CREDITS_PER_MESSAGE
 from shared.logging import get_logger
 
 from . import PRODUCER
 from .domain.buckets import Bucket, burn_order, spendable
+from .domain.consumption import Consumption
 from .domain.credits import (
     CreditPolicy,
     Entry,
@@ -40,10 +43,13 @@ from .domain.credits import (
     apply_grant,
     expire,
 )
+from .domain.pricing import RateCard, RawUsage, Unpriced
 from .store import grants as grant_store
 from .store import wallets as wallet_store
 
 log = get_logger("metering.service")
+
+Usage = AgentMessageProcessedV1 | AgentMessageProcessedV2
 
 _ENTRY_NAMESPACE = uuid5(NAMESPACE_URL, "https://billing.example/metering/ledger")
 
@@ -74,35 +80,69 @@ class Metering:
         topic_prefix: str,
         max_grant_lead: timedelta = timedelta(days=7),
         auditor: Auditor | None = None,
+        rate_card: RateCard | None = None,
     ) -> None:
         self._auditor = auditor
+        self.rate_card = rate_card or RateCard.load()
         self._pool = pool
         self._clock = clock
         self.policy = policy
         self._prefix = topic_prefix
         self.max_grant_lead = max_grant_lead
 
+    def consumption(self, event: AgentMessageProcessedV1 | AgentMessageProcessedV2) -> Consumption:
+        """The event as metering debits it; raw usage (version 2) priced with the rate card in
+        force when it occurred. Raises `Unpriced`, or ValueError for a price beyond what one
+        message may cost."""
+        data = event.data
+        common = (
+            event.event_id,
+            event.organisation_id,
+            data.member_id,
+            data.agent_id,
+            data.conversation_id,
+            data.message_id,
+            event.occurred_at,
+        )
+        if isinstance(event, AgentMessageProcessedV1):
+            return Consumption(*common, credits=event.data.credits)
+        usage = RawUsage(
+            event.data.model,
+            event.data.input_tokens,
+            event.data.output_tokens,
+            event.data.tool_calls,
+        )
+        priced = self.rate_card.price(usage, event.occurred_at)
+        if priced.credits > MAX_CREDITS_PER_MESSAGE:
+            raise ValueError(
+                f"priced at {priced.credits} credits by rate card {priced.version}, over "
+                f"{MAX_CREDITS_PER_MESSAGE} for one message"
+            )
+        return Consumption(*common, credits=priced.credits, usage=usage, priced=priced)
+
     async def record_usage(
-        self, items: Sequence[Decoded[AgentMessageProcessedV1]]
-    ) -> list[tuple[Decoded[AgentMessageProcessedV1], Rejection]]:
+        self, items: Sequence[Decoded[Usage]]
+    ) -> list[tuple[Decoded[Usage], Rejection]]:
         """Debit every usage event exactly once, and every message at most once. Refuses an
-        event whose id was already used for another effect (`event_id_conflict`) and a second
-        event for an already debited message (`duplicate_message`); an identical redelivery is
-        ignored."""
-        unique: dict[UUID, Decoded[AgentMessageProcessedV1]] = {}
-        refused: list[tuple[Decoded[AgentMessageProcessedV1], Rejection]] = []
+        event whose id was already used for another effect (`event_id_conflict`), a second
+        event for an already debited message (`duplicate_message`), and raw usage that the rate
+        card cannot price (`unpriced_usage`) or prices beyond one message's limit
+        (`invalid_amount`); an identical redelivery is ignored."""
+        unique: dict[UUID, tuple[Decoded[Usage], Consumption]] = {}
+        refused: list[tuple[Decoded[Usage], Rejection]] = []
         for item in items:
-            first = unique.setdefault(item.event.event_id, item)
-            if first is not item and _effect(first.event) != _effect(item.event):
-                refused.append(
-                    (
-                        item,
-                        _conflict(
-                            item.event, first.event.organisation_id, *_effect(first.event)[1:]
-                        ),
-                    )
-                )
-        events = [item.event for item in unique.values()]
+            try:
+                consumed = self.consumption(item.event)
+            except Unpriced as exc:
+                refused.append((item, Rejection("unpriced_usage", str(exc))))
+                continue
+            except ValueError as exc:
+                refused.append((item, Rejection("invalid_amount", str(exc))))
+                continue
+            first, first_consumed = unique.setdefault(consumed.event_id, (item, consumed))
+            if first is not item and first_consumed.effect != consumed.effect:
+                refused.append((item, _conflict(consumed, *first_consumed.effect)))
+        events = [consumed for _, consumed in unique.values()]
         now = self._clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
             debited = await wallet_store.debit(conn, events, now)
@@ -132,41 +172,30 @@ class Metering:
         return refused
 
     async def _not_debited(
-        self, conn: asyncpg.Connection, items: Sequence[Decoded[AgentMessageProcessedV1]]
-    ) -> list[tuple[Decoded[AgentMessageProcessedV1], Rejection]]:
+        self, conn: asyncpg.Connection, items: Sequence[tuple[Decoded[Usage], Consumption]]
+    ) -> list[tuple[Decoded[Usage], Rejection]]:
         """Why events were not appended: a redelivery (rightly ignored), an event id reused for
         another effect, or a message already debited under another event id."""
-        by_id = await wallet_store.entries_by_id(conn, [i.event.event_id for i in items])
-        missing = [i for i in items if i.event.event_id not in by_id]
+        by_id = await wallet_store.entries_by_id(conn, [c.event_id for _, c in items])
+        missing = [c for _, c in items if c.event_id not in by_id]
         by_message = await wallet_store.debits_by_message(
-            conn, [(i.event.organisation_id, i.event.data.message_id) for i in missing]
+            conn, [(c.organisation_id, c.message_id) for c in missing]
         )
         refused = []
-        for item in items:
-            event = item.event
-            stored = by_id.get(event.event_id)
+        for item, consumed in items:
+            stored = by_id.get(consumed.event_id)
             if stored is not None:
-                if stored.kind != "debit" or (
-                    stored.organisation_id,
-                    stored.credits,
-                    stored.message_id,
-                ) != _effect(event):
-                    refused.append(
-                        (
-                            item,
-                            _conflict(
-                                event, stored.organisation_id, stored.credits, stored.message_id
-                            ),
-                        )
-                    )
+                effect = (stored.organisation_id, stored.credits, stored.message_id)
+                if stored.kind != "debit" or effect != consumed.effect:
+                    refused.append((item, _conflict(consumed, *effect)))
                 continue
-            debit = by_message[(event.organisation_id, event.data.message_id)]
+            debit = by_message[(consumed.organisation_id, consumed.message_id)]
             refused.append(
                 (
                     item,
                     Rejection(
                         "duplicate_message",
-                        f"message {event.data.message_id!r} of {event.organisation_id} was "
+                        f"message {consumed.message_id!r} of {consumed.organisation_id} was "
                         f"already debited ({debit.credits} credits, event {debit.entry_id})",
                     ),
                 )
@@ -427,15 +456,11 @@ def _manual(command: CreditGrantRequestedV1 | CreditGrantRequestedV2) -> bool:
     return command.data.reason.value == GrantReason.MANUAL_ADJUSTMENT.value
 
 
-def _effect(event: AgentMessageProcessedV1) -> tuple[str, int, str]:
-    return event.organisation_id, event.data.credits, event.data.message_id
-
-
 def _conflict(
-    event: AgentMessageProcessedV1, organisation: str, credits: int, message_id: str | None
+    consumed: Consumption, organisation: str, credits: int, message_id: str | None
 ) -> Rejection:
     return Rejection(
         "event_id_conflict",
-        f"event id {event.event_id} was already used for {organisation}, message "
+        f"event id {consumed.event_id} was already used for {organisation}, message "
         f"{message_id!r} ({credits} credits)",
     )

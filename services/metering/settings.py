@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field
@@ -9,6 +10,8 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.events import MAX_CREDITS_PER_MESSAGE
 from shared.settings import DEV_API_TOKEN, ServiceSettings
+
+from .domain import pricing
 
 __all__ = ["DEV_API_TOKEN", "MeteringSettings"]
 
@@ -28,6 +31,8 @@ class MeteringSettings(ServiceSettings):
     max_grant_lead_days: int = Field(7, ge=0, le=366)
     """A period-starting grant whose period starts further ahead than this is refused."""
 
+    rate_card: Path = pricing.DEFAULT
+    """The rate card (JSON, `catalogue/rate_card.json`): checked at start-up."""
     default_estimate: Estimate = 10
     """Credits held for a message when neither the request nor `agent_estimates` says more."""
     agent_estimates: dict[str, Estimate] = Field(default_factory=dict)
@@ -45,9 +50,15 @@ class MeteringSettings(ServiceSettings):
     max_waiting_authorizations: int = Field(2_000, ge=1, le=1_000_000)
     """Requests waiting for a decision cycle, across lanes; beyond it, 503 with Retry-After."""
 
-    def estimate_for(self, agent_id: str | None, requested: int | None) -> int:
+    def estimate_for(
+        self, agent_id: str | None, requested: int | None, for_model: int | None = None
+    ) -> int:
+        """The request's estimate, else the rate card's for its model, else the agent's, else
+        the default."""
         if requested is not None:
             return requested
+        if for_model is not None:
+            return for_model
         if agent_id is not None and agent_id in self.agent_estimates:
             return self.agent_estimates[agent_id]
         return self.default_estimate

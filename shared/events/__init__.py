@@ -16,12 +16,20 @@ from .credits import (
     GrantReasonV2,
 )
 from .envelope import Body, Event, OrganisationId, UtcDatetime
-from .usage import MAX_CREDITS_PER_MESSAGE, AgentMessageProcessed, AgentMessageProcessedV1
+from .usage import (
+    MAX_CREDITS_PER_MESSAGE,
+    AgentMessageMetered,
+    AgentMessageProcessed,
+    AgentMessageProcessedV1,
+    AgentMessageProcessedV2,
+)
 
 __all__ = [
     "MAX_CREDITS_PER_MESSAGE",
+    "AgentMessageMetered",
     "AgentMessageProcessed",
     "AgentMessageProcessedV1",
+    "AgentMessageProcessedV2",
     "AuthorizationDecision",
     "Body",
     "CreditAuthorizationDecidedV1",

@@ -24,7 +24,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from .envelope import Event, type_base
 
-_AMOUNT_FIELDS = {"credits", "amount"}
+_AMOUNT_FIELDS = {"credits", "amount", "input_tokens", "output_tokens", "tool_calls"}
 _DETAIL_LIMIT = 500
 
 

@@ -66,6 +66,7 @@ POLICY: dict[tuple[str, str, str], set[Scope]] = {
     ("metering", "GET", f"{ORG}/ledger"): READ,
     ("metering", "GET", f"{ORG}/usage"): READ,
     ("metering", "POST", "/v1/ledger-checks"): {OPERATOR},
+    ("metering", "GET", "/v1/rate-card"): {FRONT, *READ},
     ("seats", "GET", f"{ORG}/seat-check"): {FRONT, *READ},
     ("seats", "GET", f"{ORG}/seats"): READ,
     ("stripe-gateway", "POST", "/v1/checkout-sessions"): {SERVICE},

@@ -22,6 +22,16 @@ def envelope(**overrides: object) -> bytes:
     return orjson.dumps({**body, **overrides, "data": data})
 
 
+def raw(**overrides: object) -> bytes:
+    """A raw-usage (version 2) event, made from the version 1 example."""
+    data = {**orjson.loads(envelope())["data"], "model": "claude-haiku"}
+    data |= {"input_tokens": 10, "output_tokens": 10, "tool_calls": 0}
+    del data["credits"]
+    data |= overrides.pop("data", {})  # type: ignore[arg-type]
+    body = {**orjson.loads(envelope()), "type": "agent_message.processed.v2", "data": data}
+    return orjson.dumps(body)
+
+
 def without(field: str) -> bytes:
     body = usage_event(ORG, 5).model_dump(mode="json")
     del body[field]
@@ -34,7 +44,7 @@ BAD_INPUT: list[tuple[str, bytes, str]] = [
     ("empty payload", b"", "malformed_json"),
     ("no type", without("type"), "missing_event_type"),
     ("unknown type", envelope(type="agent_message.deleted.v1"), "unknown_event_type"),
-    ("future version", envelope(type="agent_message.processed.v2"), "unsupported_event_version"),
+    ("future version", envelope(type="agent_message.processed.v3"), "unsupported_event_version"),
     ("missing organisation", without("organisation_id"), "invalid_organisation_id"),
     (
         "malformed organisation",
@@ -46,6 +56,11 @@ BAD_INPUT: list[tuple[str, bytes, str]] = [
     ("absurd credits", envelope(data={"credits": 10**15}), "invalid_amount"),
     ("fractional credits", envelope(data={"credits": 2.5}), "invalid_amount"),
     ("credits as text", envelope(data={"credits": "5"}), "invalid_amount"),
+    ("raw usage with credits", raw(data={"credits": 5}), "invalid_amount"),
+    ("negative tokens", raw(data={"input_tokens": -1}), "invalid_amount"),
+    ("fractional tool calls", raw(data={"tool_calls": 0.5}), "invalid_amount"),
+    ("tokens beyond a message", raw(data={"output_tokens": 10**10}), "invalid_amount"),
+    ("a model name with spaces", raw(data={"model": "claude sonnet"}), "invalid_event"),
     ("naive timestamp", envelope(occurred_at="2026-11-01T00:00:00"), "invalid_event"),
     ("unknown field", envelope(data={"discount": 1}), "invalid_event"),
     ("oversized", envelope(data={"message_id": "x" * 100_000}), "payload_too_large"),

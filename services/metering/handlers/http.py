@@ -17,6 +17,7 @@ from shared.audit import audited
 from shared.events import MAX_CREDITS_PER_MESSAGE, CreditLevel
 from shared.events.audit import SYSTEM_ORGANISATION, AuditAction
 from shared.events.envelope import Identifier, OrganisationId
+from shared.events.usage import ModelName
 from shared.http import (
     PROBLEM_RESPONSES,
     Answer,
@@ -65,7 +66,10 @@ class AuthorizationIn(BaseModel):
     """The gateway's id of the member's message: the idempotency key of the decision."""
     agent_id: Identifier | None = None
     estimate: Annotated[int, Field(strict=True, gt=0, le=MAX_CREDITS_PER_MESSAGE)] | None = None
-    """Credits to hold. Default: the agent's configured estimate, else the default estimate."""
+    """Credits to hold. Default: the rate card's estimate for `model`, else the agent's
+    configured estimate, else the default estimate."""
+    model: ModelName | None = None
+    """The model the agent will use, if known (a line of the rate card in force)."""
 
 
 class AuthorizationOut(BaseModel):
@@ -125,7 +129,13 @@ async def _authorize(state: Any, body: AuthorizationIn) -> Answer:
                 member_id=body.member_id,
                 message_id=body.message_id,
                 agent_id=body.agent_id,
-                estimate=settings.estimate_for(body.agent_id, body.estimate),
+                estimate=settings.estimate_for(
+                    body.agent_id,
+                    body.estimate,
+                    state.parts.metering.rate_card.estimate(body.model, state.runtime.clock.now())
+                    if body.model and body.estimate is None
+                    else None,
+                ),
             )
         )
     except Overloaded:
@@ -259,6 +269,13 @@ class LedgerEntryOut(BaseModel):
     message_id: str | None
     occurred_at: datetime
     recorded_at: datetime
+    rate_card: str | None
+    """A debit of raw usage: the rate card version that priced it, its line (`model`) and
+    what was priced. Null for usage that came with its credits."""
+    model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    tool_calls: int | None
     buckets: list[AllocationOut]
     """The buckets the entry took credits from (a debit, an expiry, a clawback)."""
 
@@ -466,3 +483,19 @@ async def ledger_check(body: LedgerCheckIn, request: Request) -> LedgerCheckOut:
         found = await request.app.state.parts.ledger_check.run(body.organisation_id)
         entry.detail = f"{len(found['mismatches'])} mismatches"
     return LedgerCheckOut.model_validate(found)
+
+
+# The rate card ----------------------------------------------------------------------------------
+
+
+@router.get("/rate-card", dependencies=[allow(*READERS, Scope.FRONT)], tags=["credits"])
+async def rate_card(request: Request) -> dict[str, Any]:
+    """Every version of the rate card (what raw usage costs), oldest first, with the one in
+    force now; the rounding rule is in the file and in the service's README."""
+    card = _metering(request).rate_card
+    now = request.app.state.runtime.clock.now()
+    current = card.in_force(now)
+    return {
+        "in_force": current.version if current else None,
+        "versions": [v.model_dump(mode="json") for v in card.versions],
+    }

@@ -10,8 +10,7 @@ from uuid import UUID
 
 import asyncpg
 
-from shared.events import AgentMessageProcessedV1
-
+from ..domain.consumption import Consumption
 from ..domain.credits import Entry, Wallet
 
 _WALLET_COLUMNS = (
@@ -55,9 +54,10 @@ class Debited(NamedTuple):
 
 
 _USAGE_BATCH = """
-CREATE TEMP TABLE IF NOT EXISTS usage_batch_v2 (
+CREATE TEMP TABLE IF NOT EXISTS usage_batch_v3 (
     n int, entry_id uuid, organisation_id text, credits bigint, member_id text, agent_id text,
-    conversation_id text, message_id text, occurred_at timestamptz
+    conversation_id text, message_id text, occurred_at timestamptz, rate_card text, model text,
+    input_tokens bigint, output_tokens bigint, tool_calls integer
 ) ON COMMIT DELETE ROWS
 """
 _USAGE_COLUMNS = (
@@ -70,20 +70,27 @@ _USAGE_COLUMNS = (
     "conversation_id",
     "message_id",
     "occurred_at",
+    "rate_card",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "tool_calls",
 )
 _LOCK_BATCH_WALLETS = """
 SELECT organisation_id FROM wallets
-WHERE organisation_id IN (SELECT organisation_id FROM usage_batch_v2)
+WHERE organisation_id IN (SELECT organisation_id FROM usage_batch_v3)
 ORDER BY organisation_id
 FOR UPDATE
 """
 _DEBIT = f"""
 WITH inserted AS (
     INSERT INTO ledger (entry_id, organisation_id, kind, amount, source_event_id, member_id,
-                        agent_id, conversation_id, message_id, occurred_at, recorded_at)
+                        agent_id, conversation_id, message_id, occurred_at, recorded_at,
+                        rate_card, model, input_tokens, output_tokens, tool_calls)
     SELECT entry_id, organisation_id, 'debit', -credits, entry_id, member_id, agent_id,
-           conversation_id, message_id, occurred_at, $1
-    FROM usage_batch_v2
+           conversation_id, message_id, occurred_at, $1, rate_card, model, input_tokens,
+           output_tokens, tool_calls
+    FROM usage_batch_v3
     ORDER BY n
     ON CONFLICT DO NOTHING
     RETURNING seq, entry_id, organisation_id, message_id, -amount AS credits
@@ -156,7 +163,7 @@ SELECT u.*, d.debited, d.entries FROM upserted u JOIN debited d USING (organisat
 
 
 async def debit(
-    conn: asyncpg.Connection, events: Sequence[AgentMessageProcessedV1], now: datetime
+    conn: asyncpg.Connection, events: Sequence[Consumption], now: datetime
 ) -> list[Debited]:
     """Append one debit per event that is new by both its event id and its (organisation,
     message id), the first in `events` order winning; settle the hold of each message debited;
@@ -171,19 +178,30 @@ async def debit(
     order, and one statement appends, settles and debits."""
     await conn.execute(_USAGE_BATCH)
     await conn.copy_records_to_table(
-        "usage_batch_v2",
+        "usage_batch_v3",
         columns=_USAGE_COLUMNS,
         records=[
             (
                 n,
                 e.event_id,
                 e.organisation_id,
-                e.data.credits,
-                e.data.member_id,
-                e.data.agent_id,
-                e.data.conversation_id,
-                e.data.message_id,
+                e.credits,
+                e.member_id,
+                e.agent_id,
+                e.conversation_id,
+                e.message_id,
                 e.occurred_at,
+                *(
+                    (None,) * 5
+                    if e.priced is None or e.usage is None
+                    else (
+                        e.priced.version,
+                        e.priced.model,
+                        e.usage.input_tokens,
+                        e.usage.output_tokens,
+                        e.usage.tool_calls,
+                    )
+                ),
             )
             for n, e in enumerate(events)
         ],
@@ -344,6 +362,11 @@ class LedgerEntry(NamedTuple):
     message_id: str | None
     occurred_at: datetime
     recorded_at: datetime
+    rate_card: str | None
+    model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    tool_calls: int | None
     buckets: list[tuple[UUID, int]]
     """(bucket, credits taken) for each bucket the entry took from."""
 
