@@ -13,6 +13,7 @@ from shared.devstack import embedded_stack
 
 from . import (
     authorization,
+    budgets,
     dashboard,
     metering,
     process,
@@ -457,10 +458,47 @@ async def run_buckets(kafka: str, database: str, args: argparse.Namespace) -> di
     }
 
 
+async def run_budgets(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
+    rate = max(int(r) for r in args.spread_rates.split(","))
+    hot_requests = args.hot_requests // 3
+    print(
+        f"budgets: spread over 1,000 organisations at {rate:,}/s, {args.spread_seconds:g} s, and "
+        f"hot {hot_requests:,} requests from {args.connections} callers; with budgets and "
+        "without, alternated twice"
+    )
+    found = await budgets.compare(
+        kafka,
+        database,
+        rate=rate,
+        seconds=args.spread_seconds,
+        hot_requests=hot_requests,
+        connections=args.connections,
+    )
+    rows: list[tuple[str, str, str]] = [("measure", "figure", "target / ratio")]
+    for name, what in (("spread", f"spread at {rate:,}/s"), ("hot", "hot, 1 organisation")):
+        for side in ("without", "with"):
+            s = found[name][side]
+            rows.append(
+                (f"{what}, {side} budgets", f"p50 {s['p50_ms']} / p99 {s['p99_ms']} ms", "")
+            )
+        rows.append(
+            (
+                f"{what}: p50 with / without",
+                f"{found[name]['p50_with_vs_without']:.2f} x",
+                "target <= 1.2",
+            )
+        )
+    rows.append(("errors, denials", f"{found['errors']}, {found['denied']}", "target 0, 0"))
+    print()
+    print(report.table("Authorization with budgets (same process, same run)", rows))
+    return found | {"targets": {"p50_with_vs_without": 1.2}}
+
+
 SUITES = {
     "metering": run_metering,
     "buckets": run_buckets,
     "authorization": run_authorization,
+    "budgets": run_budgets,
     "restart": run_restart,
     "webhooks": run_webhooks,
     "renewals": run_renewals,

@@ -36,6 +36,8 @@ class Parts:
     dashboard: Dashboard
     subscriptions: httpx.AsyncClient
     """The subscription service's API (owner actions, the plan catalogue)."""
+    metering: httpx.AsyncClient
+    """Metering's API for the acting member (budgets), with the front credential."""
     catalogue: dict[str, Any] | None = field(default=None)
 
 
@@ -86,7 +88,13 @@ async def build(kernel: Kernel[DashboardSettings]) -> Parts:
         timeout=30,
     )
     kernel.on_stop(client.aclose)
-    return Parts(dashboard, client)
+    metering_front = httpx.AsyncClient(
+        base_url=str(settings.metering_url).rstrip("/"),
+        headers={"Authorization": f"Bearer {settings.metering_front_token.get_secret_value()}"},
+        timeout=5,
+    )
+    kernel.on_stop(metering_front.aclose)
+    return Parts(dashboard, client, metering_front)
 
 
 @contextlib.contextmanager

@@ -40,6 +40,9 @@ class DashboardSettings(ServiceSettings):
     `METERING_URL`."""
     metering_token: SecretStr = SecretStr(DEV_API_TOKEN)
     """The page's credential at metering (scope `reader`)."""
+    metering_front_token: SecretStr = SecretStr(DEV_API_TOKEN)
+    """The page's credential at metering for the acting member's own routes (budgets; scope
+    `front`), sent with the member's signed identity."""
     gateway_url: AnyHttpUrl = Field(
         AnyHttpUrl("http://127.0.0.1:8083"),
         validation_alias=AliasChoices("DASHBOARD_GATEWAY_URL", "STRIPE_GATEWAY_URL"),

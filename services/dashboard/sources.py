@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -43,6 +44,23 @@ class MeteringUsage:
             params["until"] = until.isoformat()
         return await _get(
             self._client, f"/v1/organisations/{organisation_id}/usage", params, "usage"
+        )
+
+    async def breakdown(
+        self, organisation_id: str, since: datetime, until: datetime, **given: str
+    ) -> dict[str, Any] | None:
+        """Usage one level down (`day`, `agent_id`, `conversation_id` narrow it)."""
+        params = {"since": since.isoformat(), "until": until.isoformat(), **given}
+        return await _get(
+            self._client, f"/v1/organisations/{organisation_id}/usage/breakdown", params, "usage"
+        )
+
+    async def receipt(self, organisation_id: str, message_id: str) -> dict[str, Any] | None:
+        return await _get(
+            self._client,
+            f"/v1/organisations/{organisation_id}/messages/{quote(message_id, safe='')}/receipt",
+            {},
+            "receipt",
         )
 
     async def buckets(self, organisation_id: str) -> list[dict[str, Any]] | None:

@@ -128,6 +128,8 @@ class Stored:
     """Where the credits are (metering's live buckets, in spending order); None: unavailable."""
     recharge: dict[str, Any] | None = None
     """The organisation's auto-recharge (the subscription service's), as the viewer may see it."""
+    budgets: dict[str, Any] | None = None
+    """The budgets as the viewer may see them (metering's: all for an owner, else their own)."""
 
 
 async def view(conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str) -> Stored:

@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from shared import directory
 from shared.service import Kernel, Service
-from shared.topics import AGENT_USAGE, CREDIT_GRANT_REQUESTS
+from shared.topics import AGENT_USAGE, CREDIT_GRANT_REQUESTS, WORKSPACE_MEMBERS
 
 from . import PRODUCER
 from .authorizer import Authorizer
+from .budgets import BudgetBook
 from .domain.credits import CreditPolicy
 from .domain.pricing import RateCard
 from .handlers import http
@@ -26,6 +28,7 @@ class Parts:
     metering: Metering
     authorizer: Authorizer
     ledger_check: LedgerCheck
+    budgets: BudgetBook
 
 
 async def build(kernel: Kernel[MeteringSettings]) -> Parts:
@@ -64,6 +67,13 @@ async def build(kernel: Kernel[MeteringSettings]) -> Parts:
         description="Applies each grant command once per (organisation, period key), as a "
         "bucket of credits.",
     )
+    kernel.consume(
+        WORKSPACE_MEMBERS,
+        "directory",
+        directory.projector(kernel.pool, kernel.clock),
+        max_records=2000,
+        description="Who is an active member or owner (budgets are set by owners).",
+    )
     kernel.background("hold-sweeper", lambda: authorizer.run_sweeper(settings.hold_sweep_seconds))
     ledger_check = LedgerCheck(kernel.pool, kernel.clock, topic_prefix=settings.topic_prefix)
     if settings.ledger_check_seconds > 0 and settings.run_consumers:
@@ -88,7 +98,7 @@ async def build(kernel: Kernel[MeteringSettings]) -> Parts:
         ),
     )
     kernel.on_stop(authorizer.close)
-    return Parts(metering, authorizer, ledger_check)
+    return Parts(metering, authorizer, ledger_check, BudgetBook(kernel.pool, kernel.clock))
 
 
 SERVICE = Service(
@@ -103,4 +113,5 @@ SERVICE = Service(
     routers=(http.router,),
     hot_routes=(http.HOT_AUTHORIZE,),
     audit=True,
+    directory=True,
 )

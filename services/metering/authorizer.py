@@ -10,7 +10,10 @@ transaction per request.
 
 The write is a compare-and-set per organisation: an organisation whose wallet changed between
 the read and the write (a usage debit, a grant, the sweeper) writes nothing and is decided again
-in the same cycle, from the new state. No lock is held while Python decides.
+in the same cycle, from the new state. No lock is held while Python decides. An organisation's
+budgets are read after its wallet: whatever changes what its members and agents used (a debit,
+a hold taken, settled, released or expired) changes its wallet too, so the same compare and
+set covers them.
 
 Isolation. A failure belongs to the request or organisation that caused it: when a cycle fails
 (other than by a transient outage), its requests are split, by organisation first, and decided
@@ -39,6 +42,8 @@ from shared.logging import get_logger
 
 from . import PRODUCER
 from .domain.authorization import Request, decide
+from .domain.budgets import NO_BUDGETS, Budgets
+from .store import budgets as budget_store
 from .store import holds as store
 
 log = get_logger("metering.authorizer")
@@ -245,10 +250,18 @@ class Authorizer:
                 states = await store.decision_states(
                     conn, list(waiting), message_ids, now, horizon=now + self._ttl
                 )
+                budgeted = [o for o, state in states.items() if state.budgeted]
+                budgets = await budget_store.budget_states(conn, budgeted, now) if budgeted else {}
                 views = [
                     view
                     for organisation, org_asks in waiting.items()
-                    for view in self._views(organisation, org_asks, states.get(organisation), now)
+                    for view in self._views(
+                        organisation,
+                        org_asks,
+                        states.get(organisation),
+                        now,
+                        budgets.get(organisation, NO_BUDGETS),
+                    )
                 ]
                 if not views:
                     waiting = {}
@@ -303,6 +316,7 @@ class Authorizer:
         asks: dict[str, Ask],
         state: store.DecisionState | None,
         now: datetime,
+        budgets: Budgets,
     ) -> list[Authorization]:
         """New decisions for the organisation's requests not decided before, in order."""
         known = set(state.known) if state else set()
@@ -310,10 +324,11 @@ class Authorizer:
         balance = state.reservable if state else 0
         held = state.held - state.lapsed if state else 0
         verdicts = decide(
-            [Request(a.message_id, a.estimate) for a in fresh],
+            [Request(a.message_id, a.estimate, a.member_id, a.agent_id) for a in fresh],
             wallet_exists=state is not None,
             balance=balance,
             held=held,
+            budgets=budgets,
         )
         views = []
         for ask, verdict in zip(fresh, verdicts, strict=True):

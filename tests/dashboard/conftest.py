@@ -105,6 +105,7 @@ async def dashboard(
         async with serving(app, port):
             app.state.parts.subscriptions = billing.http  # the subscription API, in process
             app.state.parts.dashboard.usage = MeteringUsage(billing.metering)  # and metering's
+            app.state.parts.metering = billing.metering
             app.state.parts.dashboard.invoices = StripeInvoices(billing.gateway.http)
             url = f"http://127.0.0.1:{port}"
             billing.service._links = Links(  # Stripe sends people back to this page

@@ -13,9 +13,11 @@ from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Browser, expect
 from playwright.async_api import Page as Tab
 
+from shared.events import AgentMessageMetered, AgentMessageProcessedV2
+from shared.topics import AGENT_USAGE
 from tests.dashboard.conftest import ARTEFACTS, LIVE, Page
 from tests.dashboard.test_billing_page import use
-from tests.subscriptions.conftest import OWNER
+from tests.subscriptions.conftest import MEMBER, OWNER
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
@@ -223,3 +225,66 @@ async def test_buying_credits_and_setting_auto_recharge(
         await expect(f.tab.locator("#recharge-state")).to_contain_text("on", timeout=LIVE)
         await expect(f.tab.locator("#recharge-threshold")).to_have_value("500")
         await f.check("auto-recharge")
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+async def test_setting_budgets_and_following_usage_down_to_a_receipt(
+    browser: Browser, dashboard: Page, viewport: str
+) -> None:
+    """An owner caps a member's monthly credits from the page; the member then sees their own
+    budget and what is left of it; usage is followed day → agent → conversation → message to
+    the message's receipt, priced by the rate card: with the keyboard alone."""
+    async for f in flow(browser, dashboard, viewport):
+        for field, value in (("#budget-subject", MEMBER), ("#budget-cap", "300")):
+            await f.tab.locator(field).focus()
+            await f.tab.keyboard.type(value)
+        await f.press("#save-budget")
+        await f.notice("budget_saved")
+        row = f.tab.locator("#member-budgets tr", has_text=MEMBER)
+        await expect(row).to_contain_text("300", timeout=LIVE)
+        await f.check("budgets")
+
+        billing = dashboard.billing
+        await billing.publish(
+            AGENT_USAGE,
+            AgentMessageProcessedV2.new(
+                organisation_id=f.org,
+                producer="agent-runtime",
+                occurred_at=billing.clock.now(),
+                data=AgentMessageMetered(
+                    member_id=MEMBER,
+                    agent_id="agent_writer",
+                    conversation_id="conv_plans",
+                    message_id="msg_first",
+                    model="claude-haiku",
+                    input_tokens=40_000,
+                    output_tokens=5_000,
+                    tool_calls=2,
+                ),
+            ),
+        )
+        await expect(row).to_contain_text("28", timeout=LIVE)  # 16 + 10 + 2 credits spent
+
+        member = await browser.new_context(
+            extra_http_headers=billing.acting(f.org, MEMBER),
+            viewport={"width": VIEWPORTS[viewport][0], "height": VIEWPORTS[viewport][1]},
+        )
+        try:
+            mine = await member.new_page()
+            await mine.goto(f"{dashboard.url}/billing")
+            await expect(mine.locator("#my-budget-left")).to_have_text("272", timeout=LIVE)
+            await expect(mine.locator("#save-budget")).to_have_count(0)
+        finally:
+            await member.close()
+
+        await f.press("#drill-link")
+        for name in (None, "agent_writer", "conv_plans", "msg_first"):
+            links = f.tab.locator("#drill-down a")
+            await expect(links).to_have_count(1, timeout=LIVE)
+            if name:
+                await expect(links.first).to_have_text(name)
+            await f.press("#drill-down a")
+        await expect(f.tab.locator("#receipt-settled")).to_contain_text("28 credits")
+        await expect(f.tab.locator("#receipt-settled")).to_contain_text("claude-haiku")
+        await expect(f.tab.locator("#receipt-buckets")).to_contain_text("28 from plan")
+        await f.check("receipt")

@@ -32,7 +32,14 @@ OPEN = {"/healthz", "/readyz", "/stripe/webhook"}
 """Routes without a bearer credential: probes, and Stripe's webhooks (signed by Stripe)."""
 PAGE = "dashboard"
 """The Billing page: browsers behind the front proxy, proven by the signed identity alone."""
-VALUES = {"organisation_id": "org_scoped", "authorization_id": "az_1", "event_id": "evt_1"}
+VALUES = {
+    "organisation_id": "org_scoped",
+    "authorization_id": "az_1",
+    "event_id": "evt_1",
+    "message_id": "msg_1",
+    "member_id": "member_1",
+    "agent_id": "agent_1",
+}
 
 
 def token(scope: Scope) -> str:
@@ -67,6 +74,13 @@ POLICY: dict[tuple[str, str, str], set[Scope]] = {
     ("metering", "GET", f"{ORG}/usage"): READ,
     ("metering", "POST", "/v1/ledger-checks"): {OPERATOR},
     ("metering", "GET", "/v1/rate-card"): {FRONT, *READ},
+    ("metering", "GET", "/v1/budgets"): {FRONT},
+    ("metering", "PUT", "/v1/budgets/members/{member_id}"): {FRONT},
+    ("metering", "PUT", "/v1/budgets/agents/{agent_id}"): {FRONT},
+    ("metering", "PUT", "/v1/budgets/member-default"): {FRONT},
+    ("metering", "GET", f"{ORG}/budgets"): READ,
+    ("metering", "GET", f"{ORG}/messages/{{message_id}}/receipt"): READ,
+    ("metering", "GET", f"{ORG}/usage/breakdown"): READ,
     ("seats", "GET", f"{ORG}/seat-check"): {FRONT, *READ},
     ("seats", "GET", f"{ORG}/seats"): READ,
     ("stripe-gateway", "POST", "/v1/checkout-sessions"): {SERVICE},

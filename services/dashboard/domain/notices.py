@@ -28,6 +28,7 @@ _DONE = {
     "pack_paid": "Payment received. Your credits show here as soon as Stripe confirms it, "
     "usually within seconds.",
     "auto_recharge_saved": "Auto-recharge is saved.",
+    "budget_saved": "The budget is saved: it applies from the next message.",
 }
 
 _REFUSED = {
@@ -46,6 +47,8 @@ _REFUSED = {
     "no_customer": "Manage billing opens once the organisation has a paid plan.",
     "no_subscription": "Manage billing opens once the organisation has a paid plan.",
     "unknown_pack": "That credit pack is not on sale.",
+    "invalid_budget": "Give a member or an agent, and a cap of zero or more credits (empty: "
+    "no cap).",
     "cap_below_pack": "The monthly cap must allow at least one pack.",
     "stripe_unavailable": "Stripe did not answer. Nothing changed; please try again in a moment.",
     "unavailable": "Billing is unavailable right now. Nothing changed; please try again in a "

@@ -8,13 +8,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Annotated
+from urllib.parse import quote
 
 import httpx
 import orjson
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from pydantic import AwareDatetime
 
@@ -32,6 +35,9 @@ from . import page
 router = APIRouter()
 
 HEARTBEAT_SECONDS = 15
+BUDGETS_REFRESH_SECONDS = 2.0
+"""An open page asks metering for its budgets at most this often (their use changes with
+every message)."""
 DEV_SESSION = "billing_dev_identity"
 """Development only: who the page was opened for, so that coming back from Stripe finds it."""
 
@@ -113,6 +119,17 @@ async def _catalogue(request: Request) -> dict | None:
     return parts.catalogue
 
 
+async def _budgets(request: Request, who: Viewer) -> dict | None:
+    """The budgets as the viewer may see them (metering decides); None if not answered."""
+    try:
+        answer = await request.app.state.parts.metering.get(
+            "/v1/budgets", headers={IDENTITY_HEADER: who.identity}
+        )
+    except httpx.HTTPError:
+        return None
+    return answer.json() if answer.status_code == 200 else None
+
+
 async def _recharge(request: Request, who: Viewer) -> dict | None:
     """The organisation's auto-recharge, as the viewer may see it; None if not answered."""
     try:
@@ -141,7 +158,9 @@ async def billing(
     the page, or Stripe's Checkout and Billing Portal on the way back); `period`: the usage of
     an earlier credit period."""
     stored = await _dashboard(request).view(who.organisation_id, period)
-    stored = replace(stored, recharge=await _recharge(request, who))
+    stored = replace(
+        stored, recharge=await _recharge(request, who), budgets=await _budgets(request, who)
+    )
     now = request.app.state.runtime.clock.now()
     body = page.main(stored, who.member_id, await _catalogue(request), who.query, now)
     notice = notices.from_address(outcome, checkout, portal)
@@ -179,11 +198,14 @@ async def stream(who: Looking, request: Request, period: Period = None) -> Strea
     recharge = await _recharge(request, who)
 
     async def events() -> AsyncIterator[bytes]:
+        budgets, fetched, stale = None, -BUDGETS_REFRESH_SECONDS, False
         async with dashboard.watch(who.organisation_id, who.member_id) as changed:
             stored = await dashboard.view(who.organisation_id, period)  # a reconnect catches up
             last = ""
             while True:
-                stored = replace(stored, recharge=recharge)
+                if time.monotonic() - fetched >= BUDGETS_REFRESH_SECONDS:
+                    budgets, fetched, stale = await _budgets(request, who), time.monotonic(), False
+                stored = replace(stored, recharge=recharge, budgets=budgets)
                 now = request.app.state.runtime.clock.now()
                 body = page.main(stored, who.member_id, catalogue, who.query, now)
                 version = _version(body)
@@ -191,12 +213,17 @@ async def stream(who: Looking, request: Request, period: Period = None) -> Strea
                     last = version
                     data = orjson.dumps({"html": body, "version": version}).decode()
                     yield f"event: view\ndata: {data}\n\n".encode()
+                wait = HEARTBEAT_SECONDS
+                if stale:  # the budgets changed with the view: refresh them when allowed
+                    wait = max(0.0, fetched + BUDGETS_REFRESH_SECONDS - time.monotonic())
                 try:
-                    stored = await asyncio.wait_for(changed.get(), HEARTBEAT_SECONDS)
+                    stored = await asyncio.wait_for(changed.get(), wait)
+                    stale = True
                     if period is not None:
                         stored = await dashboard.view(who.organisation_id, period)
                 except TimeoutError:
-                    yield b": heartbeat\n\n"
+                    if not stale:
+                        yield b": heartbeat\n\n"
 
     return StreamingResponse(
         events(),
@@ -206,10 +233,18 @@ async def stream(who: Looking, request: Request, period: Period = None) -> Strea
 
 
 async def _act(
-    request: Request, who: Viewer, path: str, body: dict | None = None, method: str = "POST"
+    request: Request,
+    who: Viewer,
+    path: str,
+    body: dict | None = None,
+    method: str = "POST",
+    *,
+    at: str = "subscriptions",
 ) -> httpx.Response:
+    """Forward the member's action to a service's API (`at`: `subscriptions` or `metering`)
+    with their signed identity."""
     try:
-        return await request.app.state.parts.subscriptions.request(
+        return await getattr(request.app.state.parts, at).request(
             method,
             path,
             json=body,
@@ -219,7 +254,7 @@ async def _act(
         raise Problem(
             503,
             "unavailable",
-            "The subscription service did not answer",
+            f"The {at} service did not answer",
             "Try again in a moment.",
             headers={"Retry-After": "2"},
         ) from None
@@ -311,3 +346,62 @@ async def cancel(who: Looking, request: Request) -> RedirectResponse:
 async def reactivate(who: Looking, request: Request) -> RedirectResponse:
     answer = await _act(request, who, "/v1/subscription/reactivate")
     return _back(who, answer, "reactivated")
+
+
+@router.post("/billing/budgets", tags=["billing page"], dependencies=[Depends(same_origin)])
+async def save_budget(
+    who: Looking,
+    request: Request,
+    scope: Annotated[str, Form(max_length=20)],
+    subject: Annotated[str, Form(max_length=128)] = "",
+    cap: Annotated[str, Form(max_length=14)] = "",
+) -> RedirectResponse:
+    """Set or remove a budget (owners): a member's, an agent's, or the members' default."""
+    paths = {"member": "members/", "agent": "agents/", "member_default": "member-default"}
+    subject = subject.strip()
+    if (
+        scope not in paths
+        or (scope != "member_default") != bool(subject)
+        or (cap.strip() and not cap.strip().isdigit())
+    ):
+        params = httpx.QueryParams(who.query.lstrip("?")).set("outcome", "refused:invalid_budget")
+        return RedirectResponse(f"/billing?{params}", status_code=303)
+    path = f"/v1/budgets/{paths[scope]}{quote(subject, safe='') if subject else ''}"
+    body = {"monthly_cap": int(cap) if cap.strip() else None}
+    answer = await _act(request, who, path, body, method="PUT", at="metering")
+    return _back(who, answer, "budget_saved")
+
+
+@router.get("/billing/usage", response_class=HTMLResponse, tags=["billing page"])
+async def usage_drill_down(
+    who: Looking,
+    request: Request,
+    day: Annotated[str, Query(max_length=10, pattern=r"^(\d{4}-\d{2}-\d{2})?$")] = "",
+    agent_id: Annotated[str, Query(max_length=128)] = "",
+    conversation_id: Annotated[str, Query(max_length=128)] = "",
+    period: Period = None,
+) -> HTMLResponse:
+    """The credit period's usage one level down: days, a day's agents, an agent's
+    conversations that day, a conversation's messages (each with its receipt)."""
+    dashboard = _dashboard(request)
+    stored = await dashboard.view(who.organisation_id, period)
+    now = request.app.state.runtime.clock.now()
+    since, until = stored.period or (now - timedelta(days=31), now)
+    given = {"day": day, "agent_id": agent_id, "conversation_id": conversation_id}
+    given = {k: v for k, v in given.items() if v}
+    found = None
+    if dashboard.usage is not None:
+        found = await dashboard.usage.breakdown(who.organisation_id, since, until, **given)
+    return HTMLResponse(page.drill_down(who.organisation_id, found, given, who.query))
+
+
+@router.get("/billing/receipts/{message_id}", response_class=HTMLResponse, tags=["billing page"])
+async def message_receipt(
+    who: Looking, request: Request, message_id: Annotated[str, Path(max_length=128)]
+) -> HTMLResponse:
+    """One message's receipt: reserved, settled and how it was priced, paid from, released."""
+    dashboard = _dashboard(request)
+    found = None
+    if dashboard.usage is not None:
+        found = await dashboard.usage.receipt(who.organisation_id, message_id)
+    return HTMLResponse(page.receipt(who.organisation_id, message_id, found, who.query))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from html import escape
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from ..domain.notices import Notice
 from ..domain.pricing import Choice, choices
@@ -310,6 +310,7 @@ def _usage(stored: Stored, query: str) -> str:
 <div><table id='by-agent'><tr><th>By agent</th><th>Credits</th></tr>{agents}</table></div></div>
 <h2 style='margin-top:14px'>Recent debits</h2>
 <div class='scroll' tabindex='0' role='region' aria-label='Recent debits'><table id='recent'><tr><th>When</th><th>Member</th><th>Agent</th><th>Credits</th></tr>{rows}</table></div>
+<p><a id='drill-link' href='/billing/usage?{_hidden_link(query)}'>Usage by day, agent, conversation and message</a></p>
 {_periods(usage, stored, query)}{denials}</section>"""
 
 
@@ -561,10 +562,148 @@ def main(
         + _seats(stored)
         + _actions(stored, can, catalogue, query)
         + _packs(stored, can, catalogue, query)
+        + _budgets(stored.budgets, query)
         + _invoices(stored, can, catalogue)
         + _usage(stored, query)
         + _audit(stored, can)
     )
+
+
+def _cap(value: int | None) -> str:
+    return "no cap" if value is None else f"{value:,}"
+
+
+def _budget_rows(lines: list[dict[str, Any]], kind: str) -> str:
+    return (
+        "".join(
+            f"<tr><td>{escape(b['subject_id'])}</td><td>{_cap(b['cap'])}"
+            f"{'' if b['own'] or b['cap'] is None or kind == 'agent' else ' <span class=muted>(default)</span>'}</td>"
+            f"<td>{b['spent']:,}</td><td>{b['held']:,}</td><td>{_cap(b['left'])}</td></tr>"
+            for b in lines
+        )
+        or f"<tr><td colspan='5' class='muted'>No {kind} budgets or use yet.</td></tr>"
+    )
+
+
+def _budgets(budgets: dict[str, Any] | None, query: str) -> str:
+    """Monthly caps per member and per agent, with their use this credit period: an owner
+    sees and sets them all, a member sees their own."""
+    if budgets is None:
+        return "<section id='budgets'><h2>Budgets</h2><p class='muted' id='budgets-unavailable'>Budgets are unavailable right now.</p></section>"
+    head = "<tr><th>{}</th><th>Monthly cap</th><th>Spent</th><th>Held</th><th>Left</th></tr>"
+    if not budgets["editable"]:
+        mine = budgets["members"][0] if budgets["members"] else None
+        if mine is None or mine["cap"] is None:
+            text = "You have no budget of your own: you may use the organisation's credits."
+        else:
+            text = (
+                f"Your budget this period: <b id='my-budget-left'>{_cap(mine['left'])}</b> of "
+                f"{mine['cap']:,} credits left ({mine['spent']:,} spent, {mine['held']:,} held)."
+            )
+        return f"<section id='budgets'><h2>Your budget</h2><p id='my-budget'>{text}</p></section>"
+    default = budgets["member_default"]
+    return f"""<section id='budgets'><h2>Budgets</h2>
+<p class='muted'>Caps restart with the credit period. A message is sent only if the organisation, the member and the agent can all cover it. Default for members without their own: <b id='member-default'>{_cap(default)}</b>.</p>
+<div class='cols'><div class='scroll' tabindex='0' role='region' aria-label='Member budgets'><table id='member-budgets'>{head.format("Member")}{_budget_rows(budgets["members"], "member")}</table></div>
+<div class='scroll' tabindex='0' role='region' aria-label='Agent budgets'><table id='agent-budgets'>{head.format("Agent")}{_budget_rows(budgets["agents"], "agent")}</table></div></div>
+<form method='post' action='/billing/budgets{query}' id='set-budget' class='recharge'>
+<label for='budget-scope'>Budget for</label><select id='budget-scope' name='scope'>
+<option value='member'>a member</option><option value='agent'>an agent</option><option value='member_default'>every member without their own</option></select>
+<label for='budget-subject'>member or agent id</label><input id='budget-subject' name='subject' maxlength='128'>
+<label for='budget-cap'>credits a month (empty: no cap)</label><input type='number' id='budget-cap' name='cap' min='0'>
+<button id='save-budget'>Save budget</button></form></section>"""
+
+
+def _hidden_link(query: str, **params: str) -> str:
+    base = dict(parse_qsl(query.lstrip("?")))
+    return escape(urlencode({**base, **{k: v for k, v in params.items() if v}}))
+
+
+def drill_down(
+    organisation_id: str, found: dict[str, Any] | None, given: dict[str, str], query: str
+) -> str:
+    """Usage one level down, each row a link to the next; messages link to their receipt."""
+    trail: list[tuple[str, dict[str, str]]] = [("All days", {})]
+    params: dict[str, str] = {}
+    for key, label in (("day", "day"), ("agent_id", "agent"), ("conversation_id", "conversation")):
+        if given.get(key):
+            params = params | {key: given[key]}
+            trail.append((f"{label} {given[key]}", params))
+    crumbs = " › ".join(
+        f"<a href='/billing/usage?{_hidden_link(query, **params)}'>{escape(text)}</a>"
+        for text, params in trail
+    )
+    if found is None:
+        body = "<p class='muted' id='usage-unavailable'>Usage is unavailable right now.</p>"
+    else:
+        level = found["level"]
+        down = {"day": "day", "agent": "agent_id", "conversation": "conversation_id"}.get(level)
+        rows = []
+        for r in found["rows"]:
+            if down:
+                href = f"/billing/usage?{_hidden_link(query, **given, **{down: r['key']})}"
+            else:
+                href = f"/billing/receipts/{quote(r['key'], safe='')}?{_hidden_link(query)}"
+            rows.append(
+                f"<tr><td><a href='{href}'>{escape(r['key'] or '—')}</a></td>"
+                f"<td>{r['credits']:,}</td><td>{r['messages']:,}</td></tr>"
+            )
+        more = (
+            "<p class='muted'>More rows than shown; the total counts them all.</p>"
+            if found["more"]
+            else ""
+        )
+        body = f"""<p><span class='big' id='drill-total'>{found["total"]:,}</span> credits, {found["messages"]:,} messages</p>
+<div class='scroll' tabindex='0' role='region' aria-label='Usage by {escape(level)}'><table id='drill-down'>
+<tr><th>{escape(level.title())}</th><th>Credits</th><th>Messages</th></tr>{"".join(rows)}</table></div>{more}"""
+    section = f"<section id='usage-drill'><h2>Usage</h2><p id='trail'>{crumbs}</p>{body}<p><a href='/billing?{_hidden_link(query)}'>Back to Billing</a></p></section>"
+    return f"""{_head(f"Usage · {organisation_id}")}
+<body><header>Billing · {escape(organisation_id)}</header><main>{section}</main></body></html>"""
+
+
+def receipt(organisation_id: str, message_id: str, found: dict[str, Any] | None, query: str) -> str:
+    """One message: reserved, settled (and priced how), the buckets it used, what was released."""
+    if found is None:
+        body = "<p class='muted' id='receipt-missing'>No receipt for this message (yet).</p>"
+    else:
+        reserved = found["reserved"]
+        settled = found["settled"]
+        lines = [
+            f"<tr><th>Member</th><td>{escape(found['member_id'] or '—')}</td></tr>",
+            f"<tr><th>Agent</th><td>{escape(found['agent_id'] or '—')}</td></tr>",
+            f"<tr><th>Conversation</th><td>{escape(found['conversation_id'] or '—')}</td></tr>",
+        ]
+        if reserved:
+            outcome = (
+                reserved["status"]
+                if reserved["decision"] == "allowed"
+                else f"denied ({reserved['reason']})"
+            )
+            lines.append(
+                f"<tr><th>Reserved</th><td id='receipt-reserved'>{reserved['estimate']:,} credits, {escape(outcome)}, {escape(_when(reserved['decided_at']))}</td></tr>"
+            )
+        if settled:
+            priced = settled["priced"]
+            how = (
+                f"rate card {escape(priced['version'])}, {escape(priced['model'])}: {priced['input_tokens']:,} input and {priced['output_tokens']:,} output tokens, {priced['tool_calls']:,} tool calls"
+                if priced
+                else "credits reported by the agent"
+            )
+            lines.append(
+                f"<tr><th>Settled</th><td id='receipt-settled'>{settled['credits']:,} credits ({how})</td></tr>"
+            )
+            paid = (
+                ", ".join(f"{b['credits']:,} from {escape(b['source'])}" for b in found["buckets"])
+                or "—"
+            )
+            lines.append(f"<tr><th>Paid from</th><td id='receipt-buckets'>{paid}</td></tr>")
+        lines.append(
+            f"<tr><th>Released</th><td id='receipt-released'>{found['released']:,} credits</td></tr>"
+        )
+        body = f"<table id='receipt'>{''.join(lines)}</table>"
+    section = f"<section id='receipt-section'><h2>Receipt · {escape(message_id)}</h2>{body}<p><a href='/billing/usage?{_hidden_link(query)}'>Usage</a> · <a href='/billing?{_hidden_link(query)}'>Back to Billing</a></p></section>"
+    return f"""{_head(f"Receipt · {organisation_id}")}
+<body><header>Billing · {escape(organisation_id)}</header><main>{section}</main></body></html>"""
 
 
 def _notice(notice: Notice | None) -> str:

@@ -10,7 +10,10 @@ Rules, for one organisation's requests taken in order of arrival:
   granted, even if some estimate would "fit");
 - available credits (balance minus active holds) below the estimate: denied,
   `insufficient_credits`;
-- otherwise allowed: the estimate is held, and available credits shrink by it.
+- the member's budget (their own, else the organisation's default for members) has less left
+  than the estimate: denied, `member_budget_exhausted`;
+- the agent's budget has less left than the estimate: denied, `agent_budget_exhausted`;
+- otherwise allowed: the estimate is held, and what is left at every level shrinks by it.
 
 The balance given to `decide` leaves out credits in buckets that expire before a hold taken now
 would lapse (the store computes it): a hold is never backed by credits gone when its usage
@@ -28,11 +31,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .budgets import NO_BUDGETS, Budgets, Scope
+
 
 class DenialReason(StrEnum):
     NO_WALLET = "no_wallet"
     CREDITS_EXHAUSTED = "credits_exhausted"
     INSUFFICIENT_CREDITS = "insufficient_credits"
+    MEMBER_BUDGET_EXHAUSTED = "member_budget_exhausted"
+    AGENT_BUDGET_EXHAUSTED = "agent_budget_exhausted"
     ORGANISATION_SUSPENDED = "organisation_suspended"
     """Reserved for the subscription service (payment failure); not produced yet."""
 
@@ -41,6 +48,8 @@ class DenialReason(StrEnum):
 class Request:
     message_id: str
     estimate: int
+    member_id: str = ""
+    agent_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +62,21 @@ class Verdict:
 
 
 def decide(
-    requests: Sequence[Request], *, wallet_exists: bool, balance: int, held: int
+    requests: Sequence[Request],
+    *,
+    wallet_exists: bool,
+    balance: int,
+    held: int,
+    budgets: Budgets = NO_BUDGETS,
 ) -> list[Verdict]:
     """Verdicts for `requests`, in order. Duplicated message ids must be removed beforehand."""
     available = balance - held
+    used = dict(budgets.used)
+
+    def short(scope: Scope, subject: str | None, estimate: int) -> bool:
+        cap = None if subject is None else budgets.cap(scope, subject)
+        return cap is not None and cap - used.get((scope, subject or ""), 0) < estimate
+
     verdicts = []
     for request in requests:
         if not wallet_exists:
@@ -65,9 +85,19 @@ def decide(
             reason = DenialReason.CREDITS_EXHAUSTED
         elif available < request.estimate:
             reason = DenialReason.INSUFFICIENT_CREDITS
+        elif short(Scope.MEMBER, request.member_id, request.estimate):
+            reason = DenialReason.MEMBER_BUDGET_EXHAUSTED
+        elif short(Scope.AGENT, request.agent_id, request.estimate):
+            reason = DenialReason.AGENT_BUDGET_EXHAUSTED
         else:
             reason = None
             available -= request.estimate
+            if not budgets.empty:
+                member = (Scope.MEMBER, request.member_id)
+                used[member] = used.get(member, 0) + request.estimate
+                if request.agent_id is not None:
+                    agent = (Scope.AGENT, request.agent_id)
+                    used[agent] = used.get(agent, 0) + request.estimate
         allowed = reason is None
         verdicts.append(
             Verdict(request.message_id, allowed, reason, request.estimate if allowed else 0)

@@ -23,7 +23,9 @@ SELECT w.organisation_id, w.balance, w.held, w.renews_at,
           AND NOT b.ends_with_period AND b.expires_at <= $4)::bigint AS expiring,
        ARRAY(SELECT a.message_id FROM authorizations a
              WHERE a.organisation_id = w.organisation_id AND a.message_id = ANY($2::text[]))
-           AS known
+           AS known,
+       EXISTS (SELECT 1 FROM budgets b WHERE b.organisation_id = w.organisation_id)
+           AS budgeted
 FROM wallets w
 WHERE w.organisation_id = ANY($1::text[])
 """
@@ -39,6 +41,8 @@ class DecisionState(NamedTuple):
     is never backed by credits that may be gone when its usage arrives."""
     renews_at: datetime | None
     known: list[str]
+    budgeted: bool = False
+    """The organisation has budgets (`store.budgets.budget_states` reads them)."""
 
     @property
     def reservable(self) -> int:
@@ -60,7 +64,13 @@ async def decision_states(
     rows = await conn.fetch(_DECISION_STATES, list(organisations), list(message_ids), now, horizon)
     return {
         r["organisation_id"]: DecisionState(
-            r["balance"], r["held"], r["lapsed"], r["expiring"], r["renews_at"], r["known"]
+            r["balance"],
+            r["held"],
+            r["lapsed"],
+            r["expiring"],
+            r["renews_at"],
+            r["known"],
+            r["budgeted"],
         )
         for r in rows
     }

@@ -93,7 +93,23 @@ WITH inserted AS (
     FROM usage_batch_v3
     ORDER BY n
     ON CONFLICT DO NOTHING
-    RETURNING seq, entry_id, organisation_id, message_id, -amount AS credits
+    RETURNING seq, entry_id, organisation_id, message_id, member_id, agent_id,
+              -amount AS credits
+),
+budget_spent AS (
+    INSERT INTO budget_spend AS s (organisation_id, period_key, scope, subject_id, spent)
+    SELECT i.organisation_id, coalesce(w.period_key, ''), x.scope, x.subject_id,
+           sum(i.credits)::bigint
+    FROM inserted i
+    LEFT JOIN wallets w USING (organisation_id)
+    CROSS JOIN LATERAL (VALUES ('member', i.member_id), ('agent', i.agent_id))
+        AS x(scope, subject_id)
+    WHERE i.organisation_id IN (SELECT organisation_id FROM budgets)
+      AND x.subject_id IS NOT NULL
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (organisation_id, period_key, scope, subject_id)
+    DO UPDATE SET spent = s.spent + excluded.spent
 ),
 settled AS (
     UPDATE authorizations a
