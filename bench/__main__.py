@@ -464,7 +464,7 @@ async def run_budgets(kafka: str, database: str, args: argparse.Namespace) -> di
     print(
         f"budgets: spread over 1,000 organisations at {rate:,}/s, {args.spread_seconds:g} s, and "
         f"hot {hot_requests:,} requests from {args.connections} callers; with budgets and "
-        "without, alternated twice"
+        "without, alternated three times"
     )
     found = await budgets.compare(
         kafka,

@@ -1,5 +1,6 @@
 """Authorization with budgets beside authorization without, in the same metering process and
-run, phases alternated:
+run, phases alternated (each round in the other order, so that neither side always meets the
+larger tables):
 
 - spread: 1,000 organisations at a steady rate (open loop), each request from one of 20
   members to one of 5 agents. The budgeted organisations have a default per member, caps of
@@ -68,7 +69,7 @@ async def compare(
     seconds: float,
     hot_requests: int,
     connections: int,
-    rounds: int = 2,
+    rounds: int = 3,
 ) -> dict[str, Any]:
     schema, prefix = f"bench_{uuid.uuid4().hex[:8]}", f"bench{uuid.uuid4().hex[:8]}."
     await ensure_topics(kafka, prefix)
@@ -88,8 +89,10 @@ async def compare(
             while await conn.fetchval("SELECT count(*) FROM grants") < len(everyone):  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
             await _set_budgets(conn, [*BUDGETED, HOT_BUDGETED])
-            for _ in range(rounds):
-                for side, organisations in (("without", PLAIN), ("with", BUDGETED)):
+            for n in range(rounds):
+                spread_sides = [("without", PLAIN), ("with", BUDGETED)][:: 1 if n % 2 else -1]
+                hot_sides = [("without", HOT_PLAIN), ("with", HOT_BUDGETED)][:: 1 if n % 2 else -1]
+                for side, organisations in spread_sides:
                     await _quiet(conn)
                     found = await open_loop(
                         "127.0.0.1",
@@ -100,7 +103,7 @@ async def compare(
                     )
                     spread[side] += found.latencies_ms
                     errors += found.errors
-                for side, organisation in (("without", HOT_PLAIN), ("with", HOT_BUDGETED)):
+                for side, organisation in hot_sides:
                     await _quiet(conn)
                     asks = iter([_ask(organisation, rng) for _ in range(hot_requests)])
                     found = await closed_loop(

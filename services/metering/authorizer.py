@@ -11,9 +11,9 @@ transaction per request.
 The write is a compare-and-set per organisation: an organisation whose wallet changed between
 the read and the write (a usage debit, a grant, the sweeper) writes nothing and is decided again
 in the same cycle, from the new state. No lock is held while Python decides. An organisation's
-budgets are read after its wallet: whatever changes what its members and agents used (a debit,
-a hold taken, settled, released or expired) changes its wallet too, so the same compare and
-set covers them.
+budgets are read in the same statement as its wallet, and whatever changes what its members and
+agents used (a debit, a hold taken, settled, released or expired) changes its wallet too, so
+the same compare and set covers them.
 
 Isolation. A failure belongs to the request or organisation that caused it: when a cycle fails
 (other than by a transient outage), its requests are split, by organisation first, and decided
@@ -42,8 +42,7 @@ from shared.logging import get_logger
 
 from . import PRODUCER
 from .domain.authorization import Request, decide
-from .domain.budgets import NO_BUDGETS, Budgets
-from .store import budgets as budget_store
+from .domain.budgets import NO_BUDGETS
 from .store import holds as store
 
 log = get_logger("metering.authorizer")
@@ -247,21 +246,20 @@ class Authorizer:
             for _ in range(self._max_conflicts):
                 now = self._clock.now()
                 message_ids = [m for org in waiting.values() for m in org]
+                asked = [a for org in waiting.values() for a in org.values()]
                 states = await store.decision_states(
-                    conn, list(waiting), message_ids, now, horizon=now + self._ttl
+                    conn,
+                    list(waiting),
+                    message_ids,
+                    now,
+                    horizon=now + self._ttl,
+                    members=sorted({a.member_id for a in asked}),
+                    agents=sorted({a.agent_id for a in asked if a.agent_id is not None}),
                 )
-                budgeted = [o for o, state in states.items() if state.budgeted]
-                budgets = await budget_store.budget_states(conn, budgeted, now) if budgeted else {}
                 views = [
                     view
                     for organisation, org_asks in waiting.items()
-                    for view in self._views(
-                        organisation,
-                        org_asks,
-                        states.get(organisation),
-                        now,
-                        budgets.get(organisation, NO_BUDGETS),
-                    )
+                    for view in self._views(organisation, org_asks, states.get(organisation), now)
                 ]
                 if not views:
                     waiting = {}
@@ -316,7 +314,6 @@ class Authorizer:
         asks: dict[str, Ask],
         state: store.DecisionState | None,
         now: datetime,
-        budgets: Budgets,
     ) -> list[Authorization]:
         """New decisions for the organisation's requests not decided before, in order."""
         known = set(state.known) if state else set()
@@ -328,7 +325,7 @@ class Authorizer:
             wallet_exists=state is not None,
             balance=balance,
             held=held,
-            budgets=budgets,
+            budgets=state.budgets if state else NO_BUDGETS,
         )
         views = []
         for ask, verdict in zip(fresh, verdicts, strict=True):

@@ -72,9 +72,8 @@ class BudgetBook:
         default = next((ln.cap for ln in lines if ln.scope is Scope.MEMBER_DEFAULT), None)
         members: list[BudgetUse] = []
         agents: list[BudgetUse] = []
-        budgeted = any(line.cap is not None for line in lines)
         for line in lines:
-            if line.scope is Scope.MEMBER_DEFAULT or not budgeted:
+            if line.scope is Scope.MEMBER_DEFAULT:
                 continue
             own = line.cap is not None
             cap = line.cap if own or line.scope is Scope.AGENT else default

@@ -106,16 +106,18 @@ async def put(
     return {"status": answer.status_code, **answer.json()}
 
 
-def spend(organisation: str, member: str, agent: str, credits: int) -> AgentMessageProcessedV1:
+def spend(
+    organisation: str, member: str, agent: str | None, credits: int, message: str | None = None
+) -> AgentMessageProcessedV1:
     return AgentMessageProcessedV1.new(
         organisation_id=organisation,
         producer="agent-runtime",
         occurred_at=T0,
         data=AgentMessageProcessed(
             member_id=member,
-            agent_id=agent,
+            agent_id=agent or "agent_unnamed",
             conversation_id="conv_1",
-            message_id=f"msg_{uuid4().hex[:10]}",
+            message_id=message or f"msg_{uuid4().hex[:10]}",
             credits=credits,
         ),
     )
@@ -296,3 +298,84 @@ async def test_a_storm_of_authorizations_allows_exactly_what_every_level_covers(
         assert held.get(member, 0) == sum(
             d["estimate"] for d in allowed if d["member_id"] == member
         )
+
+
+async def test_what_budgets_count_stays_equal_to_the_holds_and_the_ledger(
+    metering: MeteringHarness, db: asyncpg.Connection, clock: FrozenClock
+) -> None:
+    """Holds taken, then at once released, settled by usage (for more or less than held) or
+    left to expire: what budgets count per member and agent always equals the active holds
+    and the period's debits."""
+    rng = random.Random(7)
+    org = "org_budget_counts"
+    members = [f"member_{n}" for n in range(8)]
+    agents = ["agent_a", "agent_b", None]
+    await metering.publish_grants(grant_command(org, 100_000))
+    await metering.wait_for(org, balance=100_000)
+    await join(metering, clock, org, *members)
+    await put(metering, clock, org, "member-default", 10_000)
+    await put(metering, clock, org, "agents/agent_a", 10_000)
+    answers = await asyncio.gather(
+        *(ask(metering, org, rng.choice(members), rng.choice(agents), 10) for _ in range(200))
+    )
+    fates = [rng.choice(["release", "settle", "expire"]) for _ in answers]
+    usage = [
+        spend(org, a["member_id"], a["agent_id"], rng.randint(1, 25), message=a["message_id"])
+        for a, fate in zip(answers, fates, strict=True)
+        if fate == "settle"
+    ]
+    _, *released = await asyncio.gather(
+        metering.publish_usage(*usage),
+        *(
+            metering.http.post(f"/v1/authorizations/{a['authorization_id']}/release")
+            for a, fate in zip(answers, fates, strict=True)
+            if fate == "release"
+        ),
+    )
+    assert released and {r.status_code for r in released} == {200}
+    await metering.wait_for(org, balance=100_000 - sum(u.data.credits for u in usage))
+
+    async def consistent(expect_held: bool) -> bool:
+        counted = {
+            (r["scope"], r["subject_id"]): r["held"]
+            for r in await db.fetch(
+                "SELECT scope, subject_id, held FROM budget_held WHERE organisation_id = $1", org
+            )
+            if r["held"]
+        }
+        truth = {
+            (r["scope"], r["subject_id"]): r["held"]
+            for r in await db.fetch(
+                """SELECT x.scope, x.subject_id, sum(a.estimate) AS held
+                   FROM authorizations a,
+                        LATERAL (VALUES ('member', a.member_id), ('agent', a.agent_id))
+                            AS x(scope, subject_id)
+                   WHERE a.organisation_id = $1 AND a.status = 'held'
+                     AND x.subject_id IS NOT NULL
+                   GROUP BY 1, 2""",
+                org,
+            )
+        }
+        spent = {
+            (r["scope"], r["subject_id"]): r["spent"]
+            for r in await db.fetch(
+                "SELECT scope, subject_id, spent FROM budget_spend WHERE organisation_id = $1", org
+            )
+        }
+        debited = {
+            (r["scope"], r["subject_id"]): r["spent"]
+            for r in await db.fetch(
+                """SELECT x.scope, x.subject_id, -sum(l.amount) AS spent
+                   FROM ledger l,
+                        LATERAL (VALUES ('member', l.member_id), ('agent', l.agent_id))
+                            AS x(scope, subject_id)
+                   WHERE l.organisation_id = $1 AND l.kind = 'debit'
+                   GROUP BY 1, 2""",
+                org,
+            )
+        }
+        return counted == truth and spent == debited and bool(truth) == expect_held
+
+    await eventually(lambda: consistent(True), what="held and spent as the holds and ledger say")
+    clock.advance(timedelta(seconds=metering.settings.hold_ttl_seconds + 1))
+    await eventually(lambda: consistent(False), what="every remaining hold expired and uncounted")

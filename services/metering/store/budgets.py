@@ -12,20 +12,43 @@ import asyncpg
 from ..domain.budgets import Budgets, Scope
 from .wallets import create_wallets
 
-_BUDGET_STATES = """
-SELECT 'cap' AS kind, organisation_id, scope, subject_id, monthly_cap AS credits
-FROM budgets WHERE organisation_id = ANY($1::text[])
+
+def budgets_of(
+    caps: Sequence[tuple[str, str, int]], used: Sequence[tuple[str, str, int]]
+) -> Budgets:
+    """Budgets from rows of (scope, subject, cap) and of (scope, subject, credits used), the
+    latter summed per subject."""
+    members: dict[str, int] = {}
+    agents: dict[str, int] = {}
+    default = None
+    for scope, subject, cap in caps:
+        if scope == Scope.MEMBER_DEFAULT:
+            default = cap
+        else:
+            (members if scope == Scope.MEMBER else agents)[subject] = cap
+    totals: dict[tuple[Scope, str], int] = {}
+    for scope, subject, credits in used:
+        key = (Scope(scope), subject)
+        totals[key] = totals.get(key, 0) + credits
+    return Budgets(members, default, agents, totals)
+
+
+_LINES = """
+SELECT 'cap' AS kind, scope, subject_id, monthly_cap AS credits
+FROM budgets WHERE organisation_id = $1
 UNION ALL
-SELECT 'spent', s.organisation_id, s.scope, s.subject_id, s.spent
+SELECT 'spent', s.scope, s.subject_id, s.spent
 FROM budget_spend s JOIN wallets w USING (organisation_id)
-WHERE s.organisation_id = ANY($1::text[]) AND s.period_key = coalesce(w.period_key, '')
+WHERE s.organisation_id = $1 AND s.period_key = coalesce(w.period_key, '')
 UNION ALL
-SELECT 'held', organisation_id, x.scope, x.subject_id, sum(estimate)::bigint
+SELECT 'held', scope, subject_id, held FROM budget_held WHERE organisation_id = $1
+UNION ALL
+SELECT 'held', x.scope, x.subject_id, -sum(a.estimate)::bigint
 FROM authorizations a,
      LATERAL (VALUES ('member', a.member_id), ('agent', a.agent_id)) AS x(scope, subject_id)
-WHERE organisation_id = ANY($1::text[]) AND status = 'held' AND expires_at > $2
+WHERE a.organisation_id = $1 AND a.status = 'held' AND a.expires_at <= $2
   AND x.subject_id IS NOT NULL
-GROUP BY organisation_id, x.scope, x.subject_id
+GROUP BY x.scope, x.subject_id
 """
 
 
@@ -37,54 +60,29 @@ class BudgetLine(NamedTuple):
     held: int
 
 
-async def budget_states(
-    conn: asyncpg.Connection | asyncpg.Pool, organisations: Sequence[str], now: datetime
-) -> dict[str, Budgets]:
-    """The budgets of `organisations` that have any, with what each member and agent used of
-    the current credit period: debited, plus active holds (not past their expiry)."""
-    found = await _lines(conn, organisations, now)
-    states: dict[str, Budgets] = {}
-    for organisation, lines in found.items():
-        caps = {(line.scope, line.subject_id): line.cap for line in lines if line.cap is not None}
-        if not caps:
-            continue
-        states[organisation] = Budgets(
-            members={s: c for (k, s), c in caps.items() if k is Scope.MEMBER},
-            member_default=caps.get((Scope.MEMBER_DEFAULT, "")),
-            agents={s: c for (k, s), c in caps.items() if k is Scope.AGENT},
-            used={(line.scope, line.subject_id): line.spent + line.held for line in lines},
-        )
-    return states
-
-
-async def _lines(
-    conn: asyncpg.Connection | asyncpg.Pool, organisations: Sequence[str], now: datetime
-) -> dict[str, list[BudgetLine]]:
-    rows = await conn.fetch(_BUDGET_STATES, list(organisations), now)
-    merged: dict[tuple[str, str, str], dict[str, int]] = {}
-    for r in rows:
-        line = merged.setdefault((r["organisation_id"], r["scope"], r["subject_id"]), {})
-        line[r["kind"]] = r["credits"]
-    found: dict[str, list[BudgetLine]] = {}
-    for (organisation, scope, subject), amounts in sorted(merged.items()):
-        found.setdefault(organisation, []).append(
-            BudgetLine(
-                Scope(scope),
-                subject,
-                amounts.get("cap"),
-                amounts.get("spent", 0),
-                amounts.get("held", 0),
-            )
-        )
-    return found
-
-
 async def lines(
     conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str, now: datetime
 ) -> list[BudgetLine]:
     """Every budget of the organisation, and every member and agent who used credits this
-    credit period, with what they spent and hold now."""
-    return (await _lines(conn, [organisation_id], now)).get(organisation_id, [])
+    credit period (while it had a budget), with what they spent and hold now (holds past
+    their expiry count as free); nothing if the organisation has no budget."""
+    rows = await conn.fetch(_LINES, organisation_id, now)
+    merged: dict[tuple[str, str], dict[str, int]] = {}
+    for r in rows:
+        line = merged.setdefault((r["scope"], r["subject_id"]), {})
+        line[r["kind"]] = line.get(r["kind"], 0) + r["credits"]
+    if not any("cap" in amounts for amounts in merged.values()):
+        return []
+    return [
+        BudgetLine(
+            Scope(scope),
+            subject,
+            amounts.get("cap"),
+            amounts.get("spent", 0),
+            amounts.get("held", 0),
+        )
+        for (scope, subject), amounts in sorted(merged.items())
+    ]
 
 
 _REBUILD_SPEND = """
@@ -98,6 +96,16 @@ FROM ledger l, period p,
      LATERAL (VALUES ('member', l.member_id), ('agent', l.agent_id)) AS x(scope, subject_id)
 WHERE l.organisation_id = $1 AND l.kind = 'debit' AND l.seq > p.after
   AND x.subject_id IS NOT NULL
+GROUP BY x.scope, x.subject_id
+"""
+
+
+_REBUILD_HELD = """
+INSERT INTO budget_held (organisation_id, scope, subject_id, held)
+SELECT $1, x.scope, x.subject_id, sum(a.estimate)
+FROM authorizations a,
+     LATERAL (VALUES ('member', a.member_id), ('agent', a.agent_id)) AS x(scope, subject_id)
+WHERE a.organisation_id = $1 AND a.status = 'held' AND x.subject_id IS NOT NULL
 GROUP BY x.scope, x.subject_id
 """
 
@@ -116,7 +124,8 @@ async def set_budget(
     """Set (or, with `cap` None, remove) one budget, and record the change. Run it in a
     transaction. The wallet is created if missing and locked; when this is the organisation's
     first budget, what its members and agents spent this period is counted from the ledger
-    (debits, which lock the same wallet, keep it from then on)."""
+    and what their active holds reserve (debits and every change of a hold lock the same
+    wallet, and keep both from then on)."""
     await create_wallets(conn, [organisation_id], now)
     period_key = await conn.fetchval(
         "SELECT coalesce(period_key, '') FROM wallets WHERE organisation_id = $1 FOR UPDATE",
@@ -154,6 +163,10 @@ async def set_budget(
                 period_key,
             )
             await conn.execute(_REBUILD_SPEND, organisation_id, period_key, list(period_starts))
+            await conn.execute(
+                "DELETE FROM budget_held WHERE organisation_id = $1", organisation_id
+            )
+            await conn.execute(_REBUILD_HELD, organisation_id)
     await conn.execute(
         """INSERT INTO budget_changes (organisation_id, scope, subject_id, monthly_cap, set_by,
                                        set_at)

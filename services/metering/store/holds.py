@@ -13,6 +13,10 @@ import asyncpg
 from shared import outbox
 from shared.events import Event
 
+from ..domain.budgets import NO_BUDGETS, Budgets
+from .budget_counts import add_held, remove_held
+from .budgets import budgets_of
+
 _DECISION_STATES = """
 SELECT w.organisation_id, w.balance, w.held, w.renews_at,
        (SELECT coalesce(sum(a.estimate), 0) FROM authorizations a
@@ -24,8 +28,35 @@ SELECT w.organisation_id, w.balance, w.held, w.renews_at,
        ARRAY(SELECT a.message_id FROM authorizations a
              WHERE a.organisation_id = w.organisation_id AND a.message_id = ANY($2::text[]))
            AS known,
-       EXISTS (SELECT 1 FROM budgets b WHERE b.organisation_id = w.organisation_id)
-           AS budgeted
+       CASE WHEN (SELECT true FROM budgets b WHERE b.organisation_id = w.organisation_id LIMIT 1)
+            THEN ARRAY(
+                SELECT ROW(b.scope, b.subject_id, b.monthly_cap) FROM budgets b
+                WHERE b.organisation_id = w.organisation_id
+                  AND (b.scope = 'member_default'
+                       OR b.subject_id = ANY(CASE b.scope WHEN 'member' THEN $5::text[]
+                                                          ELSE $6::text[] END)))
+       END AS caps,
+       CASE WHEN (SELECT true FROM budgets b WHERE b.organisation_id = w.organisation_id LIMIT 1)
+            THEN ARRAY(
+                SELECT ROW(s.scope, s.subject_id, s.spent) FROM budget_spend s
+                WHERE s.organisation_id = w.organisation_id
+                  AND s.period_key = coalesce(w.period_key, '')
+                  AND s.subject_id = ANY(CASE s.scope WHEN 'member' THEN $5::text[]
+                                                      ELSE $6::text[] END)
+                UNION ALL
+                SELECT ROW(h.scope, h.subject_id, h.held) FROM budget_held h
+                WHERE h.organisation_id = w.organisation_id
+                  AND h.subject_id = ANY(CASE h.scope WHEN 'member' THEN $5::text[]
+                                                      ELSE $6::text[] END)
+                UNION ALL
+                SELECT ROW(x.scope, x.subject_id, -sum(a.estimate)::bigint)
+                FROM authorizations a,
+                     LATERAL (VALUES ('member', a.member_id), ('agent', a.agent_id))
+                         AS x(scope, subject_id)
+                WHERE a.organisation_id = w.organisation_id AND a.status = 'held'
+                  AND a.expires_at <= $3 AND x.subject_id IS NOT NULL
+                GROUP BY x.scope, x.subject_id)
+       END AS used
 FROM wallets w
 WHERE w.organisation_id = ANY($1::text[])
 """
@@ -41,8 +72,9 @@ class DecisionState(NamedTuple):
     is never backed by credits that may be gone when its usage arrives."""
     renews_at: datetime | None
     known: list[str]
-    budgeted: bool = False
-    """The organisation has budgets (`store.budgets.budget_states` reads them)."""
+    budgets: Budgets = NO_BUDGETS
+    """The caps that apply to the members and agents asked about, and what each used this
+    credit period (debited, plus active holds not past their expiry)."""
 
     @property
     def reservable(self) -> int:
@@ -57,11 +89,22 @@ async def decision_states(
     now: datetime,
     *,
     horizon: datetime,
+    members: Sequence[str] = (),
+    agents: Sequence[str] = (),
 ) -> dict[str, DecisionState]:
     """The wallets as decisions see them (no lock taken), each with which of `message_ids` it
-    decided before, and how much of its balance expires by `horizon` (when a hold taken now
-    lapses). Organisations without a wallet are absent."""
-    rows = await conn.fetch(_DECISION_STATES, list(organisations), list(message_ids), now, horizon)
+    decided before, how much of its balance expires by `horizon` (when a hold taken now
+    lapses), and, if it has budgets, those of `members` and `agents`. Organisations without a
+    wallet are absent."""
+    rows = await conn.fetch(
+        _DECISION_STATES,
+        list(organisations),
+        list(message_ids),
+        now,
+        horizon,
+        list(members),
+        list(agents),
+    )
     return {
         r["organisation_id"]: DecisionState(
             r["balance"],
@@ -70,7 +113,7 @@ async def decision_states(
             r["expiring"],
             r["renews_at"],
             r["known"],
-            r["budgeted"],
+            NO_BUDGETS if r["caps"] is None else budgets_of(r["caps"], r["used"]),
         )
         for r in rows
     }
@@ -87,7 +130,7 @@ class NewDecision(NamedTuple):
     expires_at: datetime | None
 
 
-_RECORD_DECISIONS = """
+_RECORD_DECISIONS = f"""
 WITH seen AS (
     SELECT * FROM unnest($2::text[], $3::bigint[], $4::bigint[])
         AS s(organisation_id, balance, held)
@@ -118,9 +161,10 @@ inserted AS (
     WHERE o IN (SELECT organisation_id FROM proceeding)
     ORDER BY o, m
     ON CONFLICT (organisation_id, message_id) DO NOTHING
-    RETURNING organisation_id, message_id,
+    RETURNING organisation_id, message_id, member_id, agent_id,
               CASE WHEN status = 'held' THEN estimate ELSE 0 END AS held
 ),
+{add_held("budget_holds", "inserted", "held")},
 added AS (
     SELECT organisation_id, sum(held)::bigint AS held FROM inserted
     GROUP BY organisation_id HAVING sum(held) > 0
@@ -224,11 +268,12 @@ async def release_hold(conn: asyncpg.Connection, authorization_id: UUID, now: da
         "SELECT 1 FROM wallets WHERE organisation_id = $1 FOR UPDATE", organisation_id
     )
     await conn.execute(
-        """WITH released AS (
+        f"""WITH released AS (
                UPDATE authorizations SET status = 'released', closed_at = $2
                WHERE authorization_id = $1 AND status = 'held'
-               RETURNING organisation_id, estimate
-           )
+               RETURNING organisation_id, member_id, agent_id, estimate
+           ),
+           {remove_held("unheld", "released")}
            UPDATE wallets w SET held = w.held - r.estimate
            FROM released r WHERE w.organisation_id = r.organisation_id""",
         authorization_id,
@@ -259,11 +304,12 @@ async def expire_due_holds(
     if not locked:
         return len(due), 0
     expired = await conn.fetchval(
-        """WITH expired AS (
+        f"""WITH expired AS (
                UPDATE authorizations SET status = 'expired', closed_at = $1
                WHERE organisation_id = ANY($2::text[]) AND status = 'held' AND expires_at <= $1
-               RETURNING organisation_id, estimate
+               RETURNING organisation_id, member_id, agent_id, estimate
            ),
+           {remove_held("unheld", "expired")},
            per_organisation AS (
                SELECT organisation_id, sum(estimate)::bigint AS freed
                FROM expired GROUP BY organisation_id

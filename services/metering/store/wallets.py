@@ -12,6 +12,7 @@ import asyncpg
 
 from ..domain.consumption import Consumption
 from ..domain.credits import Entry, Wallet
+from .budget_counts import add_spent, remove_held
 
 _WALLET_COLUMNS = (
     "organisation_id, balance, allotment, used, revision, held, debt, period_key, period_start, "
@@ -96,29 +97,16 @@ WITH inserted AS (
     RETURNING seq, entry_id, organisation_id, message_id, member_id, agent_id,
               -amount AS credits
 ),
-budget_spent AS (
-    INSERT INTO budget_spend AS s (organisation_id, period_key, scope, subject_id, spent)
-    SELECT i.organisation_id, coalesce(w.period_key, ''), x.scope, x.subject_id,
-           sum(i.credits)::bigint
-    FROM inserted i
-    LEFT JOIN wallets w USING (organisation_id)
-    CROSS JOIN LATERAL (VALUES ('member', i.member_id), ('agent', i.agent_id))
-        AS x(scope, subject_id)
-    WHERE i.organisation_id IN (SELECT organisation_id FROM budgets)
-      AND x.subject_id IS NOT NULL
-    GROUP BY 1, 2, 3, 4
-    ORDER BY 1, 2, 3, 4
-    ON CONFLICT (organisation_id, period_key, scope, subject_id)
-    DO UPDATE SET spent = s.spent + excluded.spent
-),
+{add_spent("budget_spent", "inserted")},
 settled AS (
     UPDATE authorizations a
     SET status = 'settled', settled_credits = i.credits, closed_at = $1
     FROM inserted i
     WHERE a.organisation_id = i.organisation_id AND a.message_id = i.message_id
       AND a.status = 'held'
-    RETURNING a.organisation_id, a.estimate
+    RETURNING a.organisation_id, a.member_id, a.agent_id, a.estimate
 ),
+{remove_held("unheld", "settled")},
 debited AS (
     SELECT organisation_id, sum(credits)::bigint AS debited, count(*)::int AS entries
     FROM inserted GROUP BY organisation_id

@@ -1,0 +1,54 @@
+"""SQL pieces that keep what budgets count (`budget_spend`, `budget_held`) in the same statement
+as the debits and holds that change it, for organisations that have a budget. Each takes a
+source of rows with `organisation_id`, `member_id`, `agent_id` and an amount."""
+
+from __future__ import annotations
+
+_PER_SUBJECT = """(
+    SELECT r.organisation_id, x.scope, x.subject_id, sum(r.{amount})::bigint AS amount
+    FROM {source} r,
+         LATERAL (VALUES ('member', r.member_id), ('agent', r.agent_id)) AS x(scope, subject_id)
+    WHERE x.subject_id IS NOT NULL AND r.{amount} > 0
+    GROUP BY 1, 2, 3
+) t
+WHERE (SELECT true FROM budgets b WHERE b.organisation_id = t.organisation_id LIMIT 1)"""
+"""Per organisation, member or agent; only organisations with a budget (one index probe each,
+never a scan of every budget)."""
+
+
+def add_held(name: str, source: str, amount: str = "estimate") -> str:
+    """A CTE adding the new holds of `source` to their members' and agents' held credits."""
+    return f"""{name} AS (
+    INSERT INTO budget_held AS h (organisation_id, scope, subject_id, held)
+    SELECT t.organisation_id, t.scope, t.subject_id, t.amount
+    FROM {_PER_SUBJECT.format(source=source, amount=amount)}
+    ORDER BY 1, 2, 3
+    ON CONFLICT (organisation_id, scope, subject_id) DO UPDATE SET held = h.held + excluded.held
+)"""
+
+
+def remove_held(name: str, source: str, amount: str = "estimate") -> str:
+    """A CTE taking the closed holds of `source` (settled, released, expired) off their
+    members' and agents' held credits."""
+    return f"""{name} AS (
+    UPDATE budget_held h SET held = h.held - t.amount
+    FROM (SELECT t.* FROM {_PER_SUBJECT.format(source=source, amount=amount)}) t
+    WHERE h.organisation_id = t.organisation_id AND h.scope = t.scope
+      AND h.subject_id = t.subject_id
+)"""
+
+
+def add_spent(name: str, source: str, amount: str = "credits") -> str:
+    """A CTE adding the debits of `source` to what their members and agents spent in the
+    wallet's current credit period."""
+    return f"""{name} AS (
+    INSERT INTO budget_spend AS s (organisation_id, period_key, scope, subject_id, spent)
+    SELECT t.organisation_id,
+           coalesce((SELECT w.period_key FROM wallets w
+                     WHERE w.organisation_id = t.organisation_id), ''),
+           t.scope, t.subject_id, t.amount
+    FROM {_PER_SUBJECT.format(source=source, amount=amount)}
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (organisation_id, period_key, scope, subject_id)
+    DO UPDATE SET spent = s.spent + excluded.spent
+)"""
