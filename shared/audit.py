@@ -24,7 +24,17 @@ from fastapi import Request
 from shared import outbox
 from shared.clock import Clock
 from shared.db import Migrations
-from shared.events.audit import ActorKind, AuditAction, AuditEntry, AuditRecordedV1, Outcome
+from shared.events.audit import (
+    ActorKind,
+    AuditAction,
+    AuditActionV2,
+    AuditEntry,
+    AuditEntryV2,
+    AuditRecordedV1,
+    AuditRecordedV2,
+    Outcome,
+    recorded,
+)
 from shared.logging import get_logger
 from shared.problems import Problem
 
@@ -48,22 +58,19 @@ class Auditor:
     def __init__(self, pool: asyncpg.Pool, clock: Clock, *, service: str, prefix: str) -> None:
         self._pool, self._clock, self._service, self._prefix = pool, clock, service, prefix
 
-    async def record(self, organisation_id: str, entry: AuditEntry) -> AuditRecordedV1:
+    async def record(
+        self, organisation_id: str, entry: AuditEntry | AuditEntryV2
+    ) -> AuditRecordedV1 | AuditRecordedV2:
         """Keep and announce one entry, in its own transaction."""
         async with self._pool.acquire() as conn, conn.transaction():
             return (await self.add(conn, [(organisation_id, entry)]))[0]
 
     async def add(
-        self, conn: asyncpg.Connection, entries: list[tuple[str, AuditEntry]]
-    ) -> list[AuditRecordedV1]:
+        self, conn: asyncpg.Connection, entries: list[tuple[str, AuditEntry | AuditEntryV2]]
+    ) -> list[AuditRecordedV1 | AuditRecordedV2]:
         """Keep and announce entries in the caller's transaction (with the effect itself)."""
         events = [
-            AuditRecordedV1.new(
-                organisation_id=organisation_id,
-                producer=self._service,
-                occurred_at=self._clock.now(),
-                data=entry,
-            )
+            recorded(organisation_id, entry, producer=self._service, occurred_at=self._clock.now())
             for organisation_id, entry in entries
         ]
         await conn.execute(
@@ -113,7 +120,7 @@ def _why(exc: Exception) -> str:
 async def audited(
     request: Request,
     organisation_id: str,
-    action: AuditAction,
+    action: AuditAction | AuditActionV2,
     *,
     refusals: tuple[type[Exception], ...] = (),
 ) -> AsyncIterator[Entry]:
@@ -128,11 +135,11 @@ async def audited(
         raise
     finally:
         actor, kind = actor_of(request)
-        found = AuditEntry(
+        found = AuditEntryV2(
             service=request.app.state.runtime.service.name,
             actor=actor[:128],
             actor_kind=kind,
-            action=action,
+            action=AuditActionV2(action.value),
             target=entry.target[:128] if entry.target else None,
             request_id=request_id_of(request),
             outcome=outcome,

@@ -24,7 +24,7 @@ from shared.events import (
     CreditsLowV1,
     Event,
 )
-from shared.events.audit import AuditRecordedV1
+from shared.events.audit import AuditRecordedV1, AuditRecordedV2
 from shared.events.members import MEMBER_EVENTS, OrganisationCreatedV1
 from shared.events.operations import DriftRepairedV1, OperatorAlertRaisedV1
 from shared.events.seats import SeatsChangedV1
@@ -207,10 +207,11 @@ BILLING_OPERATIONS = TopicSpec(
 
 BILLING_AUDIT = TopicSpec(
     name="billing.audit",
-    schemas=(AuditRecordedV1,),
+    schemas=(AuditRecordedV1, AuditRecordedV2),
     description="The audit log: every owner's and operator's action (plan changes, cancels, "
-    "reactivations, the Billing Portal, Enterprise terms, grants, replays, reconciliations), "
-    "who, when, the request id and the outcome.",
+    "reactivations, the Billing Portal, Enterprise terms, grants, replays, reconciliations; "
+    "version 2: budgets, credit packs, auto-recharge), who, when, the request id and the "
+    "outcome.",
     producers=("subscriptions", "stripe gateway", "metering", "billing (operators' command line)"),
     consumers=("dashboard (owners' Billing page)", "billing audit"),
     partitions=3,

@@ -16,9 +16,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from shared.events.audit import (
+    AUDITED,
     SYSTEM_ORGANISATION,
     ActorKind,
     AuditAction,
+    AuditActionV2,
     AuditEntry,
     AuditRecordedV1,
     Outcome,
@@ -70,7 +72,7 @@ def register(commands: Any) -> None:
         "audit", help="the audit log: owners' and operators' actions, newest last"
     )
     p.add_argument("--organisation", help="one organisation's entries")
-    p.add_argument("--action", choices=[a.value for a in AuditAction])
+    p.add_argument("--action", choices=[a.value for a in AuditActionV2])
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(run=audit)
 
@@ -135,7 +137,7 @@ def audit(args: argparse.Namespace) -> int:
     rows = []
     for record in asyncio.run(read_all(settings, topic)):
         try:
-            event = AuditRecordedV1.model_validate_json(record.value or b"")
+            event = AUDITED.validate_json(record.value or b"")
         except ValueError:
             continue
         if args.organisation and event.organisation_id != args.organisation:

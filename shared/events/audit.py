@@ -4,10 +4,11 @@ kept; announced once per entry."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, TypeAdapter
 
 from .envelope import TEXT_PATTERN, Body, Event, Identifier
 
@@ -58,3 +59,61 @@ class AuditEntry(Body):
 class AuditRecordedV1(Event):
     type: Literal["audit.recorded.v1"]
     data: AuditEntry
+
+
+class AuditActionV2(StrEnum):
+    """Version 2's actions: version 1's, and the owners' budgets and credit packs."""
+
+    PLAN_CHANGE = "plan_change"
+    CANCEL = "cancel"
+    REACTIVATE = "reactivate"
+    BILLING_PORTAL = "billing_portal"
+    ENTERPRISE_TERMS = "enterprise_terms"
+    CREDIT_GRANT = "credit_grant"
+    REPLAY = "replay"
+    RECONCILIATION = "reconciliation"
+    LEDGER_CHECK = "ledger_check"
+    BUDGET = "budget"
+    """An owner set or removed a member's, an agent's or the members' default budget."""
+    CREDIT_PACK = "credit_pack"
+    """An owner bought a credit pack (to Stripe Checkout)."""
+    AUTO_RECHARGE = "auto_recharge"
+    """An owner set auto-recharge."""
+
+
+class AuditEntryV2(AuditEntry):
+    action: AuditActionV2  # type: ignore[assignment]
+
+
+class AuditRecordedV2(Event):
+    """An action that version 1 cannot name. Actions version 1 names are still announced as
+    version 1, so that its readers keep seeing them."""
+
+    type: Literal["audit.recorded.v2"]
+    data: AuditEntryV2
+
+
+def recorded(
+    organisation_id: str, entry: AuditEntry | AuditEntryV2, *, producer: str, occurred_at: datetime
+) -> AuditRecordedV1 | AuditRecordedV2:
+    """The announcement of an entry: version 1 if it names the action, else version 2."""
+    if entry.action.value in {a.value for a in AuditAction}:
+        fields = entry.model_dump() | {"action": AuditAction(entry.action.value)}
+        return AuditRecordedV1.new(
+            organisation_id=organisation_id,
+            producer=producer,
+            occurred_at=occurred_at,
+            data=AuditEntry(**fields),
+        )
+    return AuditRecordedV2.new(
+        organisation_id=organisation_id,
+        producer=producer,
+        occurred_at=occurred_at,
+        data=AuditEntryV2(**entry.model_dump()),
+    )
+
+
+AUDITED: TypeAdapter[AuditRecordedV1 | AuditRecordedV2] = TypeAdapter(
+    Annotated[AuditRecordedV1 | AuditRecordedV2, Field(discriminator="type")]
+)
+"""Reads an announced entry of either version."""

@@ -19,8 +19,10 @@ from services.metering.authorizer import Authorizer
 from services.metering.settings import DEV_API_TOKEN, MeteringSettings
 from shared.clock import FrozenClock
 from shared.events import (
+    AgentMessageMetered,
     AgentMessageProcessed,
     AgentMessageProcessedV1,
+    AgentMessageProcessedV2,
     CreditGrantRequested,
     CreditGrantRequestedV1,
     GrantReason,
@@ -160,6 +162,46 @@ async def running_metering(
             headers={"Authorization": f"Bearer {DEV_API_TOKEN}"},
         ) as http:
             yield MeteringHarness(app.state.runtime, http, settings)
+
+
+@contextlib.asynccontextmanager
+async def module_metering(
+    infrastructure: Infrastructure, isolation: Isolation, clock: FrozenClock, **settings: object
+) -> AsyncIterator[MeteringHarness]:
+    """Metering for a whole test module (its tests use organisations of their own)."""
+    with mock.patch.dict(os.environ, isolation.env(infrastructure, SERVICE.env_prefix)):
+        found = MeteringSettings(**settings)  # type: ignore[arg-type]
+    async with running_metering(found, clock) as harness:
+        yield harness
+
+
+def raw_usage(
+    organisation: str,
+    at: datetime,
+    *,
+    model: str = "claude-sonnet",
+    tokens: tuple[int, int, int] = (120_000, 30_000, 3),
+    member: str = "member_1",
+    agent: str = "agent_1",
+    conversation: str = "conv_1",
+    message: str | None = None,
+) -> AgentMessageProcessedV2:
+    """A version 2 usage event: raw usage (input and output tokens, tool calls) of `model`."""
+    return AgentMessageProcessedV2.new(
+        organisation_id=organisation,
+        producer="agent-runtime",
+        occurred_at=at,
+        data=AgentMessageMetered(
+            member_id=member,
+            agent_id=agent,
+            conversation_id=conversation,
+            message_id=message or f"msg_{uuid4().hex[:8]}",
+            model=model,
+            input_tokens=tokens[0],
+            output_tokens=tokens[1],
+            tool_calls=tokens[2],
+        ),
+    )
 
 
 @pytest.fixture

@@ -4,10 +4,8 @@ settlement, expiry, release, idempotence, group commit, and blocking when credit
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from unittest import mock
 from uuid import uuid4
 
 import asyncpg
@@ -17,7 +15,6 @@ import pytest
 import pytest_asyncio
 
 from services.metering.authorizer import Ask, Authorization, Authorizer, ConcurrentChange
-from services.metering.settings import MeteringSettings
 from shared.clock import FrozenClock
 from shared.events import CreditAuthorizationDecidedV1, GrantReason
 from shared.failures import Failure, classify
@@ -28,7 +25,7 @@ from tests.metering.conftest import (
     T0,
     MeteringHarness,
     grant_command,
-    running_metering,
+    module_metering,
     usage_event,
 )
 
@@ -47,10 +44,7 @@ def clock() -> FrozenClock:
 async def metering(
     infrastructure: Infrastructure, module_isolation: Isolation, clock: FrozenClock
 ) -> AsyncIterator[MeteringHarness]:
-    """Metering once for the module (its tests use organisations of their own)."""
-    with mock.patch.dict(os.environ, module_isolation.env(infrastructure, "METERING_")):
-        settings = MeteringSettings()
-    async with running_metering(settings, clock) as harness:
+    async with module_metering(infrastructure, module_isolation, clock) as harness:
         yield harness
 
 

@@ -10,7 +10,6 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime, timedelta
-from unittest import mock
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -18,7 +17,6 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from services.metering.settings import MeteringSettings
 from services.metering.store.grants import buckets_of
 from shared.clock import FrozenClock
 from shared.consumer import Decoded
@@ -26,7 +24,12 @@ from shared.events import CreditGrantRequestedV2, CreditGrantV2, GrantReasonV2
 from shared.testing import eventually, produce, read_topic
 from shared.testing.plugin import Infrastructure, Isolation
 from shared.topics import CREDIT_BALANCE, CREDIT_GRANT_REQUESTS
-from tests.metering.conftest import T0, MeteringHarness, running_metering, usage_event
+from tests.metering.conftest import (
+    T0,
+    MeteringHarness,
+    module_metering,
+    usage_event,
+)
 from tests.metering.test_buckets_domain import reference_burn
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -46,9 +49,9 @@ def clock() -> FrozenClock:
 async def metering(
     infrastructure: Infrastructure, module_isolation: Isolation, clock: FrozenClock
 ) -> AsyncIterator[MeteringHarness]:
-    with mock.patch.dict(os.environ, module_isolation.env(infrastructure, "METERING_")):
-        settings = MeteringSettings(bucket_sweep_seconds=0.2, hold_sweep_seconds=0.2)
-    async with running_metering(settings, clock) as harness:
+    async with module_metering(
+        infrastructure, module_isolation, clock, bucket_sweep_seconds=0.2, hold_sweep_seconds=0.2
+    ) as harness:
         yield harness
 
 

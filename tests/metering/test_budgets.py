@@ -5,11 +5,9 @@ exactly under a storm of concurrent authorizations."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from unittest import mock
 from uuid import uuid4
 
 import asyncpg
@@ -20,7 +18,6 @@ import pytest_asyncio
 from services.metering.authorizer import Ask, Authorizer
 from services.metering.domain.authorization import DenialReason, Request
 from services.metering.domain.budgets import Budgets, Scope
-from services.metering.settings import MeteringSettings
 from shared import identity
 from shared.clock import FrozenClock
 from shared.events import AgentMessageProcessed, AgentMessageProcessedV1
@@ -29,7 +26,12 @@ from shared.identity import IDENTITY_HEADER
 from shared.testing import eventually, produce, read_topic
 from shared.testing.plugin import Infrastructure, Isolation
 from shared.topics import CREDIT_AUTHORIZATIONS, WORKSPACE_MEMBERS
-from tests.metering.conftest import T0, MeteringHarness, grant_command, running_metering
+from tests.metering.conftest import (
+    T0,
+    MeteringHarness,
+    grant_command,
+    module_metering,
+)
 from tests.metering.test_budgets_domain import reference
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -46,9 +48,7 @@ def clock() -> FrozenClock:
 async def metering(
     infrastructure: Infrastructure, module_isolation: Isolation, clock: FrozenClock
 ) -> AsyncIterator[MeteringHarness]:
-    with mock.patch.dict(os.environ, module_isolation.env(infrastructure, "METERING_")):
-        settings = MeteringSettings()
-    async with running_metering(settings, clock) as harness:
+    async with module_metering(infrastructure, module_isolation, clock) as harness:
         yield harness
 
 
@@ -168,6 +168,17 @@ async def test_owners_set_budgets_and_members_see_only_their_own(
     assert denied["reason"] == DenialReason.MEMBER_BUDGET_EXHAUSTED
     stranger = await metering.http.get("/v1/budgets", headers=acting(clock, org, "member_eve"))
     assert stranger.status_code == 403
+    audit = await metering.kernel.pool.fetch(
+        """SELECT actor, action, target, outcome, detail FROM audit_log
+           WHERE organisation_id = $1 ORDER BY id""",
+        org,
+    )
+    assert [tuple(r.values()) for r in audit] == [
+        ("member_ann", "budget", "member_default", "refused", "not_owner"),
+        (OWNER, "budget", "member_default", "succeeded", "monthly cap 40"),
+        (OWNER, "budget", "member:member_ann", "succeeded", "monthly cap 100"),
+        (OWNER, "budget", "agent:agent_1", "succeeded", "monthly cap 500"),
+    ]
 
 
 async def test_the_first_budget_counts_what_was_already_spent_and_budgets_restart_with_the_period(

@@ -3,10 +3,8 @@ credits, against the real broker and database."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from unittest import mock
 from uuid import uuid4
 
 import asyncpg
@@ -14,18 +12,20 @@ import pytest
 import pytest_asyncio
 
 from services.metering.domain.pricing import RateCard, RawUsage
-from services.metering.settings import MeteringSettings
 from shared.clock import FrozenClock
 from shared.events import (
-    AgentMessageMetered,
     AgentMessageProcessed,
     AgentMessageProcessedV1,
-    AgentMessageProcessedV2,
 )
 from shared.testing import eventually
 from shared.testing.plugin import Infrastructure, Isolation
 from shared.topics import AGENT_USAGE
-from tests.metering.conftest import MeteringHarness, grant_command, running_metering
+from tests.metering.conftest import (
+    MeteringHarness,
+    grant_command,
+    module_metering,
+    raw_usage,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -38,39 +38,15 @@ CARD = RateCard.load()
 async def metering(
     infrastructure: Infrastructure, module_isolation: Isolation
 ) -> AsyncIterator[MeteringHarness]:
-    with mock.patch.dict(os.environ, module_isolation.env(infrastructure, "METERING_")):
-        settings = MeteringSettings()
-    async with running_metering(settings, FrozenClock(DECEMBER + timedelta(hours=1))) as harness:
+    async with module_metering(
+        infrastructure, module_isolation, FrozenClock(DECEMBER + timedelta(hours=1))
+    ) as harness:
         yield harness
 
 
 @pytest.fixture(scope="module")
 def db(module_db: asyncpg.Connection) -> asyncpg.Connection:
     return module_db
-
-
-def raw(
-    organisation: str,
-    at: datetime,
-    model: str = "claude-sonnet",
-    tokens: tuple[int, int, int] = (120_000, 30_000, 3),
-    message: str | None = None,
-) -> AgentMessageProcessedV2:
-    return AgentMessageProcessedV2.new(
-        organisation_id=organisation,
-        producer="agent-runtime",
-        occurred_at=at,
-        data=AgentMessageMetered(
-            member_id="member_1",
-            agent_id="agent_1",
-            conversation_id="conv_1",
-            message_id=message or f"msg_{uuid4().hex[:8]}",
-            model=model,
-            input_tokens=tokens[0],
-            output_tokens=tokens[1],
-            tool_calls=tokens[2],
-        ),
-    )
 
 
 def carried(organisation: str, at: datetime, credits: int) -> AgentMessageProcessedV1:
@@ -102,7 +78,7 @@ async def test_old_and_new_usage_events_are_debited_side_by_side(
     old_price = CARD.price(usage, NOVEMBER).credits
     new_price = CARD.price(usage, DECEMBER).credits
     assert (old_price, new_price) == (180 + 225 + 3, 144 + 180 + 3)
-    before, after = raw(org, NOVEMBER), raw(org, DECEMBER)
+    before, after = raw_usage(org, NOVEMBER), raw_usage(org, DECEMBER)
     events = [carried(org, NOVEMBER, 37), after, before, carried(org, DECEMBER, old_price)]
     await metering.publish_usage(*events, before)  # a redelivery prices the same: ignored
     spent = 37 + new_price + old_price + old_price
@@ -132,11 +108,11 @@ async def test_usage_the_rate_card_cannot_price_is_parked_with_its_reason(
     org = "org_unpriced"
     await metering.publish_grants(grant_command(org, 1_000))
     await metering.wait_for(org, balance=1_000)
-    fine = raw(org, DECEMBER, "claude-haiku", (1000, 1000, 0))
+    fine = raw_usage(org, DECEMBER, model="claude-haiku", tokens=(1000, 1000, 0))
     await metering.publish_usage(
-        raw(org, DECEMBER, "gpt-unknown"),
-        raw(org, datetime(2025, 6, 1, tzinfo=UTC)),
-        raw(org, DECEMBER, "claude-opus", (0, 10**9, 0)),
+        raw_usage(org, DECEMBER, model="gpt-unknown"),
+        raw_usage(org, datetime(2025, 6, 1, tzinfo=UTC)),
+        raw_usage(org, DECEMBER, model="claude-opus", tokens=(0, 10**9, 0)),
         fine,
     )
     price = CARD.price(RawUsage("claude-haiku", 1000, 1000, 0), DECEMBER).credits

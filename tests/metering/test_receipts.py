@@ -3,11 +3,9 @@ message), against the real database and broker: every level adds up to the ledge
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from unittest import mock
 from uuid import uuid4
 
 import asyncpg
@@ -15,17 +13,20 @@ import pytest
 import pytest_asyncio
 
 from services.metering.domain.pricing import RateCard, RawUsage
-from services.metering.settings import MeteringSettings
 from shared.clock import FrozenClock
 from shared.events import (
-    AgentMessageMetered,
     AgentMessageProcessed,
     AgentMessageProcessedV1,
     AgentMessageProcessedV2,
 )
 from shared.testing import eventually
 from shared.testing.plugin import Infrastructure, Isolation
-from tests.metering.conftest import MeteringHarness, grant_command, running_metering
+from tests.metering.conftest import (
+    MeteringHarness,
+    grant_command,
+    module_metering,
+    raw_usage,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -37,9 +38,7 @@ SINCE = datetime(2026, 12, 1, tzinfo=UTC)
 async def metering(
     infrastructure: Infrastructure, module_isolation: Isolation
 ) -> AsyncIterator[MeteringHarness]:
-    with mock.patch.dict(os.environ, module_isolation.env(infrastructure, "METERING_")):
-        settings = MeteringSettings()
-    async with running_metering(settings, FrozenClock(NOW)) as harness:
+    async with module_metering(infrastructure, module_isolation, FrozenClock(NOW)) as harness:
         yield harness
 
 
@@ -71,17 +70,13 @@ def usage(
             occurred_at=at,
             data=AgentMessageProcessed(**ids, credits=credits),
         )
-    return AgentMessageProcessedV2.new(
-        organisation_id=organisation,
-        producer="agent-runtime",
-        occurred_at=at,
-        data=AgentMessageMetered(
-            **ids,
-            model="claude-sonnet",
-            input_tokens=tokens[0],
-            output_tokens=tokens[1],
-            tool_calls=tokens[2],
-        ),
+    return raw_usage(
+        organisation,
+        at,
+        tokens=tokens,
+        agent=agent,
+        conversation=conversation,
+        message=message,
     )
 
 

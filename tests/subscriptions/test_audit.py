@@ -12,7 +12,7 @@ import pytest
 
 from shared import cli
 from shared.events import CreditGrantRequested, CreditGrantRequestedV1, GrantReason
-from shared.events.audit import SYSTEM_ORGANISATION, AuditRecordedV1
+from shared.events.audit import AUDITED, SYSTEM_ORGANISATION, AuditRecordedV1, AuditRecordedV2
 from shared.testing import eventually, read_topic
 from shared.topics import BILLING_AUDIT, CREDIT_GRANT_REQUESTS
 from tests.subscriptions.conftest import MEMBER, OWNER, Billing
@@ -27,16 +27,16 @@ def organisation() -> str:
     return f"org_{uuid.uuid4().hex[:10]}"
 
 
-async def entries(billing: Billing, org: str, count: int) -> list[AuditRecordedV1]:
+async def entries(
+    billing: Billing, org: str, count: int
+) -> list[AuditRecordedV1 | AuditRecordedV2]:
     """The organisation's announced entries, once there are `count` of them."""
-    found: list[AuditRecordedV1] = []
+    found: list[AuditRecordedV1 | AuditRecordedV2] = []
 
     async def enough() -> bool:
         records = await read_topic(billing.bootstrap, billing.topic(BILLING_AUDIT))
         found[:] = [
-            e
-            for e in (AuditRecordedV1.model_validate_json(r.value) for r in records)
-            if e.organisation_id == org
+            e for e in (AUDITED.validate_json(r.value) for r in records) if e.organisation_id == org
         ]
         return len(found) >= count
 
@@ -64,8 +64,19 @@ async def test_owners_actions_and_refusals_are_recorded_with_their_actor(
         "/v1/subscription/change", json={"plan": "max"}, headers=billing.acting(org)
     )
     assert upgrade.status_code == 200, upgrade.text
+    recharge = {"enabled": True, "threshold": 100, "pack": "pack_5k", "monthly_cap": 20_000}
+    saved = await billing.http.put(
+        "/v1/subscription/auto-recharge", json=recharge, headers=billing.acting(org)
+    )
+    assert saved.status_code == 200, saved.text
+    bought = await billing.http.post(
+        "/v1/subscription/credit-packs",
+        json={"pack": "pack_5k"},
+        headers=billing.acting(org, MEMBER),
+    )
+    assert bought.status_code == 403
 
-    found = await entries(billing, org, 5)
+    found = await entries(billing, org, 7)
     seen = [(e.data.actor, e.data.action, e.data.outcome, e.data.target) for e in found]
     assert seen == [
         (OWNER, "plan_change", "succeeded", "pro:monthly"),
@@ -73,7 +84,11 @@ async def test_owners_actions_and_refusals_are_recorded_with_their_actor(
         (OWNER, "cancel", "succeeded", None),
         (OWNER, "reactivate", "succeeded", None),
         (OWNER, "plan_change", "succeeded", "max"),
+        (OWNER, "auto_recharge", "succeeded", "pack_5k"),
+        (MEMBER, "credit_pack", "refused", "pack_5k"),
     ]
+    # Actions version 1 names are still announced as version 1; the new ones as version 2.
+    assert [e.type[-2:] for e in found] == ["v1"] * 5 + ["v2"] * 2
     assert found[0].data.detail == "checkout"
     assert found[1].data.detail == "not_owner"
     assert [e.data.request_id for e in found[2:4]] == ["req_cancel_1", "req_reactivate_1"]

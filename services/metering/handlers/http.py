@@ -16,7 +16,7 @@ from shared.access import READERS, Scope, allow
 from shared.acting import Acting
 from shared.audit import audited
 from shared.events import MAX_CREDITS_PER_MESSAGE, CreditLevel
-from shared.events.audit import SYSTEM_ORGANISATION, AuditAction
+from shared.events.audit import SYSTEM_ORGANISATION, AuditAction, AuditActionV2
 from shared.events.envelope import NO_CONTROL_CHARACTERS, Identifier, OrganisationId
 from shared.events.members import MemberRole
 from shared.events.usage import ModelName
@@ -773,16 +773,21 @@ async def my_budgets(acting: Acting, request: Request) -> BudgetsOut:
 async def _set(
     acting: Acting, request: Request, scope: BudgetScope, subject: str, body: BudgetIn
 ) -> BudgetsOut:
-    if acting.role is not MemberRole.OWNER:
-        raise Problem(
-            403,
-            "not-owner",
-            "Not allowed",
-            f"only an owner may set budgets; {acting.member_id} is {acting.role.value}",
-            reason="not_owner",
-        )
     book = _budgets(request)
-    await book.set(acting.organisation_id, scope, subject, body.monthly_cap, by=acting.member_id)
+    async with audited(request, acting.organisation_id, AuditActionV2.BUDGET) as entry:
+        entry.target = f"{scope.value}:{subject}" if subject else scope.value
+        if acting.role is not MemberRole.OWNER:
+            raise Problem(
+                403,
+                "not-owner",
+                "Not allowed",
+                f"only an owner may set budgets; {acting.member_id} is {acting.role.value}",
+                reason="not_owner",
+            )
+        await book.set(
+            acting.organisation_id, scope, subject, body.monthly_cap, by=acting.member_id
+        )
+        entry.detail = "removed" if body.monthly_cap is None else f"monthly cap {body.monthly_cap}"
     return _budgets_out(
         acting.organisation_id, await book.view(acting.organisation_id), editable=True
     )

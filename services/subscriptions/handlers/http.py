@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.access import READERS, Scope, allow
 from shared.acting import Acting
 from shared.audit import audited
-from shared.events.audit import SYSTEM_ORGANISATION, AuditAction
+from shared.events.audit import SYSTEM_ORGANISATION, AuditAction, AuditActionV2
 from shared.events.envelope import INT32_MAX, Identifier, OrganisationId
 from shared.events.subscriptions import Cycle, Plan, Standing
 from shared.http import PROBLEM_RESPONSES, OrganisationPath, Problem
@@ -369,12 +369,17 @@ class BuyPackOut(BaseModel):
 async def buy_pack(body: BuyPackIn, acting: Acting, request: Request) -> BuyPackOut:
     """Buy a credit pack (owners only): the credits arrive once Stripe holds it paid, exactly
     once, as a bucket that survives renewals until the pack's expiry."""
-    try:
-        purchase, url = await _packs(request).buy(
-            acting.organisation_id, acting.member_id, body.pack
-        )
-    except (Denied, Refused, GatewayUnavailable) as exc:
-        raise _problem(exc) from None
+    async with audited(
+        request, acting.organisation_id, AuditActionV2.CREDIT_PACK, refusals=REFUSALS
+    ) as entry:
+        entry.target = body.pack
+        try:
+            purchase, url = await _packs(request).buy(
+                acting.organisation_id, acting.member_id, body.pack
+            )
+        except (Denied, Refused, GatewayUnavailable) as exc:
+            raise _problem(exc) from None
+        entry.detail = f"purchase {purchase.purchase_id}"
     return BuyPackOut(purchase=_purchase(purchase), checkout_url=url)
 
 
@@ -469,17 +474,25 @@ async def set_auto_recharge(
     """Set auto-recharge (owners only): when the balance falls to the threshold, one pack is
     charged off-session to the saved card, never beyond the monthly cap."""
     packs = _packs(request)
-    try:
-        await packs.configure(
-            acting.organisation_id,
-            acting.member_id,
-            enabled=body.enabled,
-            threshold=body.threshold,
-            pack_id=body.pack,
-            monthly_cap=body.monthly_cap,
+    async with audited(
+        request, acting.organisation_id, AuditActionV2.AUTO_RECHARGE, refusals=REFUSALS
+    ) as entry:
+        entry.target = body.pack
+        try:
+            await packs.configure(
+                acting.organisation_id,
+                acting.member_id,
+                enabled=body.enabled,
+                threshold=body.threshold,
+                pack_id=body.pack,
+                monthly_cap=body.monthly_cap,
+            )
+        except (Denied, Refused) as exc:
+            raise _problem(exc) from None
+        entry.detail = (
+            f"{'on' if body.enabled else 'off'}, at {body.threshold}, at most "
+            f"{body.monthly_cap} a month"
         )
-    except (Denied, Refused) as exc:
-        raise _problem(exc) from None
     return await _recharge_out(packs, acting.organisation_id)
 
 
