@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.access import Scope as CallerScope
 from shared.access import scopes_of
-from shared.events.envelope import ORGANISATION_ID_PATTERN
+from shared.events.envelope import NO_CONTROL_CHARACTERS, ORGANISATION_ID_PATTERN
 from shared.failures import FAILURE_TYPES, Failure, classify
 from shared.logging import get_logger
 from shared.problems import Problem
@@ -35,6 +35,17 @@ OrganisationPath = Annotated[
         description="`org_` and 1–64 letters, digits, _ or -",
     ),
 ]
+
+IdentifierPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=128,
+        pattern=NO_CONTROL_CHARACTERS,
+        description="1–128 characters, none of them a control character",
+    ),
+]
+"""A member's, agent's or message's id in a path (as `Identifier` in events)."""
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://billing.example/problems/"

@@ -15,7 +15,9 @@ from .authorizer import Authorizer
 from .budgets import BudgetBook
 from .domain.credits import CreditPolicy
 from .domain.pricing import RateCard
+from .handlers import budgets as budget_routes
 from .handlers import http
+from .handlers import receipts as receipt_routes
 from .ledger_check import LedgerCheck
 from .service import Metering
 from .settings import MeteringSettings
@@ -110,7 +112,7 @@ SERVICE = Service(
     settings=MeteringSettings,
     migrations=Path(__file__).parent / "migrations",
     build=build,
-    routers=(http.router,),
+    routers=(http.router, receipt_routes.router, budget_routes.router),
     hot_routes=(http.HOT_AUTHORIZE,),
     audit=True,
     directory=True,

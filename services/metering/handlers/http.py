@@ -5,20 +5,18 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from shared.access import READERS, Scope, allow
-from shared.acting import Acting
 from shared.audit import audited
 from shared.events import MAX_CREDITS_PER_MESSAGE, CreditLevel
-from shared.events.audit import SYSTEM_ORGANISATION, AuditAction, AuditActionV2
-from shared.events.envelope import NO_CONTROL_CHARACTERS, Identifier, OrganisationId
-from shared.events.members import MemberRole
+from shared.events.audit import SYSTEM_ORGANISATION, AuditAction
+from shared.events.envelope import Identifier, OrganisationId
 from shared.events.usage import ModelName
 from shared.http import (
     PROBLEM_RESPONSES,
@@ -30,7 +28,7 @@ from shared.http import (
     Problem,
 )
 
-from .. import receipts, usage
+from .. import usage
 from ..authorizer import (
     Ask,
     Authorization,
@@ -40,18 +38,12 @@ from ..authorizer import (
     HoldNotFound,
     Overloaded,
 )
-from ..budgets import BudgetBook, BudgetUse, BudgetView
-from ..domain.budgets import MAX_CAP
-from ..domain.budgets import Scope as BudgetScope
 from ..service import Metering
 from ..settings import MeteringSettings
 
 BIGINT_MAX = 2**63 - 1
 
 router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
-
-SubjectPath = Annotated[str, Path(min_length=1, max_length=128, pattern=NO_CONTROL_CHARACTERS)]
-"""A member's, agent's or message's id in a path."""
 
 
 def _metering(request: Request) -> Metering:
@@ -450,190 +442,6 @@ async def get_usage(
     )
 
 
-class ReservationOut(BaseModel):
-    authorization_id: UUID
-    decision: str
-    reason: str | None
-    estimate: int
-    status: str
-    decided_at: datetime
-    expires_at: datetime | None
-    closed_at: datetime | None
-
-
-class PricedOut(BaseModel):
-    version: str
-    model: str
-    input_tokens: int
-    output_tokens: int
-    tool_calls: int
-    line: dict[str, int] | None
-    """The rate card line that priced it (rates in credits per million tokens, per call)."""
-
-
-class SettledOut(BaseModel):
-    entry_id: UUID
-    credits: int
-    occurred_at: datetime
-    recorded_at: datetime
-    priced: PricedOut | None
-    """How the rate card priced raw usage; null when the usage carried its credits."""
-
-
-class ReceiptBucketOut(BaseModel):
-    bucket_id: UUID
-    source: str
-    credits: int
-
-
-class ReceiptOut(BaseModel):
-    organisation_id: str
-    message_id: str
-    member_id: str | None
-    agent_id: str | None
-    conversation_id: str | None
-    reserved: ReservationOut | None
-    """The authorization, if the chat gateway asked for one."""
-    settled: SettledOut | None
-    """The ledger's debit, once the usage arrived."""
-    buckets: list[ReceiptBucketOut]
-    """What the debit took from each bucket (in spending order); what no bucket covered
-    became debt."""
-    released: int
-    """Held credits given back unspent (a released or expired hold; a settled one's estimate
-    beyond its cost)."""
-
-
-@router.get(
-    "/organisations/{organisation_id}/messages/{message_id}/receipt",
-    dependencies=[allow(*READERS)],
-    response_model=ReceiptOut,
-    tags=["credits"],
-)
-async def get_receipt(
-    organisation_id: OrganisationPath, message_id: SubjectPath, request: Request
-) -> ReceiptOut:
-    """One message: what was reserved, what was settled and how it was priced (rate card
-    version and line), the buckets it used and what was released."""
-    metering = _metering(request)
-    found = await receipts.receipt(request.app.state.runtime.pool, organisation_id, message_id)
-    if found is None:
-        raise Problem(
-            404,
-            "message-not-found",
-            "No such message",
-            f"{organisation_id} has neither an authorization nor a debit for {message_id!r}.",
-        )
-    reservation, debit = found.reservation, found.debit
-    whose = debit or reservation or {}
-    priced = None
-    if debit is not None and debit["rate_card"] is not None:
-        version = next(
-            (v for v in metering.rate_card.versions if v.version == debit["rate_card"]), None
-        )
-        line = version.lines.get(debit["model"]) if version else None
-        priced = PricedOut(
-            version=debit["rate_card"],
-            model=debit["model"],
-            input_tokens=debit["input_tokens"],
-            output_tokens=debit["output_tokens"],
-            tool_calls=debit["tool_calls"],
-            line=line.model_dump() if line else None,
-        )
-    return ReceiptOut(
-        organisation_id=organisation_id,
-        message_id=message_id,
-        member_id=whose.get("member_id"),
-        agent_id=whose.get("agent_id"),
-        conversation_id=debit["conversation_id"] if debit else None,
-        reserved=ReservationOut.model_validate(reservation) if reservation else None,
-        settled=SettledOut(
-            entry_id=debit["entry_id"],
-            credits=debit["credits"],
-            occurred_at=debit["occurred_at"],
-            recorded_at=debit["recorded_at"],
-            priced=priced,
-        )
-        if debit
-        else None,
-        buckets=[ReceiptBucketOut.model_validate(b) for b in found.buckets],
-        released=found.released,
-    )
-
-
-class BreakdownRowOut(BaseModel):
-    key: str
-    """The day (YYYY-MM-DD, UTC), agent, conversation or message id."""
-    credits: int
-    messages: int
-    occurred_at: datetime | None = None
-    member_id: str | None = None
-
-
-class BreakdownOut(BaseModel):
-    organisation_id: str
-    since: datetime
-    until: datetime
-    level: str
-    """`day`, `agent`, `conversation` or `message`: what the rows are."""
-    total: int
-    """Credits debited at this level (the parent row's credits)."""
-    messages: int
-    rows: list[BreakdownRowOut]
-    more: bool
-
-
-@router.get(
-    "/organisations/{organisation_id}/usage/breakdown",
-    dependencies=[allow(*READERS)],
-    response_model=BreakdownOut,
-    response_model_exclude_none=True,
-    tags=["credits"],
-)
-async def get_breakdown(
-    organisation_id: OrganisationPath,
-    request: Request,
-    since: Annotated[AwareDatetime, Query()],
-    until: Annotated[AwareDatetime, Query()],
-    day: Annotated[
-        str | None, Query(max_length=10, pattern=r"^\d{4}-\d{2}-\d{2}$", description="UTC")
-    ] = None,
-    agent_id: Annotated[Identifier | None, Query()] = None,
-    conversation_id: Annotated[Identifier | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-) -> BreakdownOut:
-    """Usage one level down: by day; a day's by agent; an agent's day by conversation; a
-    conversation's day by message (each message has a receipt). Every level adds up to the
-    one above it, and the days to the ledger's debits."""
-    if not since < until or until - since > timedelta(days=400):
-        raise Problem(400, "invalid-range", "Give `since` before `until`, at most 400 days apart")
-    try:
-        found = await receipts.breakdown(
-            request.app.state.runtime.pool,
-            organisation_id,
-            since,
-            until,
-            day=date.fromisoformat(day) if day else None,
-            agent_id=agent_id,
-            conversation_id=conversation_id,
-            limit=limit,
-        )
-    except ValueError as exc:
-        raise Problem(
-            400, "invalid-drill-down", "Choose a day, then an agent, then a conversation", str(exc)
-        ) from None
-    return BreakdownOut(
-        organisation_id=organisation_id,
-        since=since,
-        until=until,
-        level=found.level,
-        total=found.total,
-        messages=found.messages,
-        rows=[BreakdownRowOut.model_validate(r) for r in found.rows],
-        more=found.more,
-    )
-
-
 class LedgerCheckIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -675,168 +483,3 @@ async def ledger_check(body: LedgerCheckIn, request: Request) -> LedgerCheckOut:
         found = await request.app.state.parts.ledger_check.run(body.organisation_id)
         entry.detail = f"{len(found['mismatches'])} mismatches"
     return LedgerCheckOut.model_validate(found)
-
-
-# The rate card ----------------------------------------------------------------------------------
-
-
-@router.get("/rate-card", dependencies=[allow(*READERS, Scope.FRONT)], tags=["credits"])
-async def rate_card(request: Request) -> dict[str, Any]:
-    """Every version of the rate card (what raw usage costs), oldest first, with the one in
-    force now; the rounding rule is in the file and in the service's README."""
-    card = _metering(request).rate_card
-    now = request.app.state.runtime.clock.now()
-    current = card.in_force(now)
-    return {
-        "in_force": current.version if current else None,
-        "versions": [v.model_dump(mode="json") for v in card.versions],
-    }
-
-
-# Budgets --------------------------------------------------------------------------------------
-
-
-def _budgets(request: Request) -> BudgetBook:
-    return request.app.state.parts.budgets
-
-
-class BudgetIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    monthly_cap: Annotated[int, Field(strict=True, ge=0, le=MAX_CAP)] | None
-    """Credits per credit period; null removes the budget."""
-
-
-class BudgetUseOut(BaseModel):
-    subject_id: str
-    """The member's or agent's id."""
-    cap: int | None
-    """The cap in force (for a member without one of their own: the members' default)."""
-    own: bool
-    spent: int
-    """Debited this credit period."""
-    held: int
-    """Reserved by messages not yet settled."""
-    left: int | None
-
-
-class BudgetsOut(BaseModel):
-    organisation_id: str
-    period_key: str | None
-    renews_at: datetime | None
-    """Budgets restart with the credit period."""
-    member_default: int | None
-    members: list[BudgetUseOut]
-    agents: list[BudgetUseOut]
-    editable: bool
-    """The viewer may set budgets (owners)."""
-
-
-def _use(use: BudgetUse) -> BudgetUseOut:
-    return BudgetUseOut(
-        subject_id=use.subject_id,
-        cap=use.cap,
-        own=use.own,
-        spent=use.spent,
-        held=use.held,
-        left=use.left,
-    )
-
-
-def _budgets_out(organisation_id: str, view: BudgetView, *, editable: bool) -> BudgetsOut:
-    return BudgetsOut(
-        organisation_id=organisation_id,
-        period_key=view.period_key,
-        renews_at=view.renews_at,
-        member_default=view.member_default,
-        members=[_use(m) for m in view.members],
-        agents=[_use(a) for a in view.agents],
-        editable=editable,
-    )
-
-
-@router.get(
-    "/budgets", dependencies=[allow(Scope.FRONT)], response_model=BudgetsOut, tags=["budgets"]
-)
-async def my_budgets(acting: Acting, request: Request) -> BudgetsOut:
-    """The organisation's budgets and their use this credit period: all of them for an owner;
-    for anyone else, their own (their cap, or the members' default, and what they used)."""
-    book = _budgets(request)
-    view = await book.view(acting.organisation_id)
-    if acting.role is MemberRole.OWNER:
-        return _budgets_out(acting.organisation_id, view, editable=True)
-    own = await book.member(acting.organisation_id, acting.member_id)
-    mine = BudgetView(view.period_key, view.renews_at, view.member_default, [own], [])
-    return _budgets_out(acting.organisation_id, mine, editable=False)
-
-
-async def _set(
-    acting: Acting, request: Request, scope: BudgetScope, subject: str, body: BudgetIn
-) -> BudgetsOut:
-    book = _budgets(request)
-    async with audited(request, acting.organisation_id, AuditActionV2.BUDGET) as entry:
-        entry.target = f"{scope.value}:{subject}" if subject else scope.value
-        if acting.role is not MemberRole.OWNER:
-            raise Problem(
-                403,
-                "not-owner",
-                "Not allowed",
-                f"only an owner may set budgets; {acting.member_id} is {acting.role.value}",
-                reason="not_owner",
-            )
-        await book.set(
-            acting.organisation_id, scope, subject, body.monthly_cap, by=acting.member_id
-        )
-        entry.detail = "removed" if body.monthly_cap is None else f"monthly cap {body.monthly_cap}"
-    return _budgets_out(
-        acting.organisation_id, await book.view(acting.organisation_id), editable=True
-    )
-
-
-@router.put(
-    "/budgets/members/{member_id}",
-    dependencies=[allow(Scope.FRONT)],
-    response_model=BudgetsOut,
-    tags=["budgets"],
-)
-async def set_member_budget(
-    member_id: SubjectPath, body: BudgetIn, acting: Acting, request: Request
-) -> BudgetsOut:
-    """Set (or remove) one member's monthly cap (owners only); it replaces the default."""
-    return await _set(acting, request, BudgetScope.MEMBER, member_id, body)
-
-
-@router.put(
-    "/budgets/agents/{agent_id}",
-    dependencies=[allow(Scope.FRONT)],
-    response_model=BudgetsOut,
-    tags=["budgets"],
-)
-async def set_agent_budget(
-    agent_id: SubjectPath, body: BudgetIn, acting: Acting, request: Request
-) -> BudgetsOut:
-    """Set (or remove) one agent's monthly cap, whoever sends to it (owners only)."""
-    return await _set(acting, request, BudgetScope.AGENT, agent_id, body)
-
-
-@router.put(
-    "/budgets/member-default",
-    dependencies=[allow(Scope.FRONT)],
-    response_model=BudgetsOut,
-    tags=["budgets"],
-)
-async def set_member_default(body: BudgetIn, acting: Acting, request: Request) -> BudgetsOut:
-    """Set (or remove) the cap of every member without one of their own (owners only)."""
-    return await _set(acting, request, BudgetScope.MEMBER_DEFAULT, "", body)
-
-
-@router.get(
-    "/organisations/{organisation_id}/budgets",
-    dependencies=[allow(*READERS)],
-    response_model=BudgetsOut,
-    tags=["budgets"],
-)
-async def budgets_of(organisation_id: OrganisationPath, request: Request) -> BudgetsOut:
-    """Any organisation's budgets and their use, for readers and operators."""
-    view = await _budgets(request).view(organisation_id)
-    return _budgets_out(organisation_id, view, editable=False)
