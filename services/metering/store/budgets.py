@@ -13,23 +13,21 @@ from ..domain.budgets import Budgets, Scope
 from .wallets import create_wallets
 
 
-def budgets_of(
-    caps: Sequence[tuple[str, str, int]], used: Sequence[tuple[str, str, int]]
-) -> Budgets:
-    """Budgets from rows of (scope, subject, cap) and of (scope, subject, credits used), the
-    latter summed per subject."""
+def budgets_of(lines: Sequence[tuple[str, str, str, int]]) -> Budgets:
+    """Budgets from (`cap`, scope, subject, cap) and (`used`, scope, subject, credits) rows,
+    what is used summed per subject."""
     members: dict[str, int] = {}
     agents: dict[str, int] = {}
     default = None
-    for scope, subject, cap in caps:
-        if scope == Scope.MEMBER_DEFAULT:
-            default = cap
-        else:
-            (members if scope == Scope.MEMBER else agents)[subject] = cap
     totals: dict[tuple[Scope, str], int] = {}
-    for scope, subject, credits in used:
-        key = (Scope(scope), subject)
-        totals[key] = totals.get(key, 0) + credits
+    for kind, scope, subject, credits in lines:
+        if kind == "used":
+            key = (Scope(scope), subject)
+            totals[key] = totals.get(key, 0) + credits
+        elif scope == Scope.MEMBER_DEFAULT:
+            default = credits
+        else:
+            (members if scope == Scope.MEMBER else agents)[subject] = credits
     return Budgets(members, default, agents, totals)
 
 

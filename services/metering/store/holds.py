@@ -28,36 +28,33 @@ SELECT w.organisation_id, w.balance, w.held, w.renews_at,
        ARRAY(SELECT a.message_id FROM authorizations a
              WHERE a.organisation_id = w.organisation_id AND a.message_id = ANY($2::text[]))
            AS known,
-       CASE WHEN (SELECT true FROM budgets b WHERE b.organisation_id = w.organisation_id LIMIT 1)
-            THEN ARRAY(
-                SELECT ROW(b.scope, b.subject_id, b.monthly_cap) FROM budgets b
-                WHERE b.organisation_id = w.organisation_id
-                  AND (b.scope = 'member_default'
-                       OR b.subject_id = ANY(CASE b.scope WHEN 'member' THEN $5::text[]
-                                                          ELSE $6::text[] END)))
-       END AS caps,
-       CASE WHEN (SELECT true FROM budgets b WHERE b.organisation_id = w.organisation_id LIMIT 1)
-            THEN ARRAY(
-                SELECT ROW(s.scope, s.subject_id, s.spent) FROM budget_spend s
-                WHERE s.organisation_id = w.organisation_id
-                  AND s.period_key = coalesce(w.period_key, '')
-                  AND s.subject_id = ANY(CASE s.scope WHEN 'member' THEN $5::text[]
-                                                      ELSE $6::text[] END)
-                UNION ALL
-                SELECT ROW(h.scope, h.subject_id, h.held) FROM budget_held h
-                WHERE h.organisation_id = w.organisation_id
-                  AND h.subject_id = ANY(CASE h.scope WHEN 'member' THEN $5::text[]
-                                                      ELSE $6::text[] END)
-                UNION ALL
-                SELECT ROW(x.scope, x.subject_id, -sum(a.estimate)::bigint)
-                FROM authorizations a,
-                     LATERAL (VALUES ('member', a.member_id), ('agent', a.agent_id))
-                         AS x(scope, subject_id)
-                WHERE a.organisation_id = w.organisation_id AND a.status = 'held'
-                  AND a.expires_at <= $3 AND x.subject_id IS NOT NULL
-                GROUP BY x.scope, x.subject_id)
-       END AS used
+       budget.lines AS budget
 FROM wallets w
+LEFT JOIN LATERAL (
+    SELECT ARRAY(
+        SELECT ROW('cap', b.scope, b.subject_id, b.monthly_cap) FROM budgets b
+        WHERE b.organisation_id = w.organisation_id
+          AND (b.scope = 'member_default'
+               OR b.subject_id = ANY(CASE b.scope WHEN 'member' THEN $5::text[]
+                                                  ELSE $6::text[] END))
+        UNION ALL
+        SELECT ROW('used', s.scope, s.subject_id, s.spent) FROM budget_spend s
+        WHERE s.organisation_id = w.organisation_id AND s.period_key = coalesce(w.period_key, '')
+          AND s.subject_id = ANY(CASE s.scope WHEN 'member' THEN $5::text[] ELSE $6::text[] END)
+        UNION ALL
+        SELECT ROW('used', h.scope, h.subject_id, h.held) FROM budget_held h
+        WHERE h.organisation_id = w.organisation_id
+          AND h.subject_id = ANY(CASE h.scope WHEN 'member' THEN $5::text[] ELSE $6::text[] END)
+        UNION ALL
+        SELECT ROW('used', x.scope, x.subject_id, -sum(a.estimate)::bigint)
+        FROM authorizations a,
+             LATERAL (VALUES ('member', a.member_id), ('agent', a.agent_id)) AS x(scope, subject_id)
+        WHERE a.organisation_id = w.organisation_id AND a.status = 'held' AND a.expires_at <= $3
+          AND x.subject_id IS NOT NULL
+        GROUP BY x.scope, x.subject_id
+    ) AS lines
+    WHERE EXISTS (SELECT 1 FROM budgets b WHERE b.organisation_id = w.organisation_id)
+) budget ON true
 WHERE w.organisation_id = ANY($1::text[])
 """
 
@@ -113,7 +110,7 @@ async def decision_states(
             r["expiring"],
             r["renews_at"],
             r["known"],
-            NO_BUDGETS if r["caps"] is None else budgets_of(r["caps"], r["used"]),
+            NO_BUDGETS if r["budget"] is None else budgets_of(r["budget"]),
         )
         for r in rows
     }
