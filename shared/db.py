@@ -43,7 +43,13 @@ class Migrations:
 
 
 async def create_pool(
-    dsn: str, schema: str, *, application_name: str, min_size: int = 2, max_size: int = 10
+    dsn: str,
+    schema: str,
+    *,
+    application_name: str,
+    min_size: int = 2,
+    max_size: int = 10,
+    generic_plans: bool = False,
 ) -> asyncpg.Pool:
     validate_schema_name(schema)
     return await asyncpg.create_pool(
@@ -55,6 +61,7 @@ async def create_pool(
             "search_path": schema,
             "application_name": application_name,
             "timezone": "UTC",
+            **({"plan_cache_mode": "force_generic_plan"} if generic_plans else {}),
         },
     )
 

@@ -171,6 +171,7 @@ class Kernel(Generic[S]):
             settings.db_schema,
             application_name=service.name,
             max_size=settings.db_pool_size,
+            generic_plans=settings.db_generic_plans,
         )
         if settings.clock_control:
             clock = MovableClock(clock, await clock_control.load(pool))

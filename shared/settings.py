@@ -91,6 +91,10 @@ class ServiceSettings(CommonSettings):
 
     db_schema: str
     db_pool_size: int = Field(10, ge=2, le=200)
+    db_generic_plans: bool = False
+    """Plan each prepared statement once (`plan_cache_mode = force_generic_plan`) instead of
+    again at every execution: for a service whose hot statements are large (many CTEs,
+    lateral subqueries) and look rows up by key, planning costs more than executing."""
     migrate_on_start: bool = True
     http_host: str = "127.0.0.1"
     http_port: int = Field(ge=0, le=65535)

@@ -63,8 +63,7 @@ class BudgetBook:
             )
 
     async def view(self, organisation_id: str) -> BudgetView:
-        now = self._clock.now()
-        lines = await store.lines(self._pool, organisation_id, now)
+        lines = await store.lines(self._pool, organisation_id)
         wallet = await self._pool.fetchrow(
             "SELECT period_key, renews_at FROM wallets WHERE organisation_id = $1",
             organisation_id,

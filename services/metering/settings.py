@@ -22,6 +22,9 @@ class MeteringSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="METERING_", extra="ignore", frozen=True)
 
     db_schema: str = "metering"
+    db_generic_plans: bool = True
+    """Authorization's statements are planned once per connection: re-planning them at every
+    decision cost more than running them (`make bench`, authorization)."""
     http_port: int = Field(8081, ge=0, le=65535)
     consumer_group: str = Field("metering", min_length=1, max_length=100)
     low_credit_percent: int = Field(20, ge=1, le=99)

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 _PER_SUBJECT = """(
     SELECT r.organisation_id, x.scope, x.subject_id, sum(r.{amount})::bigint AS amount
-    FROM {source} r,
+    FROM {source} r
+    JOIN (SELECT o.organisation_id FROM (SELECT DISTINCT organisation_id FROM {source}) o
+          WHERE (SELECT true FROM budgets b WHERE b.organisation_id = o.organisation_id LIMIT 1)
+         ) budgeted USING (organisation_id),
          LATERAL (VALUES ('member', r.member_id), ('agent', r.agent_id)) AS x(scope, subject_id)
     WHERE x.subject_id IS NOT NULL AND r.{amount} > 0
     GROUP BY 1, 2, 3
-) t
-WHERE (SELECT true FROM budgets b WHERE b.organisation_id = t.organisation_id LIMIT 1)"""
-"""Per organisation, member or agent; only organisations with a budget (one index probe each,
-never a scan of every budget)."""
+) t"""
+"""Per organisation, member or agent; only organisations with a budget (one index probe per
+organisation of the source, never a scan of every budget)."""
 
 
 def add_held(name: str, source: str, amount: str = "estimate") -> str:

@@ -40,13 +40,6 @@ FROM budget_spend s JOIN wallets w USING (organisation_id)
 WHERE s.organisation_id = $1 AND s.period_key = coalesce(w.period_key, '')
 UNION ALL
 SELECT 'held', scope, subject_id, held FROM budget_held WHERE organisation_id = $1
-UNION ALL
-SELECT 'held', x.scope, x.subject_id, -sum(a.estimate)::bigint
-FROM authorizations a,
-     LATERAL (VALUES ('member', a.member_id), ('agent', a.agent_id)) AS x(scope, subject_id)
-WHERE a.organisation_id = $1 AND a.status = 'held' AND a.expires_at <= $2
-  AND x.subject_id IS NOT NULL
-GROUP BY x.scope, x.subject_id
 """
 
 
@@ -58,13 +51,11 @@ class BudgetLine(NamedTuple):
     held: int
 
 
-async def lines(
-    conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str, now: datetime
-) -> list[BudgetLine]:
+async def lines(conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str) -> list[BudgetLine]:
     """Every budget of the organisation, and every member and agent who used credits this
-    credit period (while it had a budget), with what they spent and hold now (holds past
-    their expiry count as free); nothing if the organisation has no budget."""
-    rows = await conn.fetch(_LINES, organisation_id, now)
+    credit period (while it had a budget), with what they spent and hold now (as decisions
+    count it); nothing if the organisation has no budget."""
+    rows = await conn.fetch(_LINES, organisation_id)
     merged: dict[tuple[str, str], dict[str, int]] = {}
     for r in rows:
         line = merged.setdefault((r["scope"], r["subject_id"]), {})

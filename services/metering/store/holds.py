@@ -45,13 +45,6 @@ LEFT JOIN LATERAL (
         SELECT ROW('used', h.scope, h.subject_id, h.held) FROM budget_held h
         WHERE h.organisation_id = w.organisation_id
           AND h.subject_id = ANY(CASE h.scope WHEN 'member' THEN $5::text[] ELSE $6::text[] END)
-        UNION ALL
-        SELECT ROW('used', x.scope, x.subject_id, -sum(a.estimate)::bigint)
-        FROM authorizations a,
-             LATERAL (VALUES ('member', a.member_id), ('agent', a.agent_id)) AS x(scope, subject_id)
-        WHERE a.organisation_id = w.organisation_id AND a.status = 'held' AND a.expires_at <= $3
-          AND x.subject_id IS NOT NULL
-        GROUP BY x.scope, x.subject_id
     ) AS lines
     WHERE EXISTS (SELECT 1 FROM budgets b WHERE b.organisation_id = w.organisation_id)
 ) budget ON true
@@ -71,7 +64,8 @@ class DecisionState(NamedTuple):
     known: list[str]
     budgets: Budgets = NO_BUDGETS
     """The caps that apply to the members and agents asked about, and what each used this
-    credit period (debited, plus active holds not past their expiry)."""
+    credit period: debited, plus active holds (a hold past its expiry counts until the sweeper
+    expires it, within `METERING_HOLD_SWEEP_SECONDS`: a budget errs on the side of caution)."""
 
     @property
     def reservable(self) -> int:
