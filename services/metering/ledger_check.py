@@ -1,6 +1,7 @@
 """The ledger check: every wallet's balance equals the sum of its ledger entries, and what
 remains in its buckets less its debt; every bucket's remaining equals what it was granted plus
-what entries took from it.
+what entries took from it; and, where an organisation has budgets, what they count for each
+member and agent equals its active holds and this credit period's debits.
 
 Balances are derived in the same transaction as every ledger entry, so they never differ; this
 check proves it, from one consistent snapshot. A mismatch is reported (the answer, the log and
@@ -19,9 +20,53 @@ from shared.clock import Clock
 from shared.events.operations import AlertKind, OperatorAlert, OperatorAlertRaisedV1
 from shared.logging import get_logger
 
-from . import PRODUCER
+from . import PRODUCER, usage
 
 log = get_logger("metering.ledger_check")
+
+_BUDGET_COUNTS = """
+WITH budgeted AS (
+    SELECT DISTINCT b.organisation_id, coalesce(w.period_key, '') AS period_key,
+           (SELECT coalesce(max(l.seq), 0) FROM ledger l
+            WHERE l.organisation_id = b.organisation_id AND l.kind = 'grant'
+              AND l.reason = ANY($2::text[])) AS period_after
+    FROM budgets b JOIN wallets w USING (organisation_id)
+    WHERE $1::text IS NULL OR b.organisation_id = $1
+),
+held AS (
+    SELECT a.organisation_id, x.scope, x.subject_id, sum(a.estimate) AS credits
+    FROM authorizations a JOIN budgeted USING (organisation_id),
+         LATERAL (VALUES ('member', a.member_id), ('agent', a.agent_id)) AS x(scope, subject_id)
+    WHERE a.status = 'held' AND x.subject_id IS NOT NULL
+    GROUP BY 1, 2, 3
+),
+spent AS (
+    SELECT l.organisation_id, x.scope, x.subject_id, -sum(l.amount) AS credits
+    FROM ledger l JOIN budgeted g USING (organisation_id),
+         LATERAL (VALUES ('member', l.member_id), ('agent', l.agent_id)) AS x(scope, subject_id)
+    WHERE l.kind = 'debit' AND l.seq > g.period_after AND x.subject_id IS NOT NULL
+    GROUP BY 1, 2, 3
+),
+kept_held AS (
+    SELECT h.organisation_id, h.scope, h.subject_id, h.held AS credits
+    FROM budget_held h JOIN budgeted USING (organisation_id) WHERE h.held <> 0
+),
+kept_spent AS (
+    SELECT s.organisation_id, s.scope, s.subject_id, s.spent AS credits
+    FROM budget_spend s JOIN budgeted g USING (organisation_id)
+    WHERE s.period_key = g.period_key
+)
+SELECT 'held' AS what, organisation_id, scope, subject_id,
+       coalesce(k.credits, 0) AS counted, coalesce(t.credits, 0) AS actual
+FROM kept_held k FULL JOIN held t USING (organisation_id, scope, subject_id)
+WHERE coalesce(k.credits, 0) <> coalesce(t.credits, 0)
+UNION ALL
+SELECT 'spent', organisation_id, scope, subject_id, coalesce(k.credits, 0), coalesce(t.credits, 0)
+FROM kept_spent k FULL JOIN spent t USING (organisation_id, scope, subject_id)
+WHERE coalesce(k.credits, 0) <> coalesce(t.credits, 0)
+"""
+"""What budgets count (`budget_held`, `budget_spend`) against what the holds and this period's
+debits say, for organisations that have a budget."""
 
 
 class LedgerCheck:
@@ -48,6 +93,7 @@ class LedgerCheck:
                        WHERE $1::text IS NULL OR w.organisation_id = $1""",
                     organisation,
                 )
+                counted = await conn.fetch(_BUDGET_COUNTS, organisation, list(usage.PERIOD_STARTS))
                 drifted = await conn.fetch(
                     """SELECT b.organisation_id, b.bucket_id, b.remaining,
                               b.granted + coalesce(sum(a.amount), 0) AS allocated
@@ -57,24 +103,36 @@ class LedgerCheck:
                        HAVING b.remaining <> b.granted + coalesce(sum(a.amount), 0)""",
                     organisation,
                 )
-            mismatches = [
-                {
-                    "organisation_id": r[0],
-                    "balance": r[1],
-                    "ledger": int(r[2]),
-                    "buckets": int(r[3]),
-                }
-                for r in rows
-                if not r[1] == r[2] == r[3]
-            ] + [
-                {
-                    "organisation_id": r[0],
-                    "bucket_id": str(r[1]),
-                    "remaining": r[2],
-                    "allocated": int(r[3]),
-                }
-                for r in drifted
-            ]
+            mismatches = (
+                [
+                    {
+                        "organisation_id": r[0],
+                        "balance": r[1],
+                        "ledger": int(r[2]),
+                        "buckets": int(r[3]),
+                    }
+                    for r in rows
+                    if not r[1] == r[2] == r[3]
+                ]
+                + [
+                    {
+                        "organisation_id": r[0],
+                        "bucket_id": str(r[1]),
+                        "remaining": r[2],
+                        "allocated": int(r[3]),
+                    }
+                    for r in drifted
+                ]
+                + [
+                    {
+                        "organisation_id": r["organisation_id"],
+                        "budget": f"{r['what']}:{r['scope']}:{r['subject_id']}",
+                        "counted": int(r["counted"]),
+                        "actual": int(r["actual"]),
+                    }
+                    for r in counted
+                ]
+            )
             if mismatches:
                 async with conn.transaction():
                     await outbox.enqueue(
@@ -100,6 +158,9 @@ class LedgerCheck:
                     f"the wallet's balance is {mismatch['balance']}; its ledger entries add up "
                     f"to {mismatch['ledger']}, its buckets less its debt to {mismatch['buckets']}"
                     if "balance" in mismatch
+                    else f"budgets count {mismatch['counted']} for {mismatch['budget']}; the "
+                    f"holds or the period's debits say {mismatch['actual']}"
+                    if "budget" in mismatch
                     else f"bucket {mismatch['bucket_id']} has {mismatch['remaining']} left; what "
                     f"it was granted less what entries took is {mismatch['allocated']}"
                 ),

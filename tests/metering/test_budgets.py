@@ -390,3 +390,19 @@ async def test_what_budgets_count_stays_equal_to_the_holds_and_the_ledger(
     await eventually(lambda: consistent(True), what="held and spent as the holds and ledger say")
     clock.advance(timedelta(seconds=metering.settings.hold_ttl_seconds + 1))
     await eventually(lambda: consistent(False), what="every remaining hold expired and uncounted")
+    check = await metering.http.post("/v1/ledger-checks", json={"organisation_id": org})
+    assert check.json()["mismatches"] == []
+    await db.execute(
+        """INSERT INTO budget_held AS h VALUES ($1, 'member', 'member_3', 7)
+           ON CONFLICT (organisation_id, scope, subject_id) DO UPDATE SET held = h.held + 7""",
+        org,
+    )
+    check = await metering.http.post("/v1/ledger-checks", json={"organisation_id": org})
+    assert check.json()["mismatches"] == [
+        {"organisation_id": org, "budget": "held:member:member_3", "counted": 7, "actual": 0}
+    ]
+    await db.execute(
+        """UPDATE budget_held SET held = held - 7
+           WHERE organisation_id = $1 AND scope = 'member' AND subject_id = 'member_3'""",
+        org,
+    )

@@ -460,6 +460,10 @@ class LedgerMismatchOut(BaseModel):
     """A bucket whose remaining differs from what it was granted less what entries took."""
     remaining: int | None = None
     allocated: int | None = None
+    budget: str | None = None
+    """What budgets count that differs: `held|spent:member|agent:<id>`."""
+    counted: int | None = None
+    actual: int | None = None
 
 
 class LedgerCheckOut(BaseModel):
