@@ -82,7 +82,8 @@ class AuthorizationOut(BaseModel):
     decision: str
     """`allowed` or `denied`."""
     reason: str | None
-    """Why denied: `credits_exhausted`, `insufficient_credits`, `no_wallet`."""
+    """Why denied: `credits_exhausted`, `insufficient_credits`, `member_budget_exhausted`,
+    `agent_budget_exhausted`, `no_wallet`."""
     estimate: int
     held: int
     """Credits this hold reserves now (0 once settled, released or expired, or if denied)."""
