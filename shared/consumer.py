@@ -45,6 +45,7 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
+from shared import metrics
 from shared.deadletter import DeadLetters
 from shared.events import Event
 from shared.events.codec import Rejection, TopicCodec
@@ -264,6 +265,24 @@ class BatchConsumer(Generic[E]):
             )
         return sorted(found, key=lambda s: (s.topic, s.partition))
 
+    def _measure(
+        self, records: Sequence[ConsumerRecord], parked: list[tuple[Any, Rejection]], took: float
+    ) -> None:
+        metrics.BATCH_SECONDS.labels(self.name).observe(took)
+        topic = records[0].topic if records else ""
+        for record, rejection in parked:
+            metrics.PARKED.labels(self.name, record.topic, rejection.reason).inc()
+        metrics.RECORDS.labels(self.name, topic, "parked").inc(len(parked))
+        metrics.RECORDS.labels(self.name, topic, "applied").inc(len(records) - len(parked))
+        ends: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            ends[tp] = max(ends.get(tp, 0), record.offset + 1)
+        for tp, offset in ends.items():
+            lag = self._lag(tp, offset)
+            if lag is not None:
+                metrics.LAG.labels(self.name, tp.topic, str(tp.partition)).set(lag)
+
     def _lag(self, tp: TopicPartition, offset: int) -> int | None:
         consumer = self._consumer
         if consumer is None or tp not in consumer.assignment():
@@ -334,6 +353,7 @@ class BatchConsumer(Generic[E]):
         decoded: list[Decoded[E]],
         rejected: list[tuple[Any, Rejection]],
     ) -> None:
+        started = time.perf_counter()
         refused = await self._apply_isolating(decoded)
         parked = [*rejected, *((d.record, r) for d, r in refused)]
         await self._with_retries(
@@ -343,6 +363,7 @@ class BatchConsumer(Generic[E]):
             self.parked.count += len(parked)
             self.parked.last_reason = parked[-1][1].reason
             self.parked.last_at = time.time()
+        self._measure(records, parked, time.perf_counter() - started)
         log.debug(
             "batch applied",
             consumer=self.name,
@@ -395,6 +416,8 @@ class BatchConsumer(Generic[E]):
         Returns the partitions rewound, with their offsets."""
         rewound = _rewind(consumer, records)
         now = time.monotonic()
+        for tp in rewound:
+            metrics.FAILED_BATCHES.labels(self.name, tp.topic).inc()
         for tp, offset in rewound.items():
             state = self._partitions.setdefault(tp, _PartitionState())
             state.failures += 1

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
+from shared import metrics
 from shared.clock import Clock
 from shared.db import Migrations
 from shared.events import Event
@@ -153,12 +155,16 @@ class OutboxRelay:
     async def drain_once(self) -> int:
         """Publish one batch in id order; delete what the broker acknowledged."""
         rows = await self._pool.fetch(
-            "SELECT id, topic, key, event_type, payload FROM outbox ORDER BY id LIMIT $1",
+            """SELECT id, topic, key, event_type, payload, created_at FROM outbox
+               ORDER BY id LIMIT $1""",
             self._batch_size,
         )
+        oldest = metrics.OUTBOX_OLDEST_SECONDS.labels(self._schema)
         if not rows:
+            oldest.set(0)
             self.backoff.reset()
             return 0
+        oldest.set(max(0.0, time.time() - rows[0]["created_at"].timestamp()))
         await send_batched(
             self._producer,
             [
@@ -178,6 +184,7 @@ class OutboxRelay:
         await self._pool.execute(
             "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
         )
+        metrics.OUTBOX_PUBLISHED.labels(self._schema).inc(len(rows))
         self.backoff.reset()
         return len(rows)
 

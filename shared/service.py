@@ -37,11 +37,11 @@ import asyncpg
 import uvicorn
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
-from shared import audit, clock_control, directory, outbox
+from shared import audit, clock_control, directory, metrics, outbox
 from shared.clock import Clock, MovableClock, SystemClock
 from shared.consumer import Apply, BatchConsumer
 from shared.db import Migrations, apply_migrations, create_pool
@@ -516,6 +516,14 @@ def create_app(
             {"status": "ready" if ready else "not-ready", **details},
             status_code=200 if ready else 503,
         )
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def prometheus() -> Response:
+        """Prometheus metrics (`shared.metrics`): records applied and parked per consumer and
+        topic, parked by reason, failed batches, batch time, consumer lag, the outbox, and each
+        service's own."""
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     return app
 

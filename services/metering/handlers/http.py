@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
@@ -12,6 +13,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from shared import metrics
 from shared.access import READERS, Scope, allow
 from shared.audit import audited
 from shared.events import MAX_CREDITS_PER_MESSAGE, CreditLevel
@@ -123,6 +125,7 @@ async def authorize(body: AuthorizationIn, request: Request, response: Response)
 
 async def _authorize(state: Any, body: AuthorizationIn) -> Answer:
     settings: MeteringSettings = state.settings
+    started = time.perf_counter()
     try:
         decided = await state.parts.authorizer.authorize(
             Ask(
@@ -155,6 +158,8 @@ async def _authorize(state: Any, body: AuthorizationIn) -> Answer:
             "The organisation's credits changed during every attempt to decide; ask again.",
             headers={"Retry-After": "1"},
         ) from None
+    metrics.AUTHORIZATION_SECONDS.observe(time.perf_counter() - started)
+    metrics.AUTHORIZATIONS.labels(decided.decision, decided.reason or "").inc()
     headers = {"Idempotent-Replayed": "true"} if decided.replayed else None
     return Answer(_out(decided).model_dump(mode="json"), headers)
 

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared import metrics
 from shared.access import READERS, Scope, allow
 from shared.audit import audited
 from shared.events.audit import SYSTEM_ORGANISATION, AuditAction
@@ -48,9 +49,11 @@ async def receive_webhook(request: Request) -> dict[str, bool]:
     try:
         new = await inbox.receive(await request.body(), request.headers.get("stripe-signature"))
     except WebhookRejected as rejected:
+        metrics.WEBHOOKS.labels("refused").inc()
         raise Problem(
             400, "webhook-refused", "Webhook refused", rejected.detail, reason=rejected.reason
         ) from None
+    metrics.WEBHOOKS.labels("stored" if new else "duplicate").inc()
     return {"received": True, "duplicate": not new}
 
 
