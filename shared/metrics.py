@@ -35,7 +35,10 @@ LAG = Gauge(
     ["consumer", "topic", "partition"],
 )
 OUTBOX_PUBLISHED = Counter(
-    "billing_outbox_published_total", "Announcements published from the outbox.", ["schema"]
+    "billing_outbox_published_total",
+    "Announcements published from the outbox, by event type (`drift.repaired.v1`: the "
+    "reconcilers' repairs; `operator_alert.raised.v1`: what needs an operator).",
+    ["schema", "event_type"],
 )
 OUTBOX_OLDEST_SECONDS = Gauge(
     "billing_outbox_oldest_seconds",
@@ -51,6 +54,11 @@ AUTHORIZATION_SECONDS = Histogram(
     "billing_authorization_seconds",
     "Time to answer one authorization, from the request to the recorded decision.",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+RENEWALS = Counter(
+    "billing_renewals_total",
+    "Subscriptions found due for renewal, and those renewed (R8), by the subscription service.",
+    ["outcome"],
 )
 WEBHOOKS = Counter(
     "billing_webhooks_total",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -184,7 +185,8 @@ class OutboxRelay:
         await self._pool.execute(
             "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
         )
-        metrics.OUTBOX_PUBLISHED.labels(self._schema).inc(len(rows))
+        for event_type, count in Counter(r["event_type"] for r in rows).items():
+            metrics.OUTBOX_PUBLISHED.labels(self._schema, event_type).inc(count)
         self.backoff.reset()
         return len(rows)
 

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import asyncpg
 
-from shared import directory, outbox
+from shared import directory, metrics, outbox
 from shared.clock import Clock
 from shared.consumer import Decoded
 from shared.events import (
@@ -396,6 +396,8 @@ class Subscriptions:
             outcomes = [machine.renew(sub, now, self.catalogue) for sub in due]
             changed = [o for o in outcomes if o.changed]
             await self.record(conn, changed, now)
+        metrics.RENEWALS.labels("due").inc(len(due))
+        metrics.RENEWALS.labels("renewed").inc(len(changed))
         if changed:
             log.info("subscriptions renewed", renewed=len(changed))
         return len(due)

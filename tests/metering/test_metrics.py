@@ -65,17 +65,16 @@ async def test_the_counters_move_with_real_traffic(metering: MeteringHarness) ->
             "/v1/authorizations", json=ask | {"message_id": message, "estimate": estimate}
         )
 
+    decided = {
+        "schema": metering.settings.db_schema,
+        "event_type": "credit_authorization.decided.v1",
+    }
+
     async def moved() -> dict | None:
         after = await scrape(metering)
-        published = value(
-            after, "billing_outbox_published_total", schema=metering.settings.db_schema
-        )
-        return (
-            after
-            if published
-            > value(before, "billing_outbox_published_total", schema=metering.settings.db_schema)
-            else None
-        )
+        published = value(after, "billing_outbox_published_total", **decided)
+        earlier = value(before, "billing_outbox_published_total", **decided)
+        return after if published - earlier >= 2 else None
 
     after = await eventually(moved, what="the outbox's announcements counted")
 
@@ -99,5 +98,6 @@ async def test_the_counters_move_with_real_traffic(metering: MeteringHarness) ->
         delta("billing_authorizations_total", decision="denied", reason="insufficient_credits") == 1
     )
     assert delta("billing_authorization_seconds_count") == 2
+    assert delta("billing_outbox_published_total", **decided) == 2
     lags = [v for (name, _), v in after.items() if name == "billing_consumer_lag"]
     assert lags and min(lags) >= 0

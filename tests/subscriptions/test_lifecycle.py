@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import REGISTRY
 
 from shared import cli, identity
 from shared.events.members import MemberRole
@@ -209,8 +210,10 @@ async def test_pro_to_max_tops_up_the_difference_and_max_to_pro_waits_for_the_re
     await billing.service.renew_due(100)
     assert (await billing.subscription(org))["plan"] == "max"
 
+    renewed = REGISTRY.get_sample_value("billing_renewals_total", {"outcome": "renewed"}) or 0
     billing.clock.set(start + timedelta(days=30))  # Nov 15 + 1 month
     sub = await billing.subscription(org, plan="pro", pending_plan=None)
+    assert REGISTRY.get_sample_value("billing_renewals_total", {"outcome": "renewed"}) > renewed
     assert sub["credit_period_start"] == "2026-12-15T12:00:00Z"
     await billing.credits(org, balance=PRO, allotment=PRO)
     assert (await billing.changes(org))[-1] == "downgrade_applied"
