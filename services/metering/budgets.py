@@ -40,6 +40,12 @@ class BudgetView:
     """Members with a budget of their own or credits used this period."""
     agents: list[BudgetUse]
 
+    def of_member(self, member_id: str) -> BudgetView:
+        """What one member may see: their own budget (or the default) and what they used."""
+        found = next((m for m in self.members if m.subject_id == member_id), None)
+        own = found or BudgetUse(Scope.MEMBER, member_id, self.member_default, False, 0, 0)
+        return BudgetView(self.period_key, self.renews_at, self.member_default, [own], [])
+
 
 class BudgetBook:
     def __init__(self, pool: asyncpg.Pool, clock: Clock) -> None:
@@ -85,9 +91,3 @@ class BudgetBook:
             members=members,
             agents=agents,
         )
-
-    async def member(self, organisation_id: str, member_id: str) -> BudgetUse:
-        """What applies to one member, and what they used."""
-        view = await self.view(organisation_id)
-        found = next((m for m in view.members if m.subject_id == member_id), None)
-        return found or BudgetUse(Scope.MEMBER, member_id, view.member_default, False, 0, 0)

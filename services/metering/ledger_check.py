@@ -21,15 +21,14 @@ from shared.events.operations import AlertKind, OperatorAlert, OperatorAlertRais
 from shared.logging import get_logger
 
 from . import PRODUCER, usage
+from .store.budget_counts import period_began
 
 log = get_logger("metering.ledger_check")
 
-_BUDGET_COUNTS = """
+_BUDGET_COUNTS = f"""
 WITH budgeted AS (
     SELECT DISTINCT b.organisation_id, coalesce(w.period_key, '') AS period_key,
-           (SELECT coalesce(max(l.seq), 0) FROM ledger l
-            WHERE l.organisation_id = b.organisation_id AND l.kind = 'grant'
-              AND l.reason = ANY($2::text[])) AS period_after
+           {period_began("b.organisation_id", "$2::text[]")} AS period_after
     FROM budgets b JOIN wallets w USING (organisation_id)
     WHERE $1::text IS NULL OR b.organisation_id = $1
 ),

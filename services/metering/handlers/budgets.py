@@ -93,9 +93,7 @@ async def my_budgets(acting: Acting, request: Request) -> BudgetsOut:
     view = await book.view(acting.organisation_id)
     if acting.role is MemberRole.OWNER:
         return _budgets_out(acting.organisation_id, view, editable=True)
-    own = await book.member(acting.organisation_id, acting.member_id)
-    mine = BudgetView(view.period_key, view.renews_at, view.member_default, [own], [])
-    return _budgets_out(acting.organisation_id, mine, editable=False)
+    return _budgets_out(acting.organisation_id, view.of_member(acting.member_id), editable=False)
 
 
 async def _set(

@@ -54,3 +54,11 @@ def add_spent(name: str, source: str, amount: str = "credits") -> str:
     ON CONFLICT (organisation_id, period_key, scope, subject_id)
     DO UPDATE SET spent = s.spent + excluded.spent
 )"""
+
+
+def period_began(organisation: str, period_starts: str) -> str:
+    """An expression: the ledger position (`seq`) of the organisation's latest period-starting
+    grant (0: none). A debit after it is in the current credit period."""
+    return f"""(SELECT coalesce(max(l.seq), 0) FROM ledger l
+            WHERE l.organisation_id = {organisation} AND l.kind = 'grant'
+              AND l.reason = ANY({period_starts}))"""

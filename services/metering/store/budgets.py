@@ -10,6 +10,7 @@ from typing import NamedTuple
 import asyncpg
 
 from ..domain.budgets import Budgets, Scope
+from .budget_counts import period_began
 from .wallets import create_wallets
 
 
@@ -74,16 +75,12 @@ async def lines(conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str) -
     ]
 
 
-_REBUILD_SPEND = """
-WITH period AS (
-    SELECT coalesce(max(seq), 0) AS after FROM ledger
-    WHERE organisation_id = $1 AND kind = 'grant' AND reason = ANY($3::text[])
-)
+_REBUILD_SPEND = f"""
 INSERT INTO budget_spend (organisation_id, period_key, scope, subject_id, spent)
-SELECT $1, $2, x.scope, x.subject_id, -sum(l.amount)
-FROM ledger l, period p,
-     LATERAL (VALUES ('member', l.member_id), ('agent', l.agent_id)) AS x(scope, subject_id)
-WHERE l.organisation_id = $1 AND l.kind = 'debit' AND l.seq > p.after
+SELECT $1, $2, x.scope, x.subject_id, -sum(d.amount)
+FROM ledger d,
+     LATERAL (VALUES ('member', d.member_id), ('agent', d.agent_id)) AS x(scope, subject_id)
+WHERE d.organisation_id = $1 AND d.kind = 'debit' AND d.seq > {period_began("$1", "$3::text[]")}
   AND x.subject_id IS NOT NULL
 GROUP BY x.scope, x.subject_id
 """
