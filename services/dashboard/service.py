@@ -146,23 +146,33 @@ class Dashboard:
         stored = await store.view(self._pool, organisation_id)
         if self.invoices is not None and (stored.subscription or {}).get("stripe_subscription_id"):
             stored = replace(stored, invoices=await self.invoices.latest(organisation_id))
-        now = self._clock.now()
-        credits = stored.credits or {}
-        start = credits.get("period_start")
         if self.usage is not None and stored.credits is not None:
             stored = replace(stored, buckets=await self.usage.buckets(organisation_id))
-        if self.usage is None or not start:
+        current = self._current_period(stored)
+        if self.usage is None or current is None:
             return stored
+        if period is not None and period < current[0]:
+            found = await self.usage.usage(organisation_id, period)
+            until = datetime.fromisoformat(found["until"]) if found else current[0]
+            return replace(stored, usage=found, period=(period, until), current_period=False)
+        found = await self.usage.usage(organisation_id, *current)
+        return replace(stored, usage=found, period=current, current_period=True)
+
+    async def current_period(self, organisation_id: str) -> tuple[datetime, datetime] | None:
+        """The current credit period, [start, the renewal or now), as the credit bar knows it
+        (from this service's own store; nothing asked of other services)."""
+        return self._current_period(await store.view(self._pool, organisation_id))
+
+    def _current_period(self, stored: store.Stored) -> tuple[datetime, datetime] | None:
+        credits = stored.credits or {}
+        start = credits.get("period_start")
+        if not start:
+            return None
+        now = self._clock.now()
         current = datetime.fromisoformat(start)
         renews = credits.get("renews_at")
         end = datetime.fromisoformat(renews) if renews else now
-        if period is not None and period < current:
-            found = await self.usage.usage(organisation_id, period)
-            until = datetime.fromisoformat(found["until"]) if found else current
-            return replace(stored, usage=found, period=(period, until), current_period=False)
-        until = max(end, now, current + timedelta(seconds=1))
-        found = await self.usage.usage(organisation_id, current, until)
-        return replace(stored, usage=found, period=(current, until), current_period=True)
+        return current, max(end, now, current + timedelta(seconds=1))
 
     def open_pages(self, organisation_id: str, member_id: str) -> tuple[int, int]:
         """How many live pages are open on this instance: the organisation's, the member's."""

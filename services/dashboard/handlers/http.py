@@ -384,9 +384,12 @@ async def usage_drill_down(
     """The credit period's usage one level down: days, a day's agents, an agent's
     conversations that day, a conversation's messages (each with its receipt)."""
     dashboard = _dashboard(request)
-    stored = await dashboard.view(who.organisation_id, period)
     now = request.app.state.runtime.clock.now()
-    since, until = stored.period or (now - timedelta(days=31), now)
+    if period is None:
+        bounds = await dashboard.current_period(who.organisation_id)
+    else:
+        bounds = (await dashboard.view(who.organisation_id, period)).period
+    since, until = bounds or (now - timedelta(days=31), now)
     given = {"day": day, "agent_id": agent_id, "conversation_id": conversation_id}
     given = {k: v for k, v in given.items() if v}
     found = None
