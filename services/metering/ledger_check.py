@@ -21,31 +21,18 @@ from shared.events.operations import AlertKind, OperatorAlert, OperatorAlertRais
 from shared.logging import get_logger
 
 from . import PRODUCER, usage
-from .store.budget_counts import period_began
+from .store.budget_counts import held_per_subject, spent_per_subject
 
 log = get_logger("metering.ledger_check")
 
 _BUDGET_COUNTS = f"""
 WITH budgeted AS (
-    SELECT DISTINCT b.organisation_id, coalesce(w.period_key, '') AS period_key,
-           {period_began("b.organisation_id", "$2::text[]")} AS period_after
+    SELECT DISTINCT b.organisation_id, coalesce(w.period_key, '') AS period_key
     FROM budgets b JOIN wallets w USING (organisation_id)
     WHERE $1::text IS NULL OR b.organisation_id = $1
 ),
-held AS (
-    SELECT a.organisation_id, x.scope, x.subject_id, sum(a.estimate) AS credits
-    FROM authorizations a JOIN budgeted USING (organisation_id),
-         LATERAL (VALUES ('member', a.member_id), ('agent', a.agent_id)) AS x(scope, subject_id)
-    WHERE a.status = 'held' AND x.subject_id IS NOT NULL
-    GROUP BY 1, 2, 3
-),
-spent AS (
-    SELECT l.organisation_id, x.scope, x.subject_id, -sum(l.amount) AS credits
-    FROM ledger l JOIN budgeted g USING (organisation_id),
-         LATERAL (VALUES ('member', l.member_id), ('agent', l.agent_id)) AS x(scope, subject_id)
-    WHERE l.kind = 'debit' AND l.seq > g.period_after AND x.subject_id IS NOT NULL
-    GROUP BY 1, 2, 3
-),
+held AS ({held_per_subject("SELECT organisation_id FROM budgeted")}),
+spent AS ({spent_per_subject("SELECT organisation_id FROM budgeted", "$2::text[]")}),
 kept_held AS (
     SELECT h.organisation_id, h.scope, h.subject_id, h.held AS credits
     FROM budget_held h JOIN budgeted USING (organisation_id) WHERE h.held <> 0

@@ -61,24 +61,17 @@ class AuditRecordedV1(Event):
     data: AuditEntry
 
 
-class AuditActionV2(StrEnum):
-    """Version 2's actions: version 1's, and the owners' budgets and credit packs."""
-
-    PLAN_CHANGE = "plan_change"
-    CANCEL = "cancel"
-    REACTIVATE = "reactivate"
-    BILLING_PORTAL = "billing_portal"
-    ENTERPRISE_TERMS = "enterprise_terms"
-    CREDIT_GRANT = "credit_grant"
-    REPLAY = "replay"
-    RECONCILIATION = "reconciliation"
-    LEDGER_CHECK = "ledger_check"
-    BUDGET = "budget"
-    """An owner set or removed a member's, an agent's or the members' default budget."""
-    CREDIT_PACK = "credit_pack"
-    """An owner bought a credit pack (to Stripe Checkout)."""
-    AUTO_RECHARGE = "auto_recharge"
-    """An owner set auto-recharge."""
+AuditActionV2 = StrEnum(  # type: ignore[misc]
+    "AuditActionV2",
+    {
+        **{action.name: action.value for action in AuditAction},
+        "BUDGET": "budget",
+        "CREDIT_PACK": "credit_pack",
+        "AUTO_RECHARGE": "auto_recharge",
+    },
+)
+"""Version 2's actions: version 1's, and an owner's budget set or removed (`budget`), credit
+pack bought (`credit_pack`) and auto-recharge set (`auto_recharge`)."""
 
 
 class AuditEntryV2(AuditEntry):

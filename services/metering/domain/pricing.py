@@ -117,6 +117,11 @@ class RateCard:
             raise Unpriced(f"rate card {version.version} has no line for model {usage.model!r}")
         return Priced(cost(line, usage), version.version, usage.model, line)
 
+    def line(self, version: str, model: str) -> Line | None:
+        """The line that priced `model` in `version` (a receipt shows it)."""
+        found = next((v for v in self.versions if v.version == version), None)
+        return found.lines.get(model) if found else None
+
     def estimate(self, model: str, at: datetime) -> int | None:
         version = self.in_force(at)
         line = version.lines.get(model) if version else None

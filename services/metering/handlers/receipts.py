@@ -98,10 +98,7 @@ async def get_receipt(
     whose = debit or reservation or {}
     priced = None
     if debit is not None and debit["rate_card"] is not None:
-        version = next(
-            (v for v in metering.rate_card.versions if v.version == debit["rate_card"]), None
-        )
-        line = version.lines.get(debit["model"]) if version else None
+        line = metering.rate_card.line(debit["rate_card"], debit["model"])
         priced = PricedOut(
             version=debit["rate_card"],
             model=debit["model"],

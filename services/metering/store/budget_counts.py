@@ -4,16 +4,30 @@ source of rows with `organisation_id`, `member_id`, `agent_id` and an amount."""
 
 from __future__ import annotations
 
-_PER_SUBJECT = """(
+
+def subjects(row: str) -> str:
+    """A lateral join giving each row of `row` twice: as its member's and as its agent's
+    (`x.scope`, `x.subject_id`; the agent's is null when the row names none)."""
+    return (
+        f"LATERAL (VALUES ('member', {row}.member_id), ('agent', {row}.agent_id))"
+        " AS x(scope, subject_id)"
+    )
+
+
+_PER_SUBJECT = (
+    """(
     SELECT r.organisation_id, x.scope, x.subject_id, sum(r.{amount})::bigint AS amount
     FROM {source} r
     JOIN (SELECT o.organisation_id FROM (SELECT DISTINCT organisation_id FROM {source}) o
           WHERE (SELECT true FROM budgets b WHERE b.organisation_id = o.organisation_id LIMIT 1)
          ) budgeted USING (organisation_id),
-         LATERAL (VALUES ('member', r.member_id), ('agent', r.agent_id)) AS x(scope, subject_id)
+         """
+    + subjects("r")
+    + """
     WHERE x.subject_id IS NOT NULL AND r.{amount} > 0
     GROUP BY 1, 2, 3
 ) t"""
+)
 """Per organisation, member or agent; only organisations with a budget (one index probe per
 organisation of the source, never a scan of every budget)."""
 
@@ -54,6 +68,31 @@ def add_spent(name: str, source: str, amount: str = "credits") -> str:
     ON CONFLICT (organisation_id, period_key, scope, subject_id)
     DO UPDATE SET spent = s.spent + excluded.spent
 )"""
+
+
+def held_per_subject(organisations: str) -> str:
+    """A query of (`organisation_id`, `scope`, `subject_id`, `credits`): what the active holds
+    of `organisations` (a one-column query) reserve per member and agent. What `budget_held`
+    must equal; it is rebuilt from it and checked against it."""
+    return f"""SELECT a.organisation_id, x.scope, x.subject_id, sum(a.estimate)::bigint AS credits
+    FROM authorizations a, {subjects("a")}
+    WHERE a.organisation_id IN ({organisations}) AND a.status = 'held'
+      AND x.subject_id IS NOT NULL
+    GROUP BY 1, 2, 3"""
+
+
+def spent_per_subject(organisations: str, period_starts: str) -> str:
+    """A query of (`organisation_id`, `scope`, `subject_id`, `credits`): what the debits of
+    `organisations` (a one-column query) took this credit period per member and agent. What
+    `budget_spend` must hold for the wallet's period; rebuilt from it and checked against it."""
+    return f"""SELECT d.organisation_id, x.scope, x.subject_id, -sum(d.amount)::bigint AS credits
+    FROM ledger d
+    JOIN (SELECT o.organisation_id,
+                 {period_began("o.organisation_id", period_starts)} AS after
+          FROM ({organisations}) AS o(organisation_id)) p USING (organisation_id),
+         {subjects("d")}
+    WHERE d.kind = 'debit' AND d.seq > p.after AND x.subject_id IS NOT NULL
+    GROUP BY 1, 2, 3"""
 
 
 def period_began(organisation: str, period_starts: str) -> str:

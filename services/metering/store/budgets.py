@@ -10,7 +10,7 @@ from typing import NamedTuple
 import asyncpg
 
 from ..domain.budgets import Budgets, Scope
-from .budget_counts import period_began
+from .budget_counts import held_per_subject, spent_per_subject
 from .wallets import create_wallets
 
 
@@ -77,22 +77,13 @@ async def lines(conn: asyncpg.Connection | asyncpg.Pool, organisation_id: str) -
 
 _REBUILD_SPEND = f"""
 INSERT INTO budget_spend (organisation_id, period_key, scope, subject_id, spent)
-SELECT $1, $2, x.scope, x.subject_id, -sum(d.amount)
-FROM ledger d,
-     LATERAL (VALUES ('member', d.member_id), ('agent', d.agent_id)) AS x(scope, subject_id)
-WHERE d.organisation_id = $1 AND d.kind = 'debit' AND d.seq > {period_began("$1", "$3::text[]")}
-  AND x.subject_id IS NOT NULL
-GROUP BY x.scope, x.subject_id
+SELECT organisation_id, $2, scope, subject_id, credits
+FROM ({spent_per_subject("SELECT $1::text", "$3::text[]")}) t
 """
 
-
-_REBUILD_HELD = """
+_REBUILD_HELD = f"""
 INSERT INTO budget_held (organisation_id, scope, subject_id, held)
-SELECT $1, x.scope, x.subject_id, sum(a.estimate)
-FROM authorizations a,
-     LATERAL (VALUES ('member', a.member_id), ('agent', a.agent_id)) AS x(scope, subject_id)
-WHERE a.organisation_id = $1 AND a.status = 'held' AND x.subject_id IS NOT NULL
-GROUP BY x.scope, x.subject_id
+{held_per_subject("SELECT $1::text")}
 """
 
 
