@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint install clean browser
+.PHONY: run test bench lint install clean browser contracts
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(STAMP) browser
 ## Throughput and latency against this machine's ceilings; writes bench/results/*.json.
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## The AsyncAPI document of the topics and the OpenAPI document of each service, under docs/.
+contracts: $(STAMP)
+	$(BIN)/python -m shared.contracts write
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

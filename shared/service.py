@@ -367,7 +367,11 @@ class Kernel(Generic[S]):
         (then the consumers' start, in the background, tries again)."""
         try:
             await asyncio.wait_for(
-                ensure_topics(self.settings.kafka_bootstrap_servers, self.settings.topic_prefix),
+                ensure_topics(
+                    self.settings.kafka_bootstrap_servers,
+                    self.settings.topic_prefix,
+                    layout=self.settings.topic_layout,
+                ),
                 timeout,
             )
         except (TimeoutError, OSError, KafkaError) as exc:
@@ -541,15 +545,28 @@ def load_settings(service: Service[S, Any]) -> S:
 
 
 def main(service: Service[S, Any], argv: Sequence[str] | None = None) -> None:
-    """`python -m services.<name> [serve|migrate]`."""
+    """`python -m services.<name> [serve|migrate|topics]`: serve, apply the migrations, or
+    create the registry's topics (one-off jobs before a rollout)."""
     parser = argparse.ArgumentParser(prog=f"python -m {service.module}")
-    parser.add_argument("command", nargs="?", default="serve", choices=("serve", "migrate"))
+    parser.add_argument(
+        "command", nargs="?", default="serve", choices=("serve", "migrate", "topics")
+    )
     args = parser.parse_args(argv)
     settings = load_settings(service)
     configure_logging(settings.log_level, service=service.name)
     if args.command == "migrate":
         applied = asyncio.run(service.migrate(settings))
         print("\n".join(applied) or "schema up to date")
+        return
+    if args.command == "topics":
+        names = asyncio.run(
+            ensure_topics(
+                settings.kafka_bootstrap_servers,
+                settings.topic_prefix,
+                layout=settings.topic_layout,
+            )
+        )
+        print(f"{len(names)} topics present (the registry's and their dead-letter topics)")
         return
     uvicorn.run(
         create_app(service, settings),

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.access import DEV_API_TOKEN, Credential, parse_credentials
 from shared.identity import DEV_IDENTITY_KEYS, parse_keys, uses_development_key
+from shared.topics import REGISTRY, TopicLayout
 
 DEV_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 DEV_DATABASE_URL = "postgresql://postgres@127.0.0.1:55432/billing"
@@ -56,7 +57,47 @@ class CommonSettings(BaseSettings):
         validation_alias=AliasChoices("KAFKA_CREATE_TOPICS"),
         description="Create the registry's topics at start (off where topics are provisioned).",
     )
+    kafka_replication_factor: int = Field(
+        1,
+        ge=1,
+        le=7,
+        validation_alias=AliasChoices("KAFKA_REPLICATION_FACTOR"),
+        description="Replicas of each topic created from the registry (3 in production).",
+    )
+    kafka_min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        le=7,
+        validation_alias=AliasChoices("KAFKA_MIN_INSYNC_REPLICAS"),
+        description="`min.insync.replicas` of the topics created (2 with 3 replicas); unset, "
+        "the broker's default.",
+    )
+    kafka_topic_partitions: dict[str, int] = Field(
+        default_factory=dict,
+        validation_alias=AliasChoices("KAFKA_TOPIC_PARTITIONS"),
+        description='Partitions per topic where not the registry\'s, as JSON: {"agent.usage": 48}.',
+    )
     log_level: str = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL"))
+
+    @model_validator(mode="after")
+    def _topic_layout(self) -> Self:
+        if (self.kafka_min_insync_replicas or 0) > self.kafka_replication_factor:
+            raise ValueError("KAFKA_MIN_INSYNC_REPLICAS exceeds KAFKA_REPLICATION_FACTOR")
+        known = {spec.name for spec in REGISTRY}
+        for name, partitions in self.kafka_topic_partitions.items():
+            if name not in known:
+                raise ValueError(f"KAFKA_TOPIC_PARTITIONS names {name!r}, not a registry topic")
+            if not 1 <= partitions <= 10_000:
+                raise ValueError(f"KAFKA_TOPIC_PARTITIONS: {name} needs 1 to 10000 partitions")
+        return self
+
+    @property
+    def topic_layout(self) -> TopicLayout:
+        return TopicLayout(
+            self.kafka_replication_factor,
+            self.kafka_min_insync_replicas,
+            self.kafka_topic_partitions,
+        )
 
     @field_validator("log_level")
     @classmethod

@@ -7,8 +7,8 @@ partition, and every topic has a dead-letter topic (`<name>.dlq`) for what its c
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -59,6 +59,19 @@ from shared.events.subscriptions import SubscriptionChangedV1
 KEY = "organisation_id"
 
 
+EXTERNAL_PARTIES: dict[str, str] = {
+    "agent runtime": "Another team's system: publishes a usage event for every agent message.",
+    "chat gateway": "Another team's system: asks for authorization before a message goes out, "
+    "and follows the credit bar.",
+    "member directory": "Another team's system: the workspace's organisations and members.",
+    "other teams' dashboards": "Other teams' dashboards, which consume the topics.",
+    "operators' alerting": "The operators' alerting, which pages on alerts and shows repairs.",
+}
+"""Who else writes or reads the topics. Every other party named in the registry is one of
+ours: a service (its `Service.name`) or `billing CLI`; the contract tests check what each of
+ours declares against what its code publishes and consumes."""
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
@@ -68,6 +81,18 @@ class TopicSpec:
     consumers: tuple[str, ...]
     partitions: int = 6
     key: str = KEY
+    retired: tuple[type[Event], ...] = ()
+    """Schemas still decoded (they may remain on the topic until its retention ends) that no
+    producer writes any more: a newer version replaced them, or the command became an HTTP
+    call. Never removed from `schemas` while a message of theirs can be read."""
+
+    def __post_init__(self) -> None:
+        assert set(self.retired) <= set(self.schemas), f"{self.name}: retired unknown schema"
+
+    @property
+    def published(self) -> tuple[type[Event], ...]:
+        """The schemas written today."""
+        return tuple(s for s in self.schemas if s not in self.retired)
 
     @property
     def dead_letter(self) -> str:
@@ -86,7 +111,7 @@ AGENT_USAGE = TopicSpec(
     description="One event per agent message processed, with the credits it consumed (R6; "
     "version 2: the raw usage, which metering prices with the rate card).",
     producers=("agent runtime",),
-    consumers=("metering", "dashboard"),
+    consumers=("metering",),
     partitions=6,
 )
 CREDIT_GRANT_REQUESTS = TopicSpec(
@@ -94,7 +119,7 @@ CREDIT_GRANT_REQUESTS = TopicSpec(
     schemas=(CreditGrantRequestedV1, CreditGrantRequestedV2),
     description="Commands to grant, renew, top up, adjust or claw back an organisation's "
     "credits (version 2: as buckets with priority and expiry).",
-    producers=("subscriptions", "billing CLI"),
+    producers=("subscriptions",),
     consumers=("metering",),
     partitions=3,
 )
@@ -103,7 +128,7 @@ CREDIT_BALANCE = TopicSpec(
     schemas=(CreditBalanceChangedV1,),
     description="An organisation's credits after every change: the data behind the credit bar.",
     producers=("metering",),
-    consumers=("dashboards", "chat gateway", "subscriptions"),
+    consumers=("dashboard", "subscriptions", "chat gateway", "other teams' dashboards"),
     partitions=6,
 )
 CREDIT_ALERTS = TopicSpec(
@@ -111,7 +136,7 @@ CREDIT_ALERTS = TopicSpec(
     schemas=(CreditsLowV1, CreditsExhaustedV1),
     description="Published once per crossing into `low` and into `exhausted`.",
     producers=("metering",),
-    consumers=("dashboards", "notifications"),
+    consumers=("other teams' dashboards",),
     partitions=3,
 )
 
@@ -120,7 +145,7 @@ CREDIT_AUTHORIZATIONS = TopicSpec(
     schemas=(CreditAuthorizationDecidedV1,),
     description="Every authorization decision for the chat gateway, allowed or denied.",
     producers=("metering",),
-    consumers=("dashboards",),
+    consumers=("dashboard",),
     partitions=6,
 )
 
@@ -137,8 +162,9 @@ STRIPE_COMMANDS = TopicSpec(
     ),
     description="Commands to the Stripe gateway; the event id is the Stripe idempotency key.",
     producers=("subscriptions", "seats"),
-    consumers=("stripe gateway",),
+    consumers=("stripe-gateway",),
     partitions=3,
+    retired=(CreateCustomerRequestedV1, CheckoutRequestedV1, PortalRequestedV1),
 )
 STRIPE_EVENTS = TopicSpec(
     name="stripe.events",
@@ -163,9 +189,18 @@ STRIPE_EVENTS = TopicSpec(
     ),
     description="What Stripe holds, fetched by the gateway when a webhook or the reconciler "
     "names an object (v2: ordered per object by `version`), and how each command ended.",
-    producers=("stripe gateway",),
-    consumers=("subscriptions",),
+    producers=("stripe-gateway",),
+    consumers=("subscriptions", "dashboard"),
     partitions=6,
+    retired=(
+        StripeCheckoutCompletedV1,
+        StripeSubscriptionActivatedV1,
+        StripeSubscriptionRenewedV1,
+        StripeSubscriptionUpdatedV1,
+        StripeSubscriptionDeletedV1,
+        StripeInvoicePaidV1,
+        StripeInvoicePaymentFailedV1,
+    ),
 )
 
 WORKSPACE_MEMBERS = TopicSpec(
@@ -173,8 +208,8 @@ WORKSPACE_MEMBERS = TopicSpec(
     schemas=(OrganisationCreatedV1, *MEMBER_EVENTS),
     description="The member directory's organisations and members (another team's system): "
     "each member event carries the member's state and a per-member sequence.",
-    producers=("member directory",),
-    consumers=("subscriptions", "seats"),
+    producers=("member directory", "billing CLI"),
+    consumers=("subscriptions", "seats", "metering", "dashboard"),
     partitions=6,
 )
 SUBSCRIPTION_STATE = TopicSpec(
@@ -182,7 +217,7 @@ SUBSCRIPTION_STATE = TopicSpec(
     schemas=(SubscriptionChangedV1,),
     description="Every change of an organisation's subscription, with its whole state.",
     producers=("subscriptions",),
-    consumers=("seats", "dashboards"),
+    consumers=("seats", "dashboard"),
     partitions=6,
 )
 
@@ -191,7 +226,7 @@ SEATS_STATE = TopicSpec(
     schemas=(SeatsChangedV1,),
     description="Every change of an organisation's seats: used, limit, over the limit, owners.",
     producers=("seats",),
-    consumers=("dashboards",),
+    consumers=("dashboard",),
     partitions=6,
 )
 
@@ -200,8 +235,8 @@ BILLING_OPERATIONS = TopicSpec(
     schemas=(DriftRepairedV1, OperatorAlertRaisedV1),
     description="For operators: every repair a reconciler made (before and after), and every "
     "alert (a parked report, a wallet that differs from its ledger, a Stripe mismatch).",
-    producers=("stripe gateway", "subscriptions", "metering"),
-    consumers=("operators", "dashboards"),
+    producers=("stripe-gateway", "subscriptions", "metering"),
+    consumers=("operators' alerting",),
     partitions=3,
 )
 
@@ -212,8 +247,8 @@ BILLING_AUDIT = TopicSpec(
     "reactivations, the Billing Portal, Enterprise terms, grants, replays, reconciliations; "
     "version 2: budgets, credit packs, auto-recharge), who, when, the request id and the "
     "outcome.",
-    producers=("subscriptions", "stripe gateway", "metering", "billing (operators' command line)"),
-    consumers=("dashboard (owners' Billing page)", "billing audit"),
+    producers=("subscriptions", "stripe-gateway", "metering", "billing CLI"),
+    consumers=("dashboard",),
     partitions=3,
 )
 
@@ -242,23 +277,51 @@ def spec_for(event_type: type[Event]) -> TopicSpec:
     return _BY_TYPE[event_type]
 
 
+@dataclass(frozen=True)
+class TopicLayout:
+    """How topics are created: partitions per topic (the registry's unless overridden),
+    replication and `min.insync.replicas` (settings `KAFKA_*`)."""
+
+    replication_factor: int = 1
+    min_insync_replicas: int | None = None
+    partitions: Mapping[str, int] = field(default_factory=dict)
+    """Overrides by registry name (`agent.usage`), e.g. to scale a topic out."""
+
+    def topics(self, specs: Iterable[TopicSpec], prefix: str = "") -> list[NewTopic]:
+        """Every topic and its dead-letter topic (one partition: it is read by people)."""
+        configs = (
+            {"min.insync.replicas": str(self.min_insync_replicas)}
+            if self.min_insync_replicas
+            else {}
+        )
+        return [
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=self.replication_factor,
+                topic_configs=configs,
+            )
+            for spec in specs
+            for name, partitions in (
+                (spec.topic(prefix), self.partitions.get(spec.name, spec.partitions)),
+                (spec.dead_letter_topic(prefix), 1),
+            )
+        ]
+
+
 async def ensure_topics(
-    bootstrap_servers: str, prefix: str = "", specs: Iterable[TopicSpec] = REGISTRY
+    bootstrap_servers: str,
+    prefix: str = "",
+    specs: Iterable[TopicSpec] = REGISTRY,
+    layout: TopicLayout = TopicLayout(),
 ) -> list[str]:
     """Create every topic and its dead-letter topic that does not exist yet. Returns the names."""
-    wanted: dict[str, int] = {}
-    for spec in specs:
-        wanted[spec.topic(prefix)] = spec.partitions
-        wanted[spec.dead_letter_topic(prefix)] = 1
+    wanted = layout.topics(specs, prefix)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="topic-registry")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [
-            NewTopic(name, num_partitions=partitions, replication_factor=1)
-            for name, partitions in wanted.items()
-            if name not in existing
-        ]
+        missing = [topic for topic in wanted if topic.name not in existing]
         if missing:
             try:
                 await admin.create_topics(missing)
@@ -266,4 +329,4 @@ async def ensure_topics(
                 pass
     finally:
         await admin.close()
-    return list(wanted)
+    return [topic.name for topic in wanted]

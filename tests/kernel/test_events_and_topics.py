@@ -93,3 +93,29 @@ def test_every_number_string_and_list_of_every_event_is_bounded(schema) -> None:
     column), strings and lists with a maximum length."""
     json_schema = schema.model_json_schema()
     assert unbounded(json_schema, json_schema.get("$defs", {}), schema.__name__) == []
+
+
+def test_topics_are_created_with_the_partitions_and_replication_the_settings_give(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.settings import CommonSettings
+
+    monkeypatch.setenv("KAFKA_REPLICATION_FACTOR", "3")
+    monkeypatch.setenv("KAFKA_MIN_INSYNC_REPLICAS", "2")
+    monkeypatch.setenv("KAFKA_TOPIC_PARTITIONS", '{"agent.usage": 48}')
+    topics = {t.name: t for t in CommonSettings().topic_layout.topics(REGISTRY, "p.")}
+    assert len(topics) == 2 * len(REGISTRY)
+    assert topics["p.agent.usage"].num_partitions == 48
+    assert topics["p.agent.usage.dlq"].num_partitions == 1
+    assert topics["p.credits.grant-requests"].num_partitions == 3
+    assert {t.replication_factor for t in topics.values()} == {3}
+    assert {t.topic_configs["min.insync.replicas"] for t in topics.values()} == {"2"}
+    for name, value, refusal in (
+        ("KAFKA_TOPIC_PARTITIONS", '{"agent.usages": 4}', "not a registry topic"),
+        ("KAFKA_TOPIC_PARTITIONS", '{"agent.usage": 0}', "1 to 10000"),
+        ("KAFKA_MIN_INSYNC_REPLICAS", "4", "exceeds KAFKA_REPLICATION_FACTOR"),
+    ):
+        with monkeypatch.context() as bad:
+            bad.setenv(name, value)
+            with pytest.raises(ValidationError, match=refusal):
+                CommonSettings()
