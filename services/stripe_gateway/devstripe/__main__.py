@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import uvicorn
 
@@ -27,14 +28,29 @@ def main() -> None:
         action="store_true",
         help="time stands still but when moved (a Stripe test clock); default: it runs",
     )
+    parser.add_argument("--public-url", help="where browsers reach it (default: http://HOST:PORT)")
+    parser.add_argument(
+        "--webhook",
+        metavar="URL",
+        default=os.environ.get("DEVSTRIPE_WEBHOOK_URL"),
+        help="an endpoint to deliver events to from the start (env DEVSTRIPE_WEBHOOK_URL), "
+        "signed with DEVSTRIPE_WEBHOOK_SECRET",
+    )
     args = parser.parse_args()
+    webhooks = {}
+    if args.webhook:
+        secret = os.environ.get("DEVSTRIPE_WEBHOOK_SECRET")
+        if not secret:
+            parser.error("--webhook needs DEVSTRIPE_WEBHOOK_SECRET")
+        webhooks["webhook"] = (args.webhook, secret)
     configure_logging("INFO", service="devstripe")
     uvicorn.run(
         create_app(
-            f"http://{args.host}:{args.port}",
+            args.public_url or f"http://{args.host}:{args.port}",
             retry_seconds=args.retry_seconds,
             retry_attempts=args.retry_attempts,
             frozen_clock=args.frozen_clock,
+            webhooks=webhooks,
         ),
         host=args.host,
         port=args.port,

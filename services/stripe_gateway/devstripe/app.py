@@ -139,9 +139,11 @@ def create_app(
     retry_seconds: float = 1.0,
     retry_attempts: int = 8,
     frozen_clock: bool = False,
+    webhooks: dict[str, tuple[str, str]] | None = None,
 ) -> FastAPI:
     """`frozen_clock`: time stands still but for `POST /_devstripe/clock` (as a Stripe test
-    clock's); otherwise it runs, and moving it adds to it."""
+    clock's); otherwise it runs, and moving it adds to it. `webhooks`: endpoints registered
+    from the start, `{name: (url, secret)}`."""
     started = datetime.now(UTC)
     stripe = Stripe(
         clock=Clock((lambda: started) if frozen_clock else (lambda: datetime.now(UTC))),
@@ -154,7 +156,9 @@ def create_app(
     that grows with their number)."""
     idempotency: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
     state: dict[str, Any] = {
-        "webhooks": {},  # name -> Endpoint
+        "webhooks": {  # name -> Endpoint
+            name: Endpoint(url, secret) for name, (url, secret) in (webhooks or {}).items()
+        },
         "silenced": {},  # object id -> until (monotonic)
         "requests": [],
         "sessions": {},  # checkout session id -> session
