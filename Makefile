@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint install clean browser contracts
+.PHONY: run test bench lint install clean browser contracts manifests
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: $(STAMP)
 ## The AsyncAPI document of the topics and the OpenAPI document of each service, under docs/.
 contracts: $(STAMP)
 	$(BIN)/python -m shared.contracts write
+
+## The Kubernetes manifests of the whole system: deploy/kubernetes/billing.yaml.
+manifests: $(STAMP)
+	$(BIN)/python deploy/kubernetes/render.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -11,9 +11,10 @@ lock makes concurrent starts of the same service safe.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 
@@ -21,6 +22,8 @@ from shared.logging import get_logger
 from shared.settings import validate_schema_name
 
 log = get_logger("shared.db")
+
+T = TypeVar("T")
 
 _MIGRATION_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
@@ -124,3 +127,18 @@ async def apply_migrations(dsn: str, schema: str, sources: Sequence[Migrations])
     finally:
         await conn.close()
     return applied
+
+
+async def run_alone(
+    pool: asyncpg.Pool, name: str, step: Callable[[], Awaitable[T]]
+) -> tuple[bool, T | None]:
+    """Run `step()` unless another instance (of any replica sharing the database) is running
+    the step of the same `name` now: a session advisory lock on the name, tried, never
+    waited for. Returns whether it ran, and what it returned."""
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", name):
+            return False, None
+        try:
+            return True, await step()
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", name)

@@ -44,7 +44,7 @@ from pydantic import ValidationError
 from shared import audit, clock_control, directory, metrics, outbox
 from shared.clock import Clock, MovableClock, SystemClock
 from shared.consumer import Apply, BatchConsumer
-from shared.db import Migrations, apply_migrations, create_pool
+from shared.db import Migrations, apply_migrations, create_pool, run_alone
 from shared.deadletter import DeadLetters
 from shared.events.codec import TopicCodec
 from shared.failures import Backoff
@@ -268,18 +268,28 @@ class Kernel(Generic[S]):
         *,
         batch: int | None = None,
         first_after: bool = False,
+        alone: bool = False,
     ) -> None:
         """Run `step()` every `every_seconds` from start to stop (`first_after`: the first
         round one interval after start, not at once); at once again while it reports a full
         `batch` done (a backlog). A failed round is logged and the next one runs on schedule:
-        a database blip never ends the task."""
+        a database blip never ends the task. `alone`: a round is skipped while another
+        replica of the service runs the same step (a sweep that several replicas would only
+        repeat); steps that split their work safely (`FOR UPDATE SKIP LOCKED`) need not."""
+        lock = f"{self.settings.db_schema}.{name}"
+
+        async def round_() -> Any:
+            if not alone:
+                return await step()
+            _, done = await run_alone(self.pool, lock, step)
+            return done
 
         async def run() -> None:
             if first_after:
                 await asyncio.sleep(every_seconds)
             while True:
                 try:
-                    done = await step()
+                    done = await round_()
                     if batch is not None and done >= batch:
                         continue
                 except asyncio.CancelledError:

@@ -80,7 +80,11 @@ async def build(kernel: Kernel[MeteringSettings]) -> Parts:
     ledger_check = LedgerCheck(kernel.pool, kernel.clock, topic_prefix=settings.topic_prefix)
     if settings.ledger_check_seconds > 0 and settings.run_consumers:
         kernel.periodic(
-            "ledger-check", ledger_check.run, settings.ledger_check_seconds, first_after=True
+            "ledger-check",
+            ledger_check.run,
+            settings.ledger_check_seconds,
+            first_after=True,
+            alone=True,
         )
     if settings.run_consumers:
         kernel.periodic(

@@ -85,10 +85,14 @@ async def build(kernel: Kernel[StripeGatewaySettings]) -> Parts:
         )
         if settings.reconcile_seconds > 0:
             kernel.periodic(
-                "reconcile", reconciler.sweep, settings.reconcile_seconds, first_after=True
+                "reconcile",
+                reconciler.sweep,
+                settings.reconcile_seconds,
+                first_after=True,
+                alone=True,
             )
     kept = timedelta(days=settings.webhook_rejections_kept_days)
-    kernel.periodic("prune-rejections", lambda: inbox.prune(kept), 3600, batch=None)
+    kernel.periodic("prune-rejections", lambda: inbox.prune(kept), 3600, alone=True)
     kernel.detail("parked_webhooks", lambda: inbox_store.parked_count(pool))
 
     async def refused() -> dict[str, int]:

@@ -101,7 +101,9 @@ async def build(kernel: Kernel[SubscriptionSettings]) -> Parts:
         batch=settings.renewal_batch,
     )
     if settings.reconcile_seconds > 0:
-        kernel.periodic("reconcile", reconciler.run, settings.reconcile_seconds, first_after=True)
+        kernel.periodic(
+            "reconcile", reconciler.run, settings.reconcile_seconds, first_after=True, alone=True
+        )
     kernel.due(
         "renewals",
         lambda: kernel.pool.fetchval("SELECT min(next_renewal_at) FROM subscriptions"),

@@ -195,3 +195,46 @@ async def test_the_outbox_relay_delay_starts_again_small_after_a_success() -> No
         await relay.run()
 
     assert delays == [0.2, 0.4, 0.8, 0.2, 0.4]
+
+
+async def test_a_sweep_marked_alone_runs_in_one_replica_at_a_time(infrastructure) -> None:
+    """Two replicas' pools on one database: while one runs the step, the other skips it; once
+    it is done (or failed), the next round runs again."""
+    import asyncpg
+
+    from shared.db import run_alone
+
+    pools = [await asyncpg.create_pool(infrastructure.database_url, min_size=1) for _ in "ab"]
+    try:
+        inside, leave = asyncio.Event(), asyncio.Event()
+
+        async def long_sweep() -> str:
+            inside.set()
+            await leave.wait()
+            return "first"
+
+        first = asyncio.create_task(run_alone(pools[0], "test.sweep", long_sweep))
+        await inside.wait()
+        assert await run_alone(pools[1], "test.sweep", lambda: asyncio.sleep(0, "2")) == (
+            False,
+            None,
+        )
+        assert await run_alone(pools[1], "test.other", lambda: asyncio.sleep(0, "3")) == (
+            True,
+            "3",
+        )
+        leave.set()
+        assert await first == (True, "first")
+
+        async def failing() -> None:
+            raise RuntimeError("sweep failed")
+
+        with pytest.raises(RuntimeError):
+            await run_alone(pools[0], "test.sweep", failing)
+        assert await run_alone(pools[1], "test.sweep", lambda: asyncio.sleep(0, "4")) == (
+            True,
+            "4",
+        )
+    finally:
+        for pool in pools:
+            await pool.close()
