@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+from shared.devstack.processes import ensure_free
 from shared.service import DevResources, Kernel, Service
 from shared.topics import STRIPE_COMMANDS
 
@@ -119,6 +120,7 @@ def development(data_dir: Path, env: dict[str, str], port: int) -> Iterator[DevR
     devstripe = Devstripe(
         port=int(env.get("DEVSTACK_DEVSTRIPE_PORT", "8420")), log_file=data_dir / "devstripe.log"
     )
+    ensure_free(devstripe.port, "devstripe", "DEVSTACK_DEVSTRIPE_PORT")
     devstripe.start()
     try:
         devstripe.register_webhook("stripe-gateway", webhook, DEV_WEBHOOK_SECRET)

@@ -3,7 +3,11 @@
 Starts the embedded broker and database (unless KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL point
 elsewhere; DEVSTACK_KAFKA_PORT / DEVSTACK_POSTGRES_PORT move them off 9092 / 55432), creates
 the topics, applies every service's migrations, starts every service, prints where each
-listens, and on Ctrl-C (or SIGTERM) stops all of it, services first.
+listens, and on Ctrl-C (or SIGTERM, SIGHUP) stops all of it, services first. The services'
+JSON log lines are shown readable, prefixed with the service's name, a colour each on a
+terminal. A port already taken is said in one line naming the setting that moves it, before
+anything starts. Nothing outlives it: killed outright, the kernel stops what it started
+(`processes.spawn`).
 
 The services are found through the `billing.services` entry-point group (see pyproject.toml),
 so this package never imports them. While running it supervises them as a process supervisor
@@ -33,9 +37,10 @@ from shared.failures import Backoff
 from shared.settings import DEV_DATABASE_URL, DEV_KAFKA_BOOTSTRAP
 from shared.topics import REGISTRY, ensure_topics
 
+from . import logs
 from .broker import EmbeddedKafka
 from .postgres import EmbeddedPostgres
-from .processes import stop_process
+from .processes import PortBusy, die_with_parent, ensure_free, spawn, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = "billing.services"
@@ -72,18 +77,23 @@ class Supervised:
     module: str
     port: int
     env: dict[str, str]
+    colour: int = 0
+    width: int = 0
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     restart_at: float | None = None
     backoff: Backoff = field(default_factory=lambda: Backoff(first=1.0, cap=30.0))
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [sys.executable, "-m", self.module],
             env=self.env,
             cwd=ROOT,
-            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
+        assert self.process.stdout is not None
+        logs.pump(self.process.stdout, self.name, width=self.width, code=self.colour)
         self.started_at = time.monotonic()
         self.restart_at = None
         _say(f"started {self.name} (pid {self.process.pid})")
@@ -111,10 +121,12 @@ def run(data_dir: Path) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     services = discover()
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, _on_signal)
+    die_with_parent(signal.SIGTERM)  # `make` killed: stop in order all the same
     with ExitStack() as stack:
         try:
+            _check_ports(env, services)
             if "KAFKA_BOOTSTRAP_SERVERS" in env:
                 kafka_where = f"{env['KAFKA_BOOTSTRAP_SERVERS']} (external)"
             else:
@@ -178,6 +190,8 @@ def run(data_dir: Path) -> int:
                         # takes its partitions back without waiting for the old session.
                         "KAFKA_GROUP_INSTANCE_ID": f"{service.name}-devstack",
                     },
+                    colour=logs.colour_of(len(children)),
+                    width=max(len(s.name) for s in services),
                 )
                 child.start()
                 children.append(child)
@@ -200,6 +214,25 @@ def run(data_dir: Path) -> int:
         except _Stop as stop:
             _say(f"{stop}: stopping")
             return 0
+        except PortBusy as busy:
+            _say(str(busy))
+            return 1
+
+
+def _check_ports(env: dict[str, str], services: list[Any]) -> None:
+    """Before starting anything: every port the stack listens on is free, or one line says
+    which is not and which setting moves it (devstripe's is checked where it starts)."""
+    wanted = [
+        (int(env.get(s.port_variable, s.default_port)), s.name, s.port_variable) for s in services
+    ]
+    if "KAFKA_BOOTSTRAP_SERVERS" not in env:
+        port = int(env.get("DEVSTACK_KAFKA_PORT", _port_of(DEV_KAFKA_BOOTSTRAP)))
+        wanted.append((port, "the broker", "DEVSTACK_KAFKA_PORT"))
+    if "DATABASE_URL" not in env:
+        port = int(env.get("DEVSTACK_POSTGRES_PORT", _port_of(DEV_DATABASE_URL)))
+        wanted.append((port, "the database", "DEVSTACK_POSTGRES_PORT"))
+    for port, what, setting in wanted:
+        ensure_free(port, what, setting)
 
 
 def _stopping(name: str, stop):  # type: ignore[no-untyped-def]

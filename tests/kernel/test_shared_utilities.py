@@ -238,3 +238,20 @@ async def test_a_sweep_marked_alone_runs_in_one_replica_at_a_time(infrastructure
     finally:
         for pool in pools:
             await pool.close()
+
+
+def test_make_run_shows_json_log_lines_readable_with_the_service_first() -> None:
+    from shared.devstack.logs import readable
+
+    line = (
+        '{"event": "consumer groups joined", "level": "warning", "logger": "shared.service", '
+        '"timestamp": "2026-11-30T10:04:05.123Z", "service": "metering", "seconds": 1.5}\n'
+    )
+    plain = readable(line, "metering", width=14, code=36, colour=False)
+    assert plain == "metering       | 10:04:05 warning  consumer groups joined  seconds=1.5"
+    coloured = readable(line, "metering", width=14, code=36, colour=True)
+    assert coloured.startswith("\x1b[36mmetering       |\x1b[0m 10:04:05 \x1b[33mwarning ")
+    assert readable(
+        "Traceback (most recent call last):\n", "seats", width=5, code=1, colour=False
+    ) == ("seats | Traceback (most recent call last):")
+    assert readable("[1, 2]", "seats", width=5, code=1, colour=False) == "seats | [1, 2]"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.devstack.processes import free_port, wait_for_port
+from shared.devstack.processes import free_port, spawn, wait_for_port
 
 
 class Devstripe:
@@ -43,7 +43,7 @@ class Devstripe:
 
     def start(self) -> str:
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self._process = subprocess.Popen(
+        self._process = spawn(
             [
                 sys.executable,
                 "-m",
@@ -58,7 +58,6 @@ class Devstripe:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
         wait_for_port(self.host, self.port, timeout=30, process=self._process)
         return self.url
