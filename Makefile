@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint install clean browser contracts manifests
+.PHONY: run test faults bench lint install clean browser contracts manifests
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ browser:
 ## KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL point elsewhere).
 test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The whole system under faults: every service SIGKILLed twice, PostgreSQL restarted, every
+## event delivered twice; then every balance, subscription and seat count must converge.
+## CI runs it after `make test` (about two minutes).
+faults: $(STAMP)
+	$(BIN)/python -m pytest tests/faults -m faults $(PYTEST_ARGS)
 
 ## Throughput and latency against this machine's ceilings; writes bench/results/*.json.
 bench: $(STAMP)
