@@ -21,6 +21,7 @@ from . import (
     renewals,
     report,
     restart,
+    scaling,
     seats,
     webhooks,
     year,
@@ -494,8 +495,35 @@ async def run_budgets(kafka: str, database: str, args: argparse.Namespace) -> di
     return found | {"targets": {"p50_with_vs_without": 1.2}}
 
 
+async def run_scaling(kafka: str, database: str, args: argparse.Namespace) -> dict[str, Any]:
+    events, organisations = args.bucket_events, args.organisations
+    print(
+        f"scaling: {events:,} usage events for {organisations:,} wallets, drained by one "
+        "metering instance, then by two in one consumer group; alternated three times"
+    )
+    found = await scaling.compare(kafka, database, events, organisations)
+    median = found["median_per_second"]
+    print()
+    print(
+        report.table(
+            "Metering scaled out (same machine: 2 cores shared with broker and database)",
+            [
+                ("measure", "figure", "ratio"),
+                ("1 instance, median of 3", f"{median['1']:,}/s", ""),
+                (
+                    "2 instances, one group, median of 3",
+                    f"{median['2']:,}/s",
+                    f"= {found['two_vs_one']:.2f} x 1 instance",
+                ),
+            ],
+        )
+    )
+    return found
+
+
 SUITES = {
     "metering": run_metering,
+    "scaling": run_scaling,
     "buckets": run_buckets,
     "authorization": run_authorization,
     "budgets": run_budgets,

@@ -45,6 +45,12 @@ OUTBOX_OLDEST_SECONDS = Gauge(
     "Age of the oldest announcement waiting in the outbox at the last drain (0: empty).",
     ["schema"],
 )
+OUTBOX_BACKLOG = Gauge(
+    "billing_outbox_backlog",
+    "Announcements left waiting in the outbox after the last drain (counted when a drain "
+    "took a full batch; 0 otherwise).",
+    ["schema"],
+)
 AUTHORIZATIONS = Counter(
     "billing_authorizations_total",
     "Authorization decisions, by decision and reason (replays included).",

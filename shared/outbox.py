@@ -187,6 +187,10 @@ class OutboxRelay:
         )
         for event_type, count in Counter(r["event_type"] for r in rows).items():
             metrics.OUTBOX_PUBLISHED.labels(self._schema, event_type).inc(count)
+        left = 0
+        if len(rows) == self._batch_size:
+            left = await self._pool.fetchval("SELECT count(*) FROM outbox")
+        metrics.OUTBOX_BACKLOG.labels(self._schema).set(left)
         self.backoff.reset()
         return len(rows)
 

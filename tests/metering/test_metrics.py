@@ -101,3 +101,6 @@ async def test_the_counters_move_with_real_traffic(metering: MeteringHarness) ->
     assert delta("billing_outbox_published_total", **decided) == 2
     lags = [v for (name, _), v in after.items() if name == "billing_consumer_lag"]
     assert lags and min(lags) >= 0
+    schema = (("schema", metering.settings.db_schema),)
+    assert after[("billing_outbox_backlog", schema)] == 0  # drained, never a full batch
+    assert after[("billing_outbox_oldest_seconds", schema)] >= 0
