@@ -166,16 +166,21 @@ STRIPE_COMMANDS = TopicSpec(
     partitions=3,
     retired=(CreateCustomerRequestedV1, CheckoutRequestedV1, PortalRequestedV1),
 )
+_STRIPE_REPORTS_V1 = (
+    StripeCheckoutCompletedV1,
+    StripeSubscriptionActivatedV1,
+    StripeSubscriptionRenewedV1,
+    StripeSubscriptionUpdatedV1,
+    StripeSubscriptionDeletedV1,
+    StripeInvoicePaidV1,
+    StripeInvoicePaymentFailedV1,
+)
+"""Stripe's reports ordered by its whole-second timestamps: replaced by version 2."""
+
 STRIPE_EVENTS = TopicSpec(
     name="stripe.events",
     schemas=(
-        StripeCheckoutCompletedV1,
-        StripeSubscriptionActivatedV1,
-        StripeSubscriptionRenewedV1,
-        StripeSubscriptionUpdatedV1,
-        StripeSubscriptionDeletedV1,
-        StripeInvoicePaidV1,
-        StripeInvoicePaymentFailedV1,
+        *_STRIPE_REPORTS_V1,
         StripeCommandSucceededV1,
         StripeCommandFailedV1,
         StripeCheckoutCompletedV2,
@@ -192,15 +197,7 @@ STRIPE_EVENTS = TopicSpec(
     producers=("stripe-gateway",),
     consumers=("subscriptions", "dashboard"),
     partitions=6,
-    retired=(
-        StripeCheckoutCompletedV1,
-        StripeSubscriptionActivatedV1,
-        StripeSubscriptionRenewedV1,
-        StripeSubscriptionUpdatedV1,
-        StripeSubscriptionDeletedV1,
-        StripeInvoicePaidV1,
-        StripeInvoicePaymentFailedV1,
-    ),
+    retired=_STRIPE_REPORTS_V1,
 )
 
 WORKSPACE_MEMBERS = TopicSpec(

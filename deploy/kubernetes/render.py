@@ -32,10 +32,10 @@ UID = 10001
 
 PEAK_MIB = {
     "metering": 260,
-    "subscriptions": 104,
+    "subscriptions": 161,
     "seats": 164,
-    "stripe-gateway": 121,
-    "dashboard": 107,
+    "stripe-gateway": 123,
+    "dashboard": 113,
 }
 """The highest peak resident memory of each service in `make bench` (bench/results, the
 `peak_memory_mib` of every run). A pod requests its peak rounded up to 32 MiB and may use half

@@ -209,19 +209,10 @@ async def test_the_whole_system_converges_after_kills_a_database_restart_and_dup
                 await twice("workspace.members", org, _member(org, member, 1, True))
 
         async with httpx.AsyncClient(timeout=5) as http:
-
-            async def on_free(org: str) -> bool:
-                try:
-                    got = await http.get(
-                        f"{url['subscriptions']}/v1/organisations/{org}/subscription",
-                        headers=TOKEN,
-                    )
-                except httpx.HTTPError:
-                    return False
-                return got.status_code == 200 and got.json()["plan"] == "free"
-
             for org in organisations:
-                await eventually(lambda o=org: on_free(o), timeout=60, what=f"{org} on Free")
+                await eventually(
+                    lambda o=org: _on_plan(http, url, o, "free"), timeout=60, what=f"{org} on Free"
+                )
 
             stop = asyncio.Event()
             await asyncio.gather(
@@ -246,6 +237,16 @@ async def test_the_whole_system_converges_after_kills_a_database_restart_and_dup
         await producer.stop()
         code = launcher.stop()
     assert code == 0, "".join(launcher.lines[-40:])
+
+
+async def _on_plan(http: httpx.AsyncClient, url: dict[str, str], org: str, plan: str) -> bool:
+    try:
+        got = await http.get(
+            f"{url['subscriptions']}/v1/organisations/{org}/subscription", headers=TOKEN
+        )
+    except httpx.HTTPError:
+        return False
+    return got.status_code == 200 and got.json()["plan"] == plan
 
 
 async def _usage(http, url, world, organisations, twice, rng, stop) -> None:  # type: ignore[no-untyped-def]
@@ -384,17 +385,11 @@ async def _converged(http, url, world, organisations, database, infrastructure, 
         upgraded = world.upgraded
         assert upgraded is not None, "the upgrade never went through"
 
-        async def pro() -> bool:
-            try:
-                got = await http.get(
-                    f"{url['subscriptions']}/v1/organisations/{upgraded}/subscription",
-                    headers=TOKEN,
-                )
-            except httpx.HTTPError:
-                return False
-            return got.status_code == 200 and got.json()["plan"] == "pro"
-
-        await eventually(pro, timeout=90, what=f"{upgraded} on Pro, as Stripe has it")
+        await eventually(
+            lambda: _on_plan(http, url, upgraded, "pro"),
+            timeout=90,
+            what=f"{upgraded} on Pro, as Stripe has it",
+        )
 
         grants = await read_topic(infrastructure.kafka_bootstrap, prefix + "credits.grant-requests")
         commanded: dict[str, dict[str, int]] = defaultdict(dict)

@@ -94,33 +94,14 @@ def directory(organisation: str) -> list[tuple[bytes, bytes]]:
 
 
 async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
-    kafka_port, postgres_port, http_port = free_port(), free_port(), free_port()
-    gateway_port, devstripe_port, subscriptions_port = free_port(), free_port(), free_port()
-    seats_port, dashboard_port = free_port(), free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "TOPIC_PREFIX"}
-    }
-    env.update(
-        DEVSTACK_KAFKA_PORT=str(kafka_port),
-        DEVSTACK_POSTGRES_PORT=str(postgres_port),
-        METERING_HTTP_PORT=str(http_port),
-        STRIPE_GATEWAY_HTTP_PORT=str(gateway_port),
-        DEVSTACK_DEVSTRIPE_PORT=str(devstripe_port),
-        SUBSCRIPTIONS_HTTP_PORT=str(subscriptions_port),
-        SEATS_HTTP_PORT=str(seats_port),
-        DASHBOARD_HTTP_PORT=str(dashboard_port),
-        KAFKA_SESSION_TIMEOUT_MS="2000",
+    launcher, output, ports = _launch(tmp_path)
+    kafka_port, http_port = ports["DEVSTACK_KAFKA_PORT"], ports["METERING_HTTP_PORT"]
+    gateway_port, subscriptions_port = (
+        ports["STRIPE_GATEWAY_HTTP_PORT"],
+        ports["SUBSCRIPTIONS_HTTP_PORT"],
     )
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "shared.devstack", "run", "--data", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    output = Output(launcher)
+    seats_port, dashboard_port = ports["SEATS_HTTP_PORT"], ports["DASHBOARD_HTTP_PORT"]
+    env = _environment(ports)
     kafka = f"127.0.0.1:{kafka_port}"
     try:
         await output.wait_for("Everything is up")
@@ -264,28 +245,27 @@ async def test_make_run_serves_restarts_and_stops(tmp_path: Path) -> None:
         launcher.send_signal(signal.SIGINT)
         code = launcher.wait(timeout=60)
     assert code == 0
-    for port in (
-        kafka_port,
-        postgres_port,
-        http_port,
-        gateway_port,
-        devstripe_port,
-        subscriptions_port,
-        seats_port,
-        dashboard_port,
-    ):
+    for port in ports.values():
         assert not port_in_use("127.0.0.1", port)
 
 
 STACK_SERVICES = ("METERING", "STRIPE_GATEWAY", "SUBSCRIPTIONS", "SEATS", "DASHBOARD")
 
 
-def _launch(tmp_path: Path, **settings: int) -> tuple[subprocess.Popen[bytes], Output, dict]:
+def _environment(ports: dict[str, int]) -> dict[str, str]:
+    """This process's environment without the test's servers (the stack starts its own), with
+    `ports`."""
     env = {
         key: value
         for key, value in os.environ.items()
         if key not in {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "TOPIC_PREFIX"}
     }
+    env.update({key: str(value) for key, value in ports.items()}, KAFKA_SESSION_TIMEOUT_MS="2000")
+    return env
+
+
+def _launch(tmp_path: Path, **settings: int) -> tuple[subprocess.Popen[bytes], Output, dict]:
+    """`make run` on free ports (`settings` overrides some), its output read."""
     ports = {
         "DEVSTACK_KAFKA_PORT": free_port(),
         "DEVSTACK_POSTGRES_PORT": free_port(),
@@ -293,11 +273,10 @@ def _launch(tmp_path: Path, **settings: int) -> tuple[subprocess.Popen[bytes], O
         **{f"{name}_HTTP_PORT": free_port() for name in STACK_SERVICES},
         **settings,
     }
-    env.update({key: str(value) for key, value in ports.items()}, KAFKA_SESSION_TIMEOUT_MS="2000")
     launcher = subprocess.Popen(
         [sys.executable, "-m", "shared.devstack", "run", "--data", str(tmp_path)],
         cwd=ROOT,
-        env=env,
+        env=_environment(ports),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
