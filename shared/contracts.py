@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,13 @@ import yaml
 from pydantic.json_schema import models_json_schema
 
 from shared.events.examples import example
+from shared.service import create_app, registered
 from shared.topics import EXTERNAL_PARTIES, REGISTRY, TopicSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 ASYNCAPI = DOCS / "asyncapi.yaml"
 OPENAPI = DOCS / "openapi"
-SERVICES = "billing.services"
-
-
-def services() -> list[Any]:
-    """Every registered service (`shared.service.Service`), by name."""
-    return sorted((e.load() for e in entry_points(group=SERVICES)), key=lambda s: s.name)
 
 
 def _channel_id(spec: TopicSpec) -> str:
@@ -147,8 +141,6 @@ def asyncapi() -> dict[str, Any]:
 
 def openapi(service: Any) -> dict[str, Any]:
     """The OpenAPI document of one service's HTTP API, as FastAPI serves it at /openapi.json."""
-    from shared.service import create_app
-
     return create_app(service).openapi()
 
 
@@ -159,7 +151,7 @@ def _yaml(document: dict[str, Any]) -> str:
 def rendered() -> dict[Path, str]:
     """Every document, by path, as `make contracts` writes it."""
     documents = {ASYNCAPI: _yaml(asyncapi())}
-    for service in services():
+    for service in registered():
         documents[OPENAPI / f"{service.name}.yaml"] = _yaml(openapi(service))
     return documents
 

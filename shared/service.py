@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -540,6 +541,16 @@ def create_app(
         return Response(body, media_type=content_type)
 
     return app
+
+
+SERVICES_GROUP = "billing.services"
+
+
+def registered() -> list[Service[Any, Any]]:
+    """Every service registered in the `billing.services` entry points (`pyproject.toml`), by
+    name: how `make run`, the `billing` command and the contracts find them (shared/ never
+    imports services/)."""
+    return sorted((e.load() for e in entry_points(group=SERVICES_GROUP)), key=lambda s: s.name)
 
 
 def load_settings(service: Service[S, Any]) -> S:

@@ -20,7 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from shared.contracts import services  # noqa: E402
+from shared.service import registered  # noqa: E402
 from shared.topics import REGISTRY  # noqa: E402
 
 OUTPUT = Path(__file__).with_name("billing.yaml")
@@ -43,7 +43,7 @@ as much again."""
 
 CONSUMES = {
     service.name: [spec for spec in REGISTRY if service.name in spec.consumers]
-    for service in services()
+    for service in registered()
 }
 
 
@@ -54,7 +54,7 @@ def _mib(value: float) -> str:
 def _deployment_plans() -> list[dict[str, Any]]:
     """(name, service, role, extra env, replicas, autoscaling) per Deployment."""
     plans = []
-    for service in services():
+    for service in registered():
         prefix = service.env_prefix
         if service.name == "metering":
             plans.append(
@@ -355,7 +355,7 @@ def _provision(all_services: list[Any]) -> dict[str, Any]:
 
 
 def documents() -> list[dict[str, Any]]:
-    all_services = services()
+    all_services = registered()
     plans = _deployment_plans()
     docs: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},

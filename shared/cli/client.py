@@ -7,13 +7,13 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from importlib.metadata import entry_points
 
 import httpx
 from pydantic import AliasChoices, Field, SecretStr
 
 from shared.events import Event
 from shared.kafka import make_broker
+from shared.service import registered
 from shared.settings import DEV_API_TOKEN, CommonSettings
 from shared.topics import spec_for
 
@@ -36,8 +36,7 @@ def service_urls() -> dict[str, str]:
     comma-separated) limits them to a part of the stack."""
     only = {n.strip() for n in os.environ.get("BILLING_SERVICES", "").split(",") if n.strip()}
     found = {}
-    for entry in sorted(entry_points(group="billing.services"), key=lambda e: e.name):
-        service = entry.load()
+    for service in registered():
         if only and service.name not in only:
             continue
         variable = f"{service.name.upper().replace('-', '_')}_URL"

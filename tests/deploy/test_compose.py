@@ -18,11 +18,11 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from shared import contracts
 from shared.access import Scope, scopes_of
+from shared.service import registered
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = contracts.services()
+SERVICES = registered()
 _VARIABLE = re.compile(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}")
 
 
@@ -52,16 +52,8 @@ def _load(env: dict[str, str]) -> dict[str, Any]:
 COMPOSE = _load({"BILLING_IDENTITY_KEYS": _public_key()})["services"]
 
 
-def _compose_name(service: Any) -> str:
-    return service.name
-
-
 def _environment(name: str) -> dict[str, str]:
     return {k: str(v) for k, v in (COMPOSE[name].get("environment") or {}).items()}
-
-
-def _port(service: Any) -> int:
-    return service.default_port
 
 
 def test_without_the_front_proxys_key_compose_refuses_to_start() -> None:
@@ -96,13 +88,13 @@ def test_provisioning_creates_the_topics_and_migrates_every_service_before_any_s
 def test_every_service_runs_from_the_image_after_provisioning_with_a_readiness_check(
     service: Any,
 ) -> None:
-    spec = COMPOSE[_compose_name(service)]
+    spec = COMPOSE[service.name]
     assert spec["build"]["dockerfile"] == "deploy/Dockerfile"
     assert spec["command"] == ["python", "-m", service.module]
     assert spec["depends_on"]["provision"]["condition"] == "service_completed_successfully"
     probe = " ".join(spec["healthcheck"]["test"])
-    assert f"127.0.0.1:{_port(service)}/readyz" in probe
-    assert spec["ports"] == [f"{_port(service)}:{_port(service)}"]
+    assert f"127.0.0.1:{service.default_port}/readyz" in probe
+    assert spec["ports"] == [f"{service.default_port}:{service.default_port}"]
 
 
 @pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
@@ -111,7 +103,7 @@ def test_every_service_accepts_the_configuration_compose_gives_it(
 ) -> None:
     """Off loopback a service refuses development tokens and keys: so this proves compose
     gives real ones, and that topics and migrations are left to provisioning."""
-    for key, value in _environment(_compose_name(service)).items():
+    for key, value in _environment(service.name).items():
         monkeypatch.setenv(key, value)
     settings = service.settings()
     assert settings.http_host == "0.0.0.0"
@@ -148,7 +140,7 @@ def test_each_call_between_services_reaches_the_callee_with_a_token_it_accepts(
         url, token = "metering_url", url
     where = urlsplit(str(getattr(settings, url)))
     callee = next(s for s in SERVICES if s.name == where.hostname)
-    assert where.port == _port(callee)
+    assert where.port == callee.default_port
     presented = getattr(settings, token).get_secret_value()
     assert scope in scopes_of(_settings_of(callee.name, monkeypatch).credentials, presented)
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import ValidationError
 
-from shared import contracts
+from shared.service import registered
 from shared.settings import CommonSettings
 from shared.topics import REGISTRY
 
@@ -31,7 +31,7 @@ render = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(render)
 
 DOCUMENTS = list(yaml.safe_load_all(render.OUTPUT.read_text()))
-SERVICES = {service.name: service for service in contracts.services()}
+SERVICES = {service.name: service for service in registered()}
 VERSIONS = ("1.30.0", "1.37.0")
 
 

@@ -7,7 +7,6 @@ import base64
 import os
 import re
 from datetime import UTC, datetime, timedelta
-from importlib.metadata import entry_points
 from typing import Any
 from unittest import mock
 
@@ -22,12 +21,10 @@ from hypothesis import strategies as st
 from shared import clock_control, identity
 from shared.access import Scope
 from shared.identity import DEV_IDENTITY_KEYS, IdentityRefused, parse_keys, verify
-from shared.service import Service, create_app
+from shared.service import Service, create_app, registered
 from shared.testing.bounds import unbounded
 
-SERVICES: list[Service] = sorted(
-    (e.load() for e in entry_points(group="billing.services")), key=lambda s: s.name
-)
+SERVICES: list[Service] = registered()
 OPEN = {"/healthz", "/readyz", "/stripe/webhook"}
 """Routes without a bearer credential: probes, and Stripe's webhooks (signed by Stripe)."""
 PAGE = "dashboard"
