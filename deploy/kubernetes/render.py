@@ -12,6 +12,7 @@ CPU for APIs and on consumer lag for consumers, never past the partitions they c
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,42 +52,38 @@ def _mib(value: float) -> str:
     return f"{int(-(-value // 32) * 32)}Mi"
 
 
-def _deployment_plans() -> list[dict[str, Any]]:
-    """(name, service, role, extra env, replicas, autoscaling) per Deployment."""
+@dataclass(frozen=True)
+class Plan:
+    """One Deployment: which service it runs, as what, and how it scales."""
+
+    name: str
+    service: Any
+    role: str
+    """`api`, `consumers` or `all` (both in one process)."""
+    env: dict[str, str] = field(default_factory=dict)
+    serves: bool = True
+    """Behind a Service (the API); metering's consumers are not."""
+    scale_on_lag: bool = False
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return _labels(self.name, self.role)
+
+
+def _plans() -> list[Plan]:
     plans = []
     for service in registered():
-        prefix = service.env_prefix
         if service.name == "metering":
+            off = {
+                f"{service.env_prefix}{part}": "false" for part in ("RUN_CONSUMERS", "RUN_RELAY")
+            }
+            plans.append(Plan("metering-api", service, "api", env=off))
             plans.append(
-                {
-                    "name": "metering-api",
-                    "service": service,
-                    "role": "api",
-                    "env": {f"{prefix}RUN_CONSUMERS": "false", f"{prefix}RUN_RELAY": "false"},
-                    "serves": True,
-                    "scale": "cpu",
-                }
-            )
-            plans.append(
-                {
-                    "name": "metering-consumers",
-                    "service": service,
-                    "role": "consumers",
-                    "env": {},
-                    "serves": False,
-                    "scale": "lag",
-                }
+                Plan("metering-consumers", service, "consumers", serves=False, scale_on_lag=True)
             )
         else:
             plans.append(
-                {
-                    "name": service.name,
-                    "service": service,
-                    "role": "all",
-                    "env": {},
-                    "serves": True,
-                    "scale": "lag" if CONSUMES[service.name] else "cpu",
-                }
+                Plan(service.name, service, "all", scale_on_lag=bool(CONSUMES[service.name]))
             )
     return plans
 
@@ -163,68 +160,66 @@ def _secret() -> dict[str, Any]:
     }
 
 
-def _security() -> tuple[dict[str, Any], dict[str, Any]]:
-    pod = {
-        "runAsNonRoot": True,
-        "runAsUser": UID,
-        "runAsGroup": UID,
-        "fsGroup": UID,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-    container = {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-    }
-    return pod, container
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": UID,
+    "runAsGroup": UID,
+    "fsGroup": UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
 
 
-def _container(plan: dict[str, Any], command: list[str]) -> dict[str, Any]:
-    service = plan["service"]
-    port = service.default_port
-    memory = PEAK_MIB[service.name]
-    _, security = _security()
-    env = [{"name": k, "value": v} for k, v in plan["env"].items()]
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {
-        "name": service.name,
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+    }
+
+
+def _container(
+    name: str, service: Any, command: list[str], env: dict[str, str], *, listens: bool
+) -> dict[str, Any]:
+    """A container of the image; `listens`: its HTTP port and the probes on it."""
+    memory = PEAK_MIB[service.name]
+    listening = {
+        "ports": [{"name": "http", "containerPort": service.default_port}],
+    }
+    probes = {
+        "startupProbe": _probe("/healthz", 2, 60),
+        "livenessProbe": _probe("/healthz", 10, 3),
+        "readinessProbe": _probe("/readyz", 5, 2),
+    }
+    return {
+        "name": name,
         "image": IMAGE,
         "command": command,
-        "ports": [{"name": "http", "containerPort": port}],
+        **(listening if listens else {}),
         "envFrom": [{"configMapRef": {"name": CONFIG}}, {"secretRef": {"name": SECRETS}}],
-        **({"env": env} if env else {}),
+        **({"env": [{"name": k, "value": v} for k, v in env.items()]} if env else {}),
         "resources": {
             "requests": {"cpu": "250m", "memory": _mib(memory)},
             "limits": {"memory": _mib(memory * 1.5)},
         },
-        "startupProbe": {
-            "httpGet": {"path": "/healthz", "port": "http"},
-            "periodSeconds": 2,
-            "failureThreshold": 60,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "http"},
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-        },
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": "http"},
-            "periodSeconds": 5,
-            "failureThreshold": 2,
-        },
-        "securityContext": security,
+        **(probes if listens else {}),
+        "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
 
 
 def _pod(labels: dict[str, str], containers: list[dict[str, Any]], **extra: Any) -> dict:
-    pod, _ = _security()
     return {
         "metadata": {
             "labels": labels,
             "annotations": {"prometheus.io/scrape": "true", "prometheus.io/path": "/metrics"},
         },
         "spec": {
-            "securityContext": pod,
+            "securityContext": POD_SECURITY,
             "containers": containers,
             "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
             **extra,
@@ -232,13 +227,19 @@ def _pod(labels: dict[str, str], containers: list[dict[str, Any]], **extra: Any)
     }
 
 
-def _deployment(plan: dict[str, Any]) -> dict[str, Any]:
-    service = plan["service"]
-    labels = _labels(plan["name"], plan["role"])
+def _deployment(plan: Plan) -> dict[str, Any]:
+    labels = plan.labels
+    container = _container(
+        plan.service.name,
+        plan.service,
+        ["python", "-m", plan.service.module],
+        plan.env,
+        listens=True,
+    )
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": plan["name"], "namespace": NAMESPACE, "labels": labels},
+        "metadata": {"name": plan.name, "namespace": NAMESPACE, "labels": labels},
         "spec": {
             "replicas": 2,
             "selector": {"matchLabels": labels},
@@ -248,7 +249,7 @@ def _deployment(plan: dict[str, Any]) -> dict[str, Any]:
             },
             "template": _pod(
                 labels,
-                [_container(plan, ["python", "-m", service.module])],
+                [container],
                 # The kernel's stop is bounded (15 s a step): let it finish.
                 terminationGracePeriodSeconds=45,
                 topologySpreadConstraints=[
@@ -264,39 +265,36 @@ def _deployment(plan: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _service(plan: dict[str, Any]) -> dict[str, Any]:
-    service = plan["service"]
+def _service(plan: Plan) -> dict[str, Any]:
+    service = plan.service
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": service.name, "namespace": NAMESPACE},
         "spec": {
-            "selector": _labels(plan["name"], plan["role"]),
+            "selector": plan.labels,
             "ports": [{"name": "http", "port": service.default_port, "targetPort": "http"}],
         },
     }
 
 
-def _budget(plan: dict[str, Any]) -> dict[str, Any]:
+def _budget(plan: Plan) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {"name": plan["name"], "namespace": NAMESPACE},
-        "spec": {
-            "minAvailable": 1,
-            "selector": {"matchLabels": _labels(plan["name"], plan["role"])},
-        },
+        "metadata": {"name": plan.name, "namespace": NAMESPACE},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": plan.labels}},
     }
 
 
-def max_replicas(plan: dict[str, Any]) -> int:
+def max_replicas(plan: Plan) -> int:
     """Consumers scale to the partitions they can own (more would idle); APIs to 10."""
-    if plan["scale"] != "lag":
+    if not plan.scale_on_lag:
         return 10
-    return max(spec.partitions for spec in CONSUMES[plan["service"].name])
+    return max(spec.partitions for spec in CONSUMES[plan.service.name])
 
 
-def _autoscaler(plan: dict[str, Any]) -> dict[str, Any]:
+def _autoscaler(plan: Plan) -> dict[str, Any]:
     cpu = {
         "type": "Resource",
         "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
@@ -308,7 +306,7 @@ def _autoscaler(plan: dict[str, Any]) -> dict[str, Any]:
             # Prometheus adapter (or the Kafka Exporter's kafka_consumergroup_lag).
             "metric": {
                 "name": "billing_consumer_lag",
-                "selector": {"matchLabels": {"service": plan["service"].name}},
+                "selector": {"matchLabels": {"service": plan.service.name}},
             },
             "target": {"type": "AverageValue", "averageValue": "5000"},
         },
@@ -316,12 +314,12 @@ def _autoscaler(plan: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": plan["name"], "namespace": NAMESPACE},
+        "metadata": {"name": plan.name, "namespace": NAMESPACE},
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": plan["name"]},
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": plan.name},
             "minReplicas": 2,
             "maxReplicas": max_replicas(plan),
-            "metrics": [cpu, lag] if plan["scale"] == "lag" else [cpu],
+            "metrics": [cpu, lag] if plan.scale_on_lag else [cpu],
         },
     }
 
@@ -330,12 +328,8 @@ def _provision(all_services: list[Any]) -> dict[str, Any]:
     steps = ["python -m services.metering topics"] + [
         f"python -m {service.module} migrate" for service in all_services
     ]
-    plan = {"service": all_services[0], "env": {}, "name": "billing-provision"}
-    container = _container(plan, ["sh", "-c", " && ".join(steps)])
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        container.pop(probe)
-    container["name"] = "provision"
-    container.pop("ports")
+    command = ["sh", "-c", " && ".join(steps)]
+    container = _container("provision", all_services[0], command, {}, listens=False)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -356,7 +350,7 @@ def _provision(all_services: list[Any]) -> dict[str, Any]:
 
 def documents() -> list[dict[str, Any]]:
     all_services = registered()
-    plans = _deployment_plans()
+    plans = _plans()
     docs: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
         _config(all_services),
@@ -365,7 +359,7 @@ def documents() -> list[dict[str, Any]]:
     ]
     for plan in plans:
         docs.append(_deployment(plan))
-        if plan["serves"]:
+        if plan.serves:
             docs.append(_service(plan))
         docs.append(_budget(plan))
         docs.append(_autoscaler(plan))

