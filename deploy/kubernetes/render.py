@@ -302,11 +302,13 @@ def _autoscaler(plan: Plan) -> dict[str, Any]:
     lag = {
         "type": "External",
         "external": {
-            # billing_consumer_lag (shared/metrics.py), summed per consumer group through the
-            # Prometheus adapter (or the Kafka Exporter's kafka_consumergroup_lag).
+            # billing_consumer_lag (shared/metrics.py) through the Prometheus adapter, of this
+            # Deployment's pods: the scrape configuration copies each pod's
+            # `app.kubernetes.io/name` onto its series (labelmap), the metric's own labels
+            # being consumer, topic and partition.
             "metric": {
                 "name": "billing_consumer_lag",
-                "selector": {"matchLabels": {"service": plan.service.name}},
+                "selector": {"matchLabels": {"app_kubernetes_io_name": plan.name}},
             },
             "target": {"type": "AverageValue", "averageValue": "5000"},
         },

@@ -140,6 +140,9 @@ def test_disruption_budgets_and_autoscalers_target_the_deployments() -> None:
         else:  # scaled on lag, never past the partitions its groups can own
             assert kinds == {"Resource", "External"}
             assert scaler["maxReplicas"] <= max(s.partitions for s in consumed)
+            (lag,) = [m["external"]["metric"] for m in scaler["metrics"] if "external" in m]
+            assert lag["name"] == "billing_consumer_lag"
+            assert lag["selector"]["matchLabels"] == {"app_kubernetes_io_name": name}
 
 
 def test_every_service_is_reachable_where_its_callers_look() -> None:
